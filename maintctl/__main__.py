@@ -1,0 +1,3 @@
+from maintctl.cli import main
+
+main()

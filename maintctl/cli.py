@@ -1,0 +1,513 @@
+"""The command line: parse, call, render, exit. No SQL here; see maintctl.tasks and maintctl.db."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from maintctl import __version__
+from maintctl.errors import ExitCode, Interrupted, MaintctlError, UsageError
+
+if TYPE_CHECKING:
+    from maintctl.db import Connection
+    from maintctl.settings import Settings
+    from maintctl.tasks import Task
+
+app = typer.Typer(
+    name="maintctl",
+    help="Keeps the PostgreSQL database of a data-import system healthy.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+Command = TypeVar("Command", bound=Callable[..., int | None])
+
+# --- options shared by the commands -----------------------------------------------------------
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="PostgreSQL URL. Default: MAINTCTL_DATABASE_URL, then DATABASE_URL, then libpq's PG* "
+        "variables, service file and .pgpass. Prefer those: a password here is visible in ps.",
+        show_default=False,
+    ),
+]
+Schema = Annotated[
+    str | None,
+    typer.Option(
+        "--schema",
+        help="Schema of the application's tables [env: MAINTCTL_SCHEMA; default: public].",
+        show_default=False,
+    ),
+]
+JsonOutput = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
+]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Count what would be touched now; change nothing.")
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Rows per transaction [env: MAINTCTL_BATCH_SIZE; default: 5000].",
+        show_default=False,
+    ),
+]
+MaxRuntime = Annotated[
+    str | None,
+    typer.Option(
+        "--max-runtime",
+        help="Stop between batches after this long, e.g. 30m; the next run carries on.",
+        show_default=False,
+    ),
+]
+OlderThan = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than",
+        help="Threshold of this task, e.g. 36h or 1d12h (overrides its MAINTCTL_* setting).",
+        show_default=False,
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 hour.")]
+
+# --- error handling: one place --------------------------------------------------------------
+
+
+def _secrets(given_url: str | None) -> list[str]:
+    """Every password maintctl could know of, so that no message ever shows one."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    found = [os.environ.get("PGPASSWORD", "")]
+    urls = (given_url, os.environ.get("MAINTCTL_DATABASE_URL"), os.environ.get("DATABASE_URL"))
+    for source in urls:
+        if source:
+            try:
+                found.append(str(conninfo_to_dict(source).get("password") or ""))
+            except Exception:  # a malformed URL may hold a password anywhere: hide all of it
+                found.append(source)
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
+
+
+def redact(text: str, given_url: str | None = None) -> str:
+    """The text with every known password replaced by asterisks."""
+    for secret in _secrets(given_url):
+        text = text.replace(secret, "********")
+    return text
+
+
+def _error(message: str, given_url: str | None = None) -> None:
+    sys.stderr.write(f"maintctl: error: {redact(message, given_url)}\n")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    from maintctl.runner import Terminated
+
+    raise Terminated
+
+
+def command(name: str, example: str) -> Callable[[Command], Command]:
+    """Register a command whose errors become one line on stderr and the contract's exit code."""
+
+    def register(function: Command) -> Command:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            debug = bool(kwargs.get("debug"))
+            url = kwargs.get("database_url")
+            try:
+                code = function(*args, **kwargs)
+            except MaintctlError as exc:
+                if debug:
+                    traceback.print_exc()
+                _error(exc.message, url)
+                raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt as exc:
+                from maintctl.runner import Terminated
+
+                signal_name, exit_code = (
+                    ("SIGTERM", ExitCode.SIGTERM)
+                    if isinstance(exc, Terminated)
+                    else ("SIGINT", ExitCode.SIGINT)
+                )
+                _error(Interrupted(signal_name, exit_code).message)
+                raise typer.Exit(exit_code) from None
+            except typer.Exit:
+                raise
+            except Exception as exc:
+                if debug:
+                    traceback.print_exc()
+                    _error(f"internal error: {exc}", url)
+                else:
+                    _error(
+                        f"internal error: {type(exc).__name__}: {exc} "
+                        "(run again with --debug for the traceback)",
+                        url,
+                    )
+                raise typer.Exit(ExitCode.SOFTWARE) from None
+            raise typer.Exit(code or 0)
+
+        app.command(name, epilog=f"Example: {example}")(wrapper)
+        return function
+
+    return register
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+_FLAG_NAMES = {
+    "database_url": "--database-url",
+    "app_schema": "--schema",
+    "batch_size": "--batch-size",
+}
+
+
+def _settings(
+    database_url: str | None,
+    schema: str | None,
+    *,
+    force: bool = False,
+    **flags: Any,
+) -> Settings:
+    from maintctl.settings import load_settings
+
+    if database_url and _has_password(database_url):
+        sys.stderr.write(
+            "maintctl: warning: a password on the command line is visible to other users (ps); "
+            "use MAINTCTL_DATABASE_URL, PGPASSWORD or ~/.pgpass instead\n"
+        )
+    given = {"database_url": database_url, "app_schema": schema, **flags}
+    names = {
+        **_FLAG_NAMES,
+        **{key: "--older-than" for key in flags if key.endswith(("_after", "_ttl"))},
+    }
+    return load_settings(given, names, force=force)
+
+
+def _has_password(url: str) -> bool:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return bool(conninfo_to_dict(url).get("password"))
+    except Exception:
+        return False
+
+
+def _duration_flag(flag: str, value: str | None) -> timedelta | None:
+    from maintctl.durations import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+@contextmanager
+def _connected(settings: Settings, *, migrated: bool = True) -> Iterator[Connection]:
+    from maintctl import db, migrations
+
+    conn = db.connect(settings)
+    try:
+        with db.database_errors(conn):
+            if migrated:
+                migrations.ensure_migrated(conn, settings)
+            yield conn
+    finally:
+        conn.close()
+
+
+def _run(
+    tasks: tuple[Task, ...],
+    command_name: str,
+    *,
+    database_url: str | None,
+    schema: str | None,
+    json_output: bool,
+    dry_run: bool,
+    batch_size: int | None,
+    max_runtime: str | None,
+    force: bool,
+    thresholds: dict[str, str | None] | None = None,
+) -> int:
+    from maintctl import render, runner
+
+    settings = _settings(
+        database_url, schema, force=force, batch_size=batch_size, **(thresholds or {})
+    )
+    deadline = _duration_flag("--max-runtime", max_runtime)
+    if not settings.enabled:
+        report = runner.disabled_report(dry_run)
+    else:
+        with _connected(settings) as conn:
+            report = runner.run_maintenance(
+                conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
+            )
+    if json_output:
+        render.emit_json(render.run_json(report))
+    else:
+        render.print_run(report)
+    if report.skipped and report.exit_code != ExitCode.OK:
+        _error(report.skipped)
+    return int(report.exit_code)
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"maintctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Keeps the PostgreSQL database of a data-import system healthy.
+
+    Run `maintctl migrate` once, then `maintctl run` daily from cron.
+    """
+
+
+@command("run", "maintctl run --json   (daily from cron: 0 3 * * * maintctl run --json)")
+def run(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    dry_run: DryRun = False,
+    batch_size: BatchSize = None,
+    max_runtime: MaxRuntime = None,
+    force: Force = False,
+    debug: Debug = False,
+) -> int:
+    """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
+    from maintctl.tasks import TASKS
+
+    return _run(
+        TASKS,
+        "run",
+        database_url=database_url,
+        schema=schema,
+        json_output=json_output,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        max_runtime=max_runtime,
+        force=force,
+    )
+
+
+def _task_command(task_name: str, summary: str, example: str) -> None:
+    """Register the command that runs one task alone."""
+    from maintctl.tasks import TASKS_BY_NAME
+
+    task = TASKS_BY_NAME[task_name]
+
+    def single_task(
+        database_url: DatabaseUrl = None,
+        schema: Schema = None,
+        json_output: JsonOutput = False,
+        dry_run: DryRun = False,
+        batch_size: BatchSize = None,
+        max_runtime: MaxRuntime = None,
+        older_than: OlderThan = None,
+        force: Force = False,
+        debug: Debug = False,
+    ) -> int:
+        return _run(
+            (task,),
+            task.command,
+            database_url=database_url,
+            schema=schema,
+            json_output=json_output,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            max_runtime=max_runtime,
+            force=force,
+            thresholds={task.threshold: older_than},
+        )
+
+    single_task.__doc__ = summary
+    single_task.__name__ = task.command.replace("-", "_")
+    command(task.command, example)(single_task)
+
+
+_task_command(
+    "stuck",
+    "Mark runs stuck in processing (no heartbeat for 24h by default) as failed.",
+    "maintctl stuck --older-than 36h --dry-run",
+)
+_task_command(
+    "temp",
+    "Delete temp uploads older than the TTL (24h by default).",
+    "maintctl purge-temp --older-than 2d",
+)
+_task_command(
+    "compact",
+    "Compact finished import jobs older than 7 days: drop payload and log, summarise result.",
+    "maintctl compact --older-than 14d --batch-size 1000",
+)
+_task_command(
+    "raw",
+    "Delete raw items of runs that failed more than 30 days ago (the runs stay).",
+    "maintctl purge-raw --dry-run --json",
+)
+
+
+@command("status", "maintctl status --max-age 26h   (exit 1 when no successful run in 26h)")
+def status(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            help="Exit 1 when the last successful run is older than this, or there is none.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> int:
+    """Show what is waiting for maintenance, the pause switch and the last run."""
+    from maintctl import render
+    from maintctl.status import get_status
+
+    settings = _settings(database_url, schema)
+    age = _duration_flag("--max-age", max_age)
+    with _connected(settings) as conn:
+        report = get_status(conn, settings, age)
+    if json_output:
+        render.emit_json(render.status_json(report))
+    else:
+        render.print_status(report)
+    return int(report.exit_code)
+
+
+@command("migrate", "maintctl migrate --database-url postgresql://admin@db.internal/imports")
+def migrate(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Install or upgrade the maintenance schema (idempotent; safe to start twice at once)."""
+    from maintctl import migrations, render
+
+    settings = _settings(database_url, schema)
+    with _connected(settings, migrated=False) as conn:
+        result = migrations.migrate(conn, settings)
+    if json_output:
+        render.emit_json(render.migrate_json(result))
+    else:
+        render.print_migrate(result)
+
+
+@command("history", "maintctl history --limit 5 --json")
+def history(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="How many runs.")] = 20,
+    debug: Debug = False,
+) -> None:
+    """List recent runs from the ledger, newest first."""
+    from maintctl import ledger, render
+
+    settings = _settings(database_url, schema)
+    with _connected(settings) as conn:
+        runs = ledger.history(conn, limit)
+    if json_output:
+        render.emit_json([render.run_record_json(run) for run in runs])
+    else:
+        render.print_history(runs)
+
+
+def _set_pause(
+    database_url: str | None,
+    schema: str | None,
+    json_output: bool,
+    *,
+    paused: bool,
+    reason: str | None,
+) -> None:
+    from maintctl import ledger, render
+
+    settings = _settings(database_url, schema)
+    with _connected(settings) as conn:
+        state = ledger.set_pause(conn, paused=paused, reason=reason)
+    if json_output:
+        render.emit_json(render.pause_json(state))
+    else:
+        render.print_pause(state)
+
+
+@command("pause", 'maintctl pause --reason "restoring a backup"')
+def pause(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why, for whoever finds it paused.")
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Pause maintenance in the database: task commands exit 75 until resume."""
+    _set_pause(database_url, schema, json_output, paused=True, reason=reason)
+
+
+@command("resume", "maintctl resume")
+def resume(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Resume maintenance after a pause."""
+    _set_pause(database_url, schema, json_output, paused=False, reason=None)
+
+
+@command("doctor", "maintctl doctor --json   (the CI smoke check)")
+def doctor(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> int:
+    """Check the connection, migrations, privileges and a dry run; exit 0 when healthy."""
+    from maintctl import render
+    from maintctl.status import run_doctor
+
+    checks = run_doctor(_settings(database_url, schema))
+    if json_output:
+        render.emit_json(render.doctor_json(checks))
+    else:
+        render.print_doctor(checks)
+    failed = [check for check in checks if not check.ok]
+    return int(failed[0].exit_code) if failed else 0
+
+
+def main() -> None:
+    """The console script: SIGTERM ends the run like Ctrl-C, with its own exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    app(prog_name="maintctl")

@@ -1,0 +1,79 @@
+"""The errors maintctl reports: each carries its exit code and a one-line message.
+
+Driver errors are translated into these once, in `maintctl.db`; the CLI prints the message and
+exits with the code. The docstring of each class is its default message.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes of DESIGN.md."""
+
+    OK = 0
+    TASK_FAILED = 1
+    USAGE = 2
+    UNAVAILABLE = 69
+    SOFTWARE = 70
+    DISABLED = 75
+    NO_PERMISSION = 77
+    CONFIG = 78
+    SIGINT = 130
+    SIGTERM = 143
+
+
+class MaintctlError(Exception):
+    """maintctl failed."""
+
+    exit_code: ExitCode = ExitCode.SOFTWARE
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class UsageError(MaintctlError):
+    """A command-line option has a value maintctl cannot use."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(MaintctlError):
+    """A setting has a value maintctl cannot use."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class NotMigrated(ConfigError):
+    """The maintenance schema is missing or out of date; run: maintctl migrate"""
+
+
+class DatabaseUnavailable(MaintctlError):
+    """The database could not be reached."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class PermissionDenied(MaintctlError):
+    """The database refused: wrong credentials or a missing privilege."""
+
+    exit_code = ExitCode.NO_PERMISSION
+
+
+class MaintenanceDisabled(MaintctlError):
+    """Maintenance is disabled."""
+
+    exit_code = ExitCode.DISABLED
+
+
+class Interrupted(MaintctlError):
+    """Interrupted; the current batch was rolled back."""
+
+    def __init__(self, signal_name: str, exit_code: ExitCode) -> None:
+        super().__init__(f"interrupted by {signal_name}; the current batch was rolled back")
+        self.exit_code = exit_code

@@ -1,0 +1,140 @@
+"""maintctl's memory in the database: the run ledger and the pause switch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from maintctl import __version__, db
+from maintctl.settings import Settings
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    command: str
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    host: str | None
+    version: str | None
+    dry_run: bool
+    thresholds: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    errors: list[str]
+    skipped: str | None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    id: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class RunHolder:
+    host: str | None
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class PauseState:
+    paused: bool
+    reason: str | None
+    paused_by: str | None
+    paused_at: datetime | None
+
+
+def whoami() -> str:
+    """user@host of this process, for the ledger and the pause switch."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def start_run(
+    conn: db.Connection,
+    settings: Settings,
+    *,
+    command: str,
+    dry_run: bool,
+    status: str = "running",
+    skipped: str | None = None,
+) -> RunStart:
+    thresholds: dict[str, Any] = dict(settings.thresholds_text())
+    thresholds["batchSize"] = settings.batch_size
+    return db.fetch_one(
+        conn,
+        "start_run",
+        {
+            "command": command,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "dry_run": dry_run,
+            "thresholds": Jsonb(thresholds),
+            "status": status,
+            "skipped": skipped,
+        },
+        RunStart,
+    )
+
+
+def finish_run(
+    conn: db.Connection,
+    run_id: int,
+    *,
+    status: str,
+    tasks: list[dict[str, Any]],
+    errors: list[str],
+) -> None:
+    db.execute(
+        conn,
+        "finish_run",
+        {"id": run_id, "status": status, "tasks": Jsonb(tasks), "errors": Jsonb(errors)},
+    )
+
+
+def prune(conn: db.Connection, settings: Settings) -> None:
+    db.execute(conn, "prune_runs", {"retention": settings.history_retention})
+
+
+def history(conn: db.Connection, limit: int) -> list[RunRecord]:
+    return db.fetch_all(conn, "history", {"limit": limit}, RunRecord)
+
+
+def last_run(conn: db.Connection) -> RunRecord | None:
+    runs = history(conn, 1)
+    return runs[0] if runs else None
+
+
+def last_success(conn: db.Connection) -> datetime | None:
+    value: datetime | None = db.fetch_value(conn, "last_successful_run")
+    return value
+
+
+def pause_state(conn: db.Connection) -> PauseState:
+    return db.fetch_one(conn, "pause_state", {}, PauseState)
+
+
+def set_pause(conn: db.Connection, *, paused: bool, reason: str | None) -> PauseState:
+    return db.fetch_one(
+        conn,
+        "set_pause",
+        {"paused": paused, "reason": reason, "paused_by": whoami()},
+        PauseState,
+    )
+
+
+def pause_sentence(state: PauseState) -> str:
+    """Why maintenance is paused, in one line."""
+    since = (
+        f" since {state.paused_at.astimezone(UTC):%Y-%m-%d %H:%M UTC}" if state.paused_at else ""
+    )
+    by = f" by {state.paused_by}" if state.paused_by else ""
+    why = f": {state.reason}" if state.reason else ""
+    return f"maintenance is paused{since}{by}{why} (maintctl resume)"

@@ -1,0 +1,135 @@
+"""`maintctl migrate`: installs and upgrades the maintenance schema, once, whoever runs it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from maintctl import __version__, db
+from maintctl.errors import ConfigError, NotMigrated
+from maintctl.settings import Settings
+from maintctl.sqlfiles import Migration, hardening, query, read_sql
+from maintctl.sqlfiles import migrations as known_migrations
+
+MIN_SERVER_VERSION = 150000  # security_invoker views
+LOCK_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: int
+    name: str
+    app_schema: str
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    server_version: str
+    server_version_num: int
+    now: datetime
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    applied: list[str]
+    already_applied: int
+    app_schema: str
+
+
+def _label(migration: Migration) -> str:
+    return f"{migration.version:04d}_{migration.name}"
+
+
+def applied_migrations(conn: db.Connection) -> list[AppliedMigration]:
+    if not db.fetch_value(conn, "migrations_table_exists"):
+        return []
+    return db.fetch_all(conn, "applied_migrations", {}, AppliedMigration)
+
+
+def check_app_schema(conn: db.Connection, settings: Settings) -> None:
+    if not db.fetch_value(conn, "schema_exists", {"schema": settings.app_schema}):
+        raise ConfigError(
+            f"application schema {settings.app_schema!r} not found "
+            "(set MAINTCTL_SCHEMA or --schema)"
+        )
+
+
+def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
+    """Refuse (exit 78) to work on a database whose maintenance schema is missing or stale."""
+    applied = applied_migrations(conn)
+    known = known_migrations()
+    if not applied:
+        raise NotMigrated("the maintenance schema is not installed; run: maintctl migrate")
+    newest_known = known[-1].version
+    if applied[-1].version > newest_known:
+        raise ConfigError(
+            f"the database was migrated by a newer maintctl (migration {applied[-1].version}, "
+            f"this maintctl knows up to {newest_known}); upgrade maintctl"
+        )
+    if len(applied) < len(known):
+        raise NotMigrated(
+            f"the maintenance schema is out of date ({len(applied)} of {len(known)} migrations "
+            "applied); run: maintctl migrate"
+        )
+    if applied[-1].app_schema != settings.app_schema:
+        raise ConfigError(
+            f"the maintenance schema serves application schema {applied[-1].app_schema!r}, "
+            f"not {settings.app_schema!r}; set MAINTCTL_SCHEMA={applied[-1].app_schema}"
+        )
+
+
+def _wait_for_lock(conn: db.Connection) -> None:
+    # Poll rather than block: a statement waiting on the lock would hold a snapshot, and the
+    # other migrate's CREATE INDEX CONCURRENTLY would wait for it forever.
+    while not db.fetch_value(conn, "try_migration_lock"):
+        time.sleep(LOCK_POLL_SECONDS)
+
+
+def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
+    """Apply every migration not yet applied, then the hardening; safe to run twice at once."""
+    server = db.fetch_one(conn, "server_info", {}, ServerInfo)
+    if server.server_version_num < MIN_SERVER_VERSION:
+        raise ConfigError(
+            f"maintctl needs PostgreSQL 15 or newer; this server is {server.server_version}"
+        )
+    check_app_schema(conn, settings)
+    _wait_for_lock(conn)
+    try:
+        with db.transaction(conn, settings):
+            conn.execute(read_sql("bootstrap.sql"))
+        applied = applied_migrations(conn)
+        if applied and applied[-1].app_schema != settings.app_schema:
+            raise ConfigError(
+                f"the maintenance schema already serves application schema "
+                f"{applied[-1].app_schema!r}, not {settings.app_schema!r}"
+            )
+        done = {migration.version for migration in applied}
+        app = sql.Identifier(settings.app_schema)
+        newly_applied = []
+        for migration in known_migrations():
+            if migration.version in done:
+                continue
+            record = {
+                "version": migration.version,
+                "name": migration.name,
+                "app_schema": settings.app_schema,
+                "maintctl_version": __version__,
+            }
+            if migration.transactional:
+                with db.transaction(conn, settings):
+                    conn.execute(sql.SQL(migration.text).format(app=app))
+                    conn.execute(query("record_migration"), record)
+            else:
+                for statement in migration.statements():
+                    conn.execute(sql.SQL(statement).format(app=app))
+                conn.execute(query("record_migration"), record)
+            newly_applied.append(_label(migration))
+        with db.transaction(conn, settings):
+            conn.execute(hardening())
+    finally:
+        if not conn.closed and not conn.broken:
+            db.fetch_value(conn, "migration_unlock")
+    return MigrateResult(newly_applied, len(done), settings.app_schema)

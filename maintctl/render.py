@@ -1,0 +1,239 @@
+"""Turning results into what people and machines read: Rich tables and the JSON of DESIGN.md.
+
+Pure functions of the results; no SQL, no database. Imported only when a command prints, so
+`maintctl --help` never loads Rich.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from maintctl.durations import format_duration, iso_timestamp
+from maintctl.ledger import PauseState, RunRecord, pause_sentence
+from maintctl.migrations import MigrateResult
+from maintctl.runner import RunReport
+from maintctl.status import Check, StatusReport
+from maintctl.tasks import TASKS, TASKS_BY_NAME
+
+
+def _when(moment: datetime | None) -> str | None:
+    return iso_timestamp(moment) if moment else None
+
+
+def emit_json(document: object) -> None:
+    """The one JSON document of a command, alone on stdout."""
+    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+# --- JSON --------------------------------------------------------------------------------------
+
+
+def run_json(report: RunReport) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "timestamp": iso_timestamp(report.started),
+        "runId": report.run_id,
+        "dryRun": report.dry_run,
+    }
+    document.update({task.json_key: report.rows(task) for task in TASKS})
+    document.update(
+        {
+            "errors": report.errors,
+            "skipped": report.skipped,
+            "durationMs": report.duration_ms,
+            "tasks": [result.as_record() for result in report.tasks],
+        }
+    )
+    return document
+
+
+def run_record_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "command": run.command,
+        "status": run.status,
+        "startedAt": _when(run.started_at),
+        "finishedAt": _when(run.finished_at),
+        "host": run.host,
+        "version": run.version,
+        "dryRun": run.dry_run,
+        "thresholds": run.thresholds,
+        "tasks": run.tasks,
+        "errors": run.errors,
+        "skipped": run.skipped,
+    }
+
+
+def pause_json(state: PauseState) -> dict[str, Any]:
+    return {
+        "paused": state.paused,
+        "reason": state.reason,
+        "pausedBy": state.paused_by,
+        "pausedAt": _when(state.paused_at),
+    }
+
+
+def status_json(status: StatusReport) -> dict[str, Any]:
+    counts = status.counts
+    document: dict[str, Any] = {
+        "stuckRuns": counts.stuck_runs,
+        "oldTempUploads": counts.old_temp_uploads,
+        "oldRawItems": counts.old_raw_items,
+        "oldImportJobs": counts.old_import_jobs,
+        "paused": status.pause.paused,
+        "pause": pause_json(status.pause) if status.pause.paused else None,
+        "thresholds": status.thresholds,
+        "lastRun": run_record_json(status.last_run) if status.last_run else None,
+        "lastSuccessAt": _when(status.last_success),
+    }
+    if status.max_age is not None:
+        document["maxAge"] = format_duration(status.max_age)
+        document["stale"] = status.stale
+    return document
+
+
+def migrate_json(result: MigrateResult) -> dict[str, Any]:
+    return {
+        "applied": result.applied,
+        "alreadyApplied": result.already_applied,
+        "appSchema": result.app_schema,
+    }
+
+
+def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
+    return {
+        "healthy": all(check.ok for check in checks),
+        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+
+
+# --- People ------------------------------------------------------------------------------------
+
+
+def print_run(report: RunReport) -> None:
+    out = console()
+    if report.skipped:
+        out.print(f"Skipped: {escape(report.skipped)}")
+        return
+    title = "Dry run: what a run would touch now" if report.dry_run else f"Run {report.run_id}"
+    table = Table(title=title, title_justify="left")
+    for column in ("Task", "Status", "Rows", "Batches", "Cutoff (UTC)", "Time"):
+        table.add_column(
+            column, justify="right" if column in ("Rows", "Batches", "Time") else "left"
+        )
+    for result in report.tasks:
+        status = result.status if result.error is None else f"{result.status}: {result.error}"
+        style = {"ok": "green", "failed": "bold red"}.get(result.status, "yellow")
+        table.add_row(
+            TASKS_BY_NAME[result.task].title,
+            f"[{style}]{escape(status)}[/]",
+            f"{result.rows:,}",
+            "-" if report.dry_run else str(result.batches),
+            f"{result.cutoff:%Y-%m-%d %H:%M}" if result.cutoff else "-",
+            f"{result.duration_ms} ms",
+        )
+    out.print(table)
+    verdict = f"{len(report.errors)} task(s) failed" if report.errors else "all tasks ok"
+    out.print(f"{verdict} in {report.duration_ms} ms")
+
+
+def print_status(status: StatusReport) -> None:
+    out = console()
+    table = Table(title="Waiting for maintenance", title_justify="left")
+    table.add_column("What")
+    table.add_column("Threshold")
+    table.add_column("Rows", justify="right")
+    counts = status.counts
+    for label, threshold, rows in (
+        ("Runs stuck in processing", "stuckAfter", counts.stuck_runs),
+        ("Old temp uploads", "tempUploadTtl", counts.old_temp_uploads),
+        ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
+        ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
+    ):
+        table.add_row(label, status.thresholds[threshold], f"{rows:,}")
+    out.print(table)
+    if status.pause.paused:
+        out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
+    last = status.last_run
+    if last is None:
+        out.print("Last run: none yet")
+    else:
+        out.print(
+            f"Last run: #{last.id} {last.command} {last.status}, started "
+            f"{iso_timestamp(last.started_at)} on {escape(last.host or '?')}"
+        )
+    success = iso_timestamp(status.last_success) if status.last_success else "never"
+    out.print(f"Last successful run finished: {success}")
+    if status.stale and status.max_age is not None:
+        out.print(
+            f"[bold red]STALE:[/] no successful run in the last {format_duration(status.max_age)}"
+        )
+
+
+def print_history(runs: Sequence[RunRecord]) -> None:
+    out = console()
+    if not runs:
+        out.print("No runs recorded yet.")
+        return
+    table = Table(title="Maintenance runs, newest first", title_justify="left")
+    for column in ("#", "Command", "Status", "Started (UTC)", "Took", "Rows s/t/c/r", "Notes"):
+        table.add_column(column, justify="right" if column in ("#", "Took") else "left")
+    for run in runs:
+        took = (
+            f"{(run.finished_at - run.started_at).total_seconds():.1f} s"
+            if run.finished_at
+            else "-"
+        )
+        rows = "/".join(str(t["rows"]) for t in run.tasks) or "-"
+        notes = "; ".join(run.errors) or (run.skipped or "")
+        command = f"{run.command} (dry run)" if run.dry_run else run.command
+        table.add_row(
+            str(run.id),
+            f"{command} on {run.host}" if run.host else command,
+            run.status,
+            f"{run.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
+            took,
+            rows,
+            escape(notes),
+        )
+    out.print(table)
+
+
+def print_migrate(result: MigrateResult) -> None:
+    out = console()
+    if result.applied:
+        for name in result.applied:
+            out.print(f"applied {name}")
+        out.print(
+            f"maintenance schema is up to date ({len(result.applied)} applied now, "
+            f"{result.already_applied} before) for application schema {result.app_schema!r}"
+        )
+    else:
+        out.print(
+            f"nothing to do: all {result.already_applied} migrations were already applied "
+            f"(application schema {result.app_schema!r})"
+        )
+
+
+def print_pause(state: PauseState) -> None:
+    console().print(escape(pause_sentence(state)) if state.paused else "maintenance resumed")
+
+
+def print_doctor(checks: Sequence[Check]) -> None:
+    out = console()
+    for check in checks:
+        verdict = "[green]ok[/]  " if check.ok else "[bold red]FAIL[/]"
+        out.print(f"{verdict} {check.name}: {escape(check.detail)}", soft_wrap=True)
+    healthy = all(check.ok for check in checks)
+    out.print("healthy" if healthy else "not healthy")

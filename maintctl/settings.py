@@ -1,0 +1,111 @@
+"""maintctl's settings: flags beat the environment, the environment beats a `.env` file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from maintctl.durations import format_duration, parse_duration
+from maintctl.errors import ConfigError, UsageError
+
+# A threshold under this is refused without --force: a typo must not fail live imports.
+THRESHOLD_FLOOR = timedelta(hours=1)
+THRESHOLDS = ("stuck_after", "temp_upload_ttl", "compact_after", "raw_items_ttl")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, timedelta) and value <= timedelta(0):
+        raise ValueError(f"{value} is not positive")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class Settings(BaseSettings):
+    """Everything maintctl can be told, with the defaults of DESIGN.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAINTCTL_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MAINTCTL_DATABASE_URL", "DATABASE_URL"),
+    )
+    app_schema: str = Field(
+        default="public", min_length=1, max_length=63, validation_alias="MAINTCTL_SCHEMA"
+    )
+    enabled: bool = True
+    stuck_after: Duration = timedelta(hours=24)
+    temp_upload_ttl: Duration = timedelta(hours=24)
+    compact_after: Duration = timedelta(days=7)
+    raw_items_ttl: Duration = timedelta(days=30)
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    lock_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(seconds=60)
+    connect_timeout: Duration = timedelta(seconds=10)
+    history_retention: Duration = timedelta(days=90)
+
+    def thresholds(self) -> dict[str, timedelta]:
+        return {name: getattr(self, name) for name in THRESHOLDS}
+
+    def thresholds_text(self) -> dict[str, str]:
+        """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}."""
+        return {_camel(name): format_duration(value) for name, value in self.thresholds().items()}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a setting, as messages name it."""
+    return "MAINTCTL_SCHEMA" if field == "app_schema" else f"MAINTCTL_{field.upper()}"
+
+
+def load_settings(
+    flags: dict[str, Any], flag_names: dict[str, str], *, force: bool = False
+) -> Settings:
+    """Build the settings from the given flags (None means not given), the environment and .env.
+
+    A bad value given on the command line is a usage error (exit 2); one from the environment or
+    .env is a configuration error (exit 78). Either message names where the value came from.
+    """
+    given = {name: value for name, value in flags.items() if value is not None}
+
+    def fail(field: str, reason: str) -> Exception:
+        if field in given:
+            return UsageError(f"{flag_names.get(field, field)}: {reason}")
+        return ConfigError(f"{env_name(field)}: {reason}")
+
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = str(error["loc"][0]) if error["loc"] else ""
+        field = next(
+            (name for name in Settings.model_fields if loc in (name, env_name(name))),
+            "database_url" if "DATABASE_URL" in loc.upper() else loc,
+        )
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        raise fail(field, reason) from None
+    if not force:
+        for field, value in settings.thresholds().items():
+            if value < THRESHOLD_FLOOR:
+                raise fail(
+                    field,
+                    f"{format_duration(value)} is under the 1h floor "
+                    "(add --force if you really mean it)",
+                )
+    return settings

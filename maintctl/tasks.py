@@ -1,0 +1,144 @@
+"""The four maintenance tasks. Each rule itself is SQL (`sql/migrations/0002_rules.sql`); a task
+takes the rule's cutoff from the database clock once and applies the rule in batches, each batch
+its own short transaction."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from maintctl import db
+from maintctl.durations import iso_timestamp
+from maintctl.errors import DatabaseUnavailable
+from maintctl.settings import Settings
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # as the JSON and the ledger name it
+    command: str  # the CLI command that runs it alone
+    title: str
+    threshold: str  # the Settings field of its threshold
+    batch_query: str
+    count_query: str
+    json_key: str  # the total's key in the JSON report
+
+
+TASKS = (
+    Task(
+        "stuck",
+        "stuck",
+        "Mark stuck runs failed",
+        "stuck_after",
+        "mark_stuck_runs_batch",
+        "count_stuck_runs",
+        "stuckRunsMarked",
+    ),
+    Task(
+        "temp",
+        "purge-temp",
+        "Purge old temp uploads",
+        "temp_upload_ttl",
+        "purge_temp_uploads_batch",
+        "count_old_temp_uploads",
+        "tempUploadsPurged",
+    ),
+    Task(
+        "compact",
+        "compact",
+        "Compact old import jobs",
+        "compact_after",
+        "compact_import_jobs_batch",
+        "count_old_import_jobs",
+        "importJobsCompacted",
+    ),
+    Task(
+        "raw",
+        "purge-raw",
+        "Purge raw items of failed runs",
+        "raw_items_ttl",
+        "purge_raw_items_batch",
+        "count_old_raw_items",
+        "rawItemsPurged",
+    ),
+)
+TASKS_BY_NAME = {task.name: task for task in TASKS}
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: str
+    status: str  # ok | failed | stopped (max runtime reached, work left) | not_run
+    rows: int
+    batches: int
+    duration_ms: int
+    cutoff: datetime | None
+    error: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The task as the JSON report and the ledger both show it."""
+        return {
+            "task": self.task,
+            "status": self.status,
+            "rows": self.rows,
+            "batches": self.batches,
+            "durationMs": self.duration_ms,
+            "cutoff": iso_timestamp(self.cutoff) if self.cutoff else None,
+            "error": self.error,
+        }
+
+
+def run_task(
+    conn: db.Connection,
+    task: Task,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    deadline: float | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> TaskResult:
+    """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
+
+    A database error fails this task only (the result says why); a lost connection raises
+    DatabaseUnavailable, since no other task could run either.
+    """
+    started = time.monotonic()
+    threshold = getattr(settings, task.threshold)
+    rows = batches = 0
+    cutoff: datetime | None = None
+
+    def result(status: str, error: str | None = None) -> TaskResult:
+        elapsed = int((time.monotonic() - started) * 1000)
+        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error)
+
+    if deadline is not None and time.monotonic() >= deadline:
+        return result("not_run", "max runtime reached before this task started")
+    try:
+        cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
+        if dry_run:
+            rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+            return result("ok")
+        params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
+        while True:
+            with db.transaction(conn, settings):
+                touched = int(db.fetch_value(conn, task.batch_query, params))
+            rows += touched
+            batches += 1
+            if on_batch is not None:
+                on_batch(touched)
+            # A short batch means the rule found nothing more it could lock.
+            if touched < settings.batch_size:
+                return result("ok")
+            if deadline is not None and time.monotonic() >= deadline:
+                return result("stopped", "max runtime reached; the next run carries on")
+    except psycopg.Error as exc:
+        if db.connection_lost(conn, exc):
+            raise DatabaseUnavailable(
+                f"lost the connection to the database during {task.name}: {db.first_line(exc)}"
+            ) from exc
+        return result("failed", db.first_line(exc))

@@ -1,0 +1,316 @@
+-- The four maintenance rules, each written once as a batch function (used by the CLI and by the
+-- pg_cron entry points) and once as a count (used by --dry-run and status). Every cutoff is computed
+-- from the database's now() by the caller and passed in, so one task uses one cutoff throughout.
+-- {app} is the application schema, quoted by maintctl. Every function pins search_path and names
+-- each table with its schema.
+
+-- The key of the advisory lock that lets one non-dry run work at a time (CLI and pg_cron alike).
+create function maintenance.run_lock_key() returns bigint
+language sql immutable set search_path = pg_catalog, pg_temp
+as $$ select 7461823190::bigint $$;
+
+------------------------------------------------------------------------------------------------------
+-- stuck: runs in 'processing' with no sign of life since the cutoff become 'failed'.
+create function maintenance.count_stuck_runs(p_cutoff timestamptz) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from {app}.import_runs
+  where status = 'processing' and coalesce(heartbeat_at, started_at, created_at) < p_cutoff
+$$;
+
+create function maintenance.mark_stuck_runs_batch(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer) returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with picked as (
+    select id from {app}.import_runs
+    where status = 'processing' and coalesce(heartbeat_at, started_at, created_at) < p_cutoff
+    order by id
+    limit p_batch_size
+    for update skip locked
+  ), marked as (
+    -- The UPDATE re-checks the rule on the row it locks: a run its worker finished or
+    -- heartbeated meanwhile is left alone.
+    update {app}.import_runs r
+       set status = 'failed',
+           finished_at = now(),
+           error_message = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
+                                  justify_interval(p_threshold))
+      from picked
+     where r.id = picked.id
+       and r.status = 'processing'
+       and coalesce(r.heartbeat_at, r.started_at, r.created_at) < p_cutoff
+    returning 1
+  )
+  select count(*)::integer from marked
+$$;
+
+------------------------------------------------------------------------------------------------------
+-- temp: temp uploads created before the cutoff are deleted.
+create function maintenance.count_old_temp_uploads(p_cutoff timestamptz) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from {app}.temp_uploads where created_at < p_cutoff
+$$;
+
+create function maintenance.purge_temp_uploads_batch(p_cutoff timestamptz, p_batch_size integer)
+returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with picked as (
+    select id from {app}.temp_uploads
+    where created_at < p_cutoff
+    order by created_at
+    limit p_batch_size
+    for update skip locked
+  ), deleted as (
+    delete from {app}.temp_uploads t using picked where t.id = picked.id returning 1
+  )
+  select count(*)::integer from deleted
+$$;
+
+------------------------------------------------------------------------------------------------------
+-- compact: finished jobs older than the cutoff lose payload and log; result becomes a summary.
+
+-- What an auditor needs of a compacted job, in at most 1 KB (the columns id, run_id, status,
+-- created_at and finished_at stay as they were):
+--   compacted     true
+--   totals        the result's top-level numeric and boolean fields (at most 12), e.g. row counts
+--   error         the result's "error" (or "message") text, cut to 300 characters
+--   lastLogLine   for failed and cancelled jobs, the last line of the log, cut to 300 characters
+--   resultBytes, payloadBytes, logBytes   the size of what was removed
+create function maintenance.import_job_summary(
+  p_status text, p_result jsonb, p_payload jsonb, p_log text) returns jsonb
+language plpgsql immutable set search_path = pg_catalog, pg_temp
+as $$
+declare
+  totals jsonb;
+  summary jsonb;
+begin
+  if jsonb_typeof(p_result) = 'object' then
+    select jsonb_object_agg(key, value) into totals
+    from (select key, value from jsonb_each(p_result)
+          where jsonb_typeof(value) in ('number', 'boolean') and length(key) <= 40
+          order by key limit 12) as numeric_fields;
+  end if;
+  summary := jsonb_strip_nulls(jsonb_build_object(
+    'compacted', true,
+    'totals', totals,
+    'error', left(coalesce(p_result ->> 'error', p_result ->> 'message'), 300),
+    'lastLogLine', case when p_status <> 'completed'
+                        then left((regexp_match(p_log, '([^\n]*\S[^\n]*)\s*$'))[1], 300) end,
+    'resultBytes', octet_length(p_result::text),
+    'payloadBytes', octet_length(p_payload::text),
+    'logBytes', octet_length(p_log)));
+  -- Shed detail until the summary fits in 1 KB; what is left is always far below it.
+  if octet_length(summary::text) > 1024 then
+    summary := summary - 'totals';
+  end if;
+  if octet_length(summary::text) > 1024 then
+    summary := summary || jsonb_strip_nulls(jsonb_build_object(
+      'error', left(summary ->> 'error', 80), 'lastLogLine', left(summary ->> 'lastLogLine', 80)));
+  end if;
+  return summary;
+end
+$$;
+
+create function maintenance.count_old_import_jobs(p_cutoff timestamptz) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from {app}.import_jobs
+  where status in ('completed', 'failed', 'cancelled')
+    and compacted_at is null
+    and coalesce(finished_at, created_at) < p_cutoff
+$$;
+
+create function maintenance.compact_import_jobs_batch(p_cutoff timestamptz, p_batch_size integer)
+returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with picked as (
+    select id from {app}.import_jobs
+    where status in ('completed', 'failed', 'cancelled')
+      and compacted_at is null
+      and coalesce(finished_at, created_at) < p_cutoff
+    order by id
+    limit p_batch_size
+    for update skip locked
+  ), compacted as (
+    update {app}.import_jobs j
+       set result = maintenance.import_job_summary(j.status, j.result, j.payload, j.log),
+           payload = null,
+           log = null,
+           compacted_at = now()
+      from picked
+     where j.id = picked.id and j.compacted_at is null
+    returning 1
+  )
+  select count(*)::integer from compacted
+$$;
+
+------------------------------------------------------------------------------------------------------
+-- raw: raw items of failed runs that finished before the cutoff are deleted; the runs stay.
+create function maintenance.count_old_raw_items(p_cutoff timestamptz) returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*)
+  from {app}.import_runs r
+  join {app}.raw_import_items i on i.run_id = r.id
+  where r.status = 'failed' and coalesce(r.finished_at, r.started_at, r.created_at) < p_cutoff
+$$;
+
+create function maintenance.purge_raw_items_batch(p_cutoff timestamptz, p_batch_size integer)
+returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with picked as (
+    select i.id
+    from {app}.import_runs r
+    join {app}.raw_import_items i on i.run_id = r.id
+    where r.status = 'failed' and coalesce(r.finished_at, r.started_at, r.created_at) < p_cutoff
+    limit p_batch_size
+    for update of i skip locked
+  ), deleted as (
+    delete from {app}.raw_import_items i using picked where i.id = picked.id returning 1
+  )
+  select count(*)::integer from deleted
+$$;
+
+------------------------------------------------------------------------------------------------------
+-- What is waiting, at any thresholds; maintenance_status is the same at the default thresholds.
+create function maintenance.pending_counts(
+  p_stuck_after interval, p_temp_upload_ttl interval,
+  p_compact_after interval, p_raw_items_ttl interval)
+returns table (stuck_runs bigint, old_temp_uploads bigint, old_raw_items bigint, old_import_jobs bigint)
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select maintenance.count_stuck_runs(now() - p_stuck_after),
+         maintenance.count_old_temp_uploads(now() - p_temp_upload_ttl),
+         maintenance.count_old_raw_items(now() - p_raw_items_ttl),
+         maintenance.count_old_import_jobs(now() - p_compact_after)
+$$;
+
+create view maintenance.maintenance_status with (security_invoker = true) as
+  select * from maintenance.pending_counts(
+    interval '24 hours', interval '24 hours', interval '7 days', interval '30 days');
+
+------------------------------------------------------------------------------------------------------
+-- The ledger rows of runs whose session is gone: their process died without finishing.
+create function maintenance.mark_abandoned_runs() returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with abandoned as (
+    update maintenance.runs r
+       set status = 'abandoned'
+     where r.status = 'running'
+       and not exists (select 1 from pg_stat_activity a
+                       where a.pid = r.backend_pid and a.backend_start <= r.started_at)
+    returning 1
+  )
+  select count(*)::integer from abandoned
+$$;
+
+------------------------------------------------------------------------------------------------------
+-- Entry points for pg_cron users: the same rules and batches, inside the database.
+
+-- Compacts every eligible job, batch after batch, in the caller's transaction.
+create function maintenance.compact_old_import_jobs(
+  compact_after interval default interval '7 days', batch_size integer default 5000) returns bigint
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cutoff timestamptz := now() - compact_after;
+  total bigint := 0;
+  n integer;
+begin
+  loop
+    n := maintenance.compact_import_jobs_batch(cutoff, batch_size);
+    total := total + n;
+    exit when n < batch_size;
+  end loop;
+  return total;
+end
+$$;
+
+-- The whole of `maintctl run`: `call maintenance.run_maintenance_cleanup();` from pg_cron. Each
+-- batch is committed on its own, so this must be called outside an explicit transaction. A
+-- procedure that commits cannot carry a SET clause, so it pins search_path itself in each
+-- transaction and names every object with its schema.
+create procedure maintenance.run_maintenance_cleanup(
+  stuck_after interval default interval '24 hours',
+  temp_upload_ttl interval default interval '24 hours',
+  compact_after interval default interval '7 days',
+  raw_items_ttl interval default interval '30 days',
+  batch_size integer default 5000,
+  inout summary jsonb default null)
+language plpgsql
+as $$
+declare
+  task text;
+  threshold interval;
+  cutoff timestamptz;
+  ledger_id bigint;
+  n integer;
+  total bigint;
+  failure text;
+  task_results jsonb := pg_catalog.jsonb_build_array();
+  task_errors jsonb := pg_catalog.jsonb_build_array();
+begin
+  perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+  if (select p.paused from maintenance.pause p) then
+    summary := jsonb_build_object('skipped', 'maintenance is paused (maintctl resume)');
+    return;
+  end if;
+  if not pg_try_advisory_lock(maintenance.run_lock_key()) then
+    summary := jsonb_build_object('skipped', 'another maintenance run is in progress');
+    return;
+  end if;
+  perform maintenance.mark_abandoned_runs();
+  insert into maintenance.runs (command, host, version, thresholds)
+  values ('run_maintenance_cleanup', 'database', 'sql', jsonb_build_object(
+    'stuckAfter', stuck_after::text, 'tempUploadTtl', temp_upload_ttl::text,
+    'compactAfter', compact_after::text, 'rawItemsTtl', raw_items_ttl::text,
+    'batchSize', batch_size))
+  returning id into ledger_id;
+  commit;
+
+  foreach task in array array['stuck', 'temp', 'compact', 'raw'] loop
+    perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    threshold := case task when 'stuck' then stuck_after when 'temp' then temp_upload_ttl
+                           when 'compact' then compact_after else raw_items_ttl end;
+    cutoff := now() - threshold;
+    total := 0;
+    failure := null;
+    loop
+      begin
+        n := case task
+               when 'stuck' then maintenance.mark_stuck_runs_batch(cutoff, threshold, batch_size)
+               when 'temp' then maintenance.purge_temp_uploads_batch(cutoff, batch_size)
+               when 'compact' then maintenance.compact_import_jobs_batch(cutoff, batch_size)
+               else maintenance.purge_raw_items_batch(cutoff, batch_size) end;
+      exception when others then
+        failure := sqlerrm;
+        n := 0;
+      end;
+      commit;
+      perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+      total := total + n;
+      exit when n < batch_size;
+    end loop;
+    task_results := task_results || jsonb_build_object(
+      'task', task, 'status', case when failure is null then 'ok' else 'failed' end,
+      'rows', total, 'cutoff', cutoff, 'error', failure);
+    if failure is not null then
+      task_errors := task_errors || to_jsonb(task || ': ' || failure);
+    end if;
+  end loop;
+
+  update maintenance.runs
+     set status = case when jsonb_array_length(task_errors) = 0 then 'succeeded' else 'failed' end,
+         finished_at = now(), tasks = task_results, errors = task_errors
+   where id = ledger_id;
+  commit;
+  perform pg_advisory_unlock(maintenance.run_lock_key());
+  summary := jsonb_build_object('runId', ledger_id, 'tasks', task_results, 'errors', task_errors);
+end
+$$;
