@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 from dataclasses import dataclass
@@ -52,8 +53,7 @@ class PauseState:
 
 def whoami() -> str:
     """user@host of this process, for the ledger and the pause switch."""
-    user = os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def start_run(

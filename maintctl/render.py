@@ -34,7 +34,8 @@ def emit_json(document: object) -> None:
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
+    return Console(highlight=False, soft_wrap=True)
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -234,6 +235,6 @@ def print_doctor(checks: Sequence[Check]) -> None:
     out = console()
     for check in checks:
         verdict = "[green]ok[/]  " if check.ok else "[bold red]FAIL[/]"
-        out.print(f"{verdict} {check.name}: {escape(check.detail)}", soft_wrap=True)
+        out.print(f"{verdict} {check.name}: {escape(check.detail)}")
     healthy = all(check.ok for check in checks)
     out.print("healthy" if healthy else "not healthy")

@@ -78,7 +78,7 @@ select r.id,
          when 'failed' then jsonb_build_object('rowsRead', 40, 'rowsImported', 0,
                                                'error', r.error_message)
        end,
-       (select string_agg(format('%s INFO processed chunk %s of run %s', r.created_at, c, r.id), E'\n')
+       (select string_agg(format('INFO processed chunk %s of %s for run %s', c, 30, r.id), E'\n')
         from generate_series(1, 30) c)
        || case when r.status = 'failed' then E'\nERROR ' || r.error_message else '' end
 from import_runs r;

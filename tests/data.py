@@ -1,0 +1,88 @@
+"""Rows for the tests, placed by the database clock: a minute inside or past a threshold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+Conn = psycopg.Connection[Any]
+
+
+def add_run(conn: Conn, status: str, **ages: str | None) -> int:
+    """An import run; each age is an interval before now(), e.g. created='25 hours'."""
+    columns = ["status"]
+    values: list[Any] = [status]
+    placeholders = ["%s"]
+    for column in ("created", "started", "heartbeat", "finished"):
+        age = ages.get(column)
+        if age is not None:
+            columns.append(f"{column}_at")
+            placeholders.append("now() - %s::interval")
+            values.append(age)
+    row = conn.execute(
+        f"insert into import_runs ({', '.join(columns)}) values ({', '.join(placeholders)}) "
+        "returning id",
+        values,
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_temp_upload(conn: Conn, age: str) -> int:
+    row = conn.execute(
+        "insert into temp_uploads (created_at, storage_path) values (now() - %s::interval, %s) "
+        "returning id",
+        [age, f"tmp/{age}.csv"],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_job(
+    conn: Conn,
+    status: str,
+    *,
+    created: str,
+    finished: str | None = None,
+    result: str | None = '{"rowsImported": 10, "rowsRejected": 1}',
+    payload: str | None = '{"source": "s3://bucket/file.csv"}',
+    log: str | None = "line 1\nline 2",
+    run_id: int | None = None,
+) -> int:
+    row = conn.execute(
+        "insert into import_jobs (run_id, status, created_at, finished_at, payload, result, log) "
+        "values (%s, %s, now() - %s::interval, now() - %s::interval, %s, %s, %s) returning id",
+        [run_id, status, created, finished, payload, result, log],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_items(conn: Conn, run_id: int, count: int) -> None:
+    conn.execute(
+        "insert into raw_import_items (run_id, data) "
+        "select %s, jsonb_build_object('line', n) from generate_series(1, %s) n",
+        [run_id, count],
+    )
+
+
+def count(conn: Conn, sql: str, params: Any = None) -> int:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def snapshot(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:
+    """Every application row, to compare before and after (timestamps included)."""
+    return {
+        table: conn.execute(f"select * from {table} order by id").fetchall()
+        for table in ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
+    }
+
+
+def load_sample(conn: Conn) -> None:
+    """The demo's sample: rows past and inside every threshold."""
+    from maintctl.sqlfiles import read_sql
+
+    conn.execute(read_sql("demo_data.sql"))

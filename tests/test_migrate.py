@@ -1,0 +1,177 @@
+"""`maintctl migrate`: what it installs, idempotence, concurrency and the hardening."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+
+from tests.conftest import Cli
+from tests.data import Conn, count
+
+
+def test_migrate_says_what_it_did_and_a_second_time_nothing(bare_cli: Cli) -> None:
+    first = bare_cli("migrate")
+
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.splitlines()[:3] == [
+        "applied 0001_maintenance_schema",
+        "applied 0002_rules",
+        "applied 0003_indexes",
+    ]
+    second = bare_cli("migrate", "--json")
+    assert second.exit_code == 0
+    assert json.loads(second.stdout) == {"applied": [], "alreadyApplied": 3, "appSchema": "public"}
+    assert bare_cli("status").exit_code == 0
+
+
+def test_migrate_adds_compacted_at_and_the_indexes(conn: Conn) -> None:
+    column = count(
+        conn,
+        "select count(*) from information_schema.columns "
+        "where table_name = 'import_jobs' and column_name = 'compacted_at'",
+    )
+    indexes = conn.execute(
+        "select c.relname, i.indisvalid from pg_index i join pg_class c on c.oid = i.indexrelid "
+        "where c.relname like 'maintctl_%' order by 1"
+    ).fetchall()
+    assert column == 1
+    assert indexes == [
+        ("maintctl_import_jobs_compactable", True),
+        ("maintctl_import_runs_failed", True),
+        ("maintctl_import_runs_processing", True),
+        ("maintctl_raw_import_items_run_id", True),
+        ("maintctl_temp_uploads_created_at", True),
+    ]
+
+
+def test_two_migrates_at_once_apply_each_migration_once(bare_db_url: str) -> None:
+    env = {**os.environ, "MAINTCTL_DATABASE_URL": bare_db_url}
+    command = [sys.executable, "-m", "maintctl", "migrate", "--json"]
+    processes = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outcomes = [process.communicate(timeout=120) for process in processes]
+
+    assert [process.returncode for process in processes] == [0, 0], outcomes
+    applied = sorted(len(json.loads(stdout)["applied"]) for stdout, _ in outcomes)
+    assert applied == [0, 3]
+    with psycopg.connect(bare_db_url) as conn:
+        assert count(conn, "select count(*) from maintenance.schema_migrations") == 3
+
+
+def test_nothing_is_readable_or_callable_by_public(conn: Conn) -> None:
+    public_tables = conn.execute(
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = 'maintenance' and c.relkind in ('r', 'v', 'S') "
+        "and exists (select 1 from aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a "
+        "            where a.grantee = 0)"
+    ).fetchall()
+    public_routines = conn.execute(
+        "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = 'maintenance' "
+        "and exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
+        "            where a.grantee = 0)"
+    ).fetchall()
+    schema_public = count(
+        conn,
+        "select count(*) from pg_namespace n, aclexplode(n.nspacl) a "
+        "where n.nspname = 'maintenance' and a.grantee = 0",
+    )
+    assert public_tables == []
+    assert public_routines == []
+    assert schema_public == 0
+
+
+def test_every_function_pins_search_path_and_the_view_is_security_invoker(conn: Conn) -> None:
+    unpinned = conn.execute(
+        "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = 'maintenance' and p.prokind = 'f' "
+        "and not exists (select 1 from unnest(p.proconfig) c where c like 'search_path=%')"
+    ).fetchall()
+    functions = count(
+        conn,
+        "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = 'maintenance' and p.prokind = 'f'",
+    )
+    options = conn.execute(
+        "select reloptions from pg_class where oid = 'maintenance.maintenance_status'::regclass"
+    ).fetchone()
+    assert functions >= 10
+    assert unpinned == []
+    assert options == (["security_invoker=true"],)
+
+
+def test_supabase_api_roles_get_nothing(bare_db_url: str, bare_cli: Cli) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        for role in ("anon", "authenticated"):
+            # Roles are cluster-wide: another test session may have made them already.
+            conn.execute(
+                f"do $$ begin create role {role} nologin; "
+                "exception when duplicate_object then null; end $$"
+            )
+        # As on Supabase, where new objects are granted to the API roles by default.
+        conn.execute(
+            "alter default privileges grant all on tables to anon, authenticated; "
+            "alter default privileges grant all on functions to anon, authenticated"
+        )
+        assert bare_cli("migrate").exit_code == 0
+        leaks = conn.execute(
+            "select c.relname, r.rolname from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace, pg_roles r "
+            "where n.nspname = 'maintenance' and r.rolname in ('anon', 'authenticated') "
+            "and has_table_privilege(r.oid, c.oid, 'select') "
+            "union all "
+            "select p.proname, r.rolname from pg_proc p "
+            "join pg_namespace n on n.oid = p.pronamespace, pg_roles r "
+            "where n.nspname = 'maintenance' and r.rolname in ('anon', 'authenticated') "
+            "and has_function_privilege(r.oid, p.oid, 'execute')"
+        ).fetchall()
+        conn.execute(
+            "alter default privileges revoke all on tables from anon, authenticated; "
+            "alter default privileges revoke all on functions from anon, authenticated"
+        )
+    assert leaks == []
+
+
+def test_migrate_refuses_a_missing_application_schema(bare_cli: Cli) -> None:
+    result = bare_cli("migrate", "--schema", 'imports"; drop table x; --')
+
+    assert result.exit_code == 78
+    assert result.stderr == (
+        "maintctl: error: application schema 'imports\"; drop table x; --' not found "
+        "(set MAINTCTL_SCHEMA or --schema)\n"
+    )
+
+
+def test_migrate_into_another_application_schema(bare_db_url: str, bare_cli: Cli) -> None:
+    from maintctl.sqlfiles import application_schema
+
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute('create schema "Imports 2"')
+        conn.execute('set search_path = "Imports 2"')
+        conn.execute(application_schema())
+        conn.execute(
+            'insert into "Imports 2".temp_uploads (created_at, storage_path) '
+            "values (now() - interval '2 days', 'a')"
+        )
+        conn.execute(
+            "insert into public.temp_uploads (created_at, storage_path) "
+            "values (now() - interval '2 days', 'b')"
+        )
+        env = {"MAINTCTL_SCHEMA": "Imports 2"}
+        assert bare_cli("migrate", env=env).exit_code == 0
+        document = json.loads(bare_cli("purge-temp", "--json", env=env).stdout)
+        wrong_schema = bare_cli("status")
+
+        assert document["tempUploadsPurged"] == 1
+        assert count(conn, 'select count(*) from "Imports 2".temp_uploads') == 0
+        assert count(conn, "select count(*) from public.temp_uploads") == 1
+    assert wrong_schema.exit_code == 78
+    assert "serves application schema 'Imports 2', not 'public'" in wrong_schema.stderr

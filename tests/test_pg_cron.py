@@ -1,0 +1,94 @@
+"""The pg_cron entry points give the same result as `maintctl run` on the same data."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from pydantic import SecretStr
+
+from maintctl.migrations import migrate
+from maintctl.settings import Settings
+from tests.conftest import Cli
+from tests.data import Conn, load_sample
+
+
+def outcome(conn: Conn) -> dict[str, Any]:
+    """What a run decided, without the clock readings that differ between two runs."""
+    return {
+        "runs": conn.execute(
+            "select id, status, finished_at is null, left(error_message, 9) "
+            "from import_runs order by id"
+        ).fetchall(),
+        "items": conn.execute("select id, run_id from raw_import_items order by id").fetchall(),
+        "uploads": conn.execute("select id from temp_uploads order by id").fetchall(),
+        "jobs": conn.execute(
+            "select id, status, payload, log is null, result, compacted_at is null "
+            "from import_jobs order by id"
+        ).fetchall(),
+    }
+
+
+def test_run_maintenance_cleanup_matches_maintctl_run(
+    cli: Cli, conn: Conn, bare_db_url: str
+) -> None:
+    # Two databases with the same rows: the sample is placed relative to now(), a moment apart,
+    # and no row sits within seconds of a threshold.
+    load_sample(conn)
+    with psycopg.connect(bare_db_url, autocommit=True) as twin:
+        load_sample(twin)
+        migrate(twin, Settings(database_url=SecretStr(bare_db_url)))
+
+        report = json.loads(cli("run", "--json").stdout)
+        summary = twin.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+        assert summary is not None
+        assert outcome(twin) == outcome(conn)
+        ledger = twin.execute("select command, status, host from maintenance.runs").fetchall()
+    rows = {task["task"]: task["rows"] for task in summary[0]["tasks"]}
+    assert rows == {task["task"]: task["rows"] for task in report["tasks"]}
+    assert rows == {"stuck": 15, "temp": 289, "compact": 210, "raw": 250}
+    assert ledger == [("run_maintenance_cleanup", "succeeded", "database")]
+
+
+def test_procedure_with_thresholds_and_small_batches(conn: Conn) -> None:
+    load_sample(conn)
+
+    row = conn.execute(
+        "call maintenance.run_maintenance_cleanup(temp_upload_ttl => interval '48 hours', "
+        "batch_size => 7)"
+    ).fetchone()
+
+    assert row is not None
+    rows = {task["task"]: task["rows"] for task in row[0]["tasks"]}
+    assert rows == {"stuck": 15, "temp": 145, "compact": 210, "raw": 250}
+
+
+def test_procedure_respects_the_pause_and_the_run_lock(cli: Cli, conn: Conn, db_url: str) -> None:
+    load_sample(conn)
+    cli("pause")
+    paused = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+    cli("resume")
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("select pg_advisory_lock(maintenance.run_lock_key())")
+        locked = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+    assert paused is not None
+    assert "paused" in paused[0]["skipped"]
+    assert locked is not None
+    assert "in progress" in locked[0]["skipped"]
+    remaining = conn.execute("select * from maintenance.maintenance_status").fetchone()
+    assert remaining == (15, 289, 250, 210)
+
+
+def test_compact_old_import_jobs_function(conn: Conn) -> None:
+    load_sample(conn)
+
+    compacted = conn.execute("select maintenance.compact_old_import_jobs()").fetchone()
+    again = conn.execute(
+        "select maintenance.compact_old_import_jobs(interval '7 days', 10)"
+    ).fetchone()
+
+    assert compacted == (210,)
+    assert again == (0,)

@@ -1,0 +1,214 @@
+"""Each rule on both sides of its threshold, through the real CLI against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import Cli
+from tests.data import Conn, add_items, add_job, add_run, add_temp_upload, count
+
+
+def run_json(cli: Cli, *args: str) -> dict[str, object]:
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    document: dict[str, object] = json.loads(result.stdout)
+    return document
+
+
+def status_of(conn: Conn, run_id: int) -> str:
+    row = conn.execute("select status from import_runs where id = %s", [run_id]).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_stuck_marks_only_runs_silent_past_the_threshold(cli: Cli, conn: Conn) -> None:
+    past = add_run(
+        conn, "processing", created="3 days", started="3 days", heartbeat="24 hours 1 minute"
+    )
+    inside = add_run(
+        conn, "processing", created="3 days", started="3 days", heartbeat="23 hours 59 minutes"
+    )
+    other_status = add_run(conn, "pending", created="3 days")
+
+    report = run_json(cli, "stuck")
+
+    assert report["stuckRunsMarked"] == 1
+    assert status_of(conn, past) == "failed"
+    assert status_of(conn, inside) == "processing"
+    assert status_of(conn, other_status) == "pending"
+
+
+def test_stuck_heartbeat_wins_over_an_old_start(cli: Cli, conn: Conn) -> None:
+    # Started three days ago but heartbeating: alive. No heartbeat at all: judged by started_at,
+    # then by created_at.
+    alive = add_run(conn, "processing", created="3 days", started="3 days", heartbeat="5 minutes")
+    silent = add_run(conn, "processing", created="3 days", started="25 hours")
+    never_started = add_run(conn, "processing", created="25 hours")
+    just_started = add_run(conn, "processing", created="3 days", started="1 hour")
+
+    run_json(cli, "stuck")
+
+    assert status_of(conn, alive) == "processing"
+    assert status_of(conn, silent) == "failed"
+    assert status_of(conn, never_started) == "failed"
+    assert status_of(conn, just_started) == "processing"
+
+
+def test_stuck_run_gets_finished_at_and_a_timeout_message_naming_the_threshold(
+    cli: Cli, conn: Conn
+) -> None:
+    run_id = add_run(conn, "processing", created="3 days", started="3 days", heartbeat="40 hours")
+
+    run_json(cli, "stuck", "--older-than", "36h")
+
+    row = conn.execute(
+        "select error_message, now() - finished_at < interval '1 minute' from import_runs "
+        "where id = %s",
+        [run_id],
+    ).fetchone()
+    assert row is not None
+    message, finished_just_now = row
+    assert message.startswith("Timed out")
+    assert "1 day 12:00:00" in message
+    assert finished_just_now
+
+
+def test_purge_temp_deletes_uploads_past_the_ttl(cli: Cli, conn: Conn) -> None:
+    add_temp_upload(conn, "24 hours 1 minute")
+    add_temp_upload(conn, "10 days")
+    kept = add_temp_upload(conn, "23 hours 59 minutes")
+
+    report = run_json(cli, "purge-temp")
+
+    assert report["tempUploadsPurged"] == 2
+    assert conn.execute("select id from temp_uploads").fetchall() == [(kept,)]
+
+
+def test_compact_empties_old_finished_jobs_and_keeps_the_audit_columns(
+    cli: Cli, conn: Conn
+) -> None:
+    run_id = add_run(conn, "completed", created="9 days")
+    past = add_job(conn, "completed", created="9 days", finished="7 days 1 minute", run_id=run_id)
+    before = conn.execute(
+        "select id, run_id, status, created_at, finished_at from import_jobs where id = %s", [past]
+    ).fetchone()
+
+    report = run_json(cli, "compact")
+
+    assert report["importJobsCompacted"] == 1
+    after = conn.execute(
+        "select id, run_id, status, created_at, finished_at from import_jobs where id = %s", [past]
+    ).fetchone()
+    assert after == before
+    row = conn.execute(
+        "select payload, log, result, compacted_at is not null from import_jobs where id = %s",
+        [past],
+    ).fetchone()
+    assert row is not None
+    payload, log, result, compacted = row
+    assert (payload, log, compacted) == (None, None, True)
+    assert result["compacted"] is True
+    assert result["totals"] == {"rowsImported": 10, "rowsRejected": 1}
+    assert result["payloadBytes"] > 0
+    assert result["logBytes"] == len("line 1\nline 2")
+
+
+def test_compact_leaves_recent_and_unfinished_jobs(cli: Cli, conn: Conn) -> None:
+    inside = add_job(conn, "completed", created="8 days", finished="6 days 23 hours 59 minutes")
+    running = add_job(conn, "running", created="30 days")
+    queued = add_job(conn, "queued", created="30 days")
+    # No finished_at: judged by created_at.
+    cancelled = add_job(conn, "cancelled", created="7 days 1 minute")
+
+    report = run_json(cli, "compact")
+
+    assert report["importJobsCompacted"] == 1
+    compacted = conn.execute(
+        "select id from import_jobs where compacted_at is not null order by id"
+    ).fetchall()
+    assert compacted == [(cancelled,)]
+    for job in (inside, running, queued):
+        assert (
+            count(
+                conn,
+                "select count(*) from import_jobs where id = %s and payload is not null",
+                [job],
+            )
+            == 1
+        )
+
+
+def test_compact_summary_stays_under_1kb_and_keeps_the_error(cli: Cli, conn: Conn) -> None:
+    huge_result = json.dumps(
+        {"error": "x" * 5000, **{f"counter_{n:02d}": n for n in range(50)}, "blob": "y" * 100000}
+    )
+    log = "\n".join(f"step {n}" for n in range(10000)) + "\nFATAL: disk full\n"
+    job = add_job(
+        conn, "failed", created="40 days", finished="40 days", result=huge_result, log=log
+    )
+
+    run_json(cli, "compact")
+
+    row = conn.execute(
+        "select result, octet_length(result::text) from import_jobs where id = %s", [job]
+    ).fetchone()
+    assert row is not None
+    summary, size = row
+    assert size <= 1024
+    assert summary["error"].startswith("xxx")
+    assert summary["lastLogLine"] == "FATAL: disk full"
+    assert summary["resultBytes"] > 100000
+    assert len(summary["totals"]) == 12
+
+
+def test_compact_is_idempotent(cli: Cli, conn: Conn) -> None:
+    job = add_job(conn, "completed", created="30 days", finished="30 days")
+    run_json(cli, "compact")
+    first = conn.execute(
+        "select result, compacted_at from import_jobs where id = %s", [job]
+    ).fetchone()
+
+    report = run_json(cli, "compact")
+
+    assert report["importJobsCompacted"] == 0
+    assert (
+        conn.execute("select result, compacted_at from import_jobs where id = %s", [job]).fetchone()
+        == first
+    )
+
+
+def test_purge_raw_deletes_items_of_old_failed_runs_and_keeps_the_runs(
+    cli: Cli, conn: Conn
+) -> None:
+    old_failed = add_run(conn, "failed", created="40 days", finished="30 days 1 minute")
+    recent_failed = add_run(
+        conn, "failed", created="40 days", finished="29 days 23 hours 59 minutes"
+    )
+    # Never finished: judged by started_at.
+    unfinished_failed = add_run(conn, "failed", created="40 days", started="31 days")
+    old_completed = add_run(conn, "completed", created="90 days", finished="90 days")
+    for run_id in (old_failed, recent_failed, unfinished_failed, old_completed):
+        add_items(conn, run_id, 7)
+
+    report = run_json(cli, "purge-raw")
+
+    assert report["rawItemsPurged"] == 14
+    remaining = conn.execute(
+        "select run_id, count(*) from raw_import_items group by run_id order by run_id"
+    ).fetchall()
+    assert remaining == [(recent_failed, 7), (old_completed, 7)]
+    assert count(conn, "select count(*) from import_runs") == 4
+
+
+def test_cutoffs_come_from_the_database_clock(cli: Cli, conn: Conn) -> None:
+    report = run_json(cli, "run", "--dry-run")
+    row = conn.execute("select now()").fetchone()
+    assert row is not None
+    server_now = row[0]
+    tasks = {task["task"]: task for task in report["tasks"]}  # type: ignore[attr-defined]
+    from datetime import datetime, timedelta
+
+    expected = {"stuck": 1, "temp": 1, "compact": 7, "raw": 30}
+    for name, days in expected.items():
+        cutoff = datetime.fromisoformat(tasks[name]["cutoff"].replace("Z", "+00:00"))
+        assert abs((server_now - timedelta(days=days)) - cutoff) < timedelta(seconds=30)

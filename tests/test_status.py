@@ -1,0 +1,177 @@
+"""`status`, the maintenance_status view, `history`, `pause` and `resume`."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import Cli
+from tests.data import Conn, load_sample
+
+STATUS_KEYS = {
+    "stuckRuns",
+    "oldTempUploads",
+    "oldRawItems",
+    "oldImportJobs",
+    "paused",
+    "pause",
+    "thresholds",
+    "lastRun",
+    "lastSuccessAt",
+}
+
+
+def view(conn: Conn) -> tuple[int, ...]:
+    row = conn.execute(
+        "select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs "
+        "from maintenance.maintenance_status"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_status_json_agrees_with_the_view(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+
+    result = cli("status", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == STATUS_KEYS
+    counts = (
+        document["stuckRuns"],
+        document["oldTempUploads"],
+        document["oldRawItems"],
+        document["oldImportJobs"],
+    )
+    assert counts == view(conn) == (15, 289, 250, 210)
+    assert document["thresholds"] == {
+        "stuckAfter": "1d",
+        "tempUploadTtl": "1d",
+        "compactAfter": "7d",
+        "rawItemsTtl": "30d",
+    }
+    assert document["paused"] is False
+    assert document["lastRun"] is None
+
+
+def test_status_uses_the_configured_thresholds(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+
+    document = json.loads(cli("status", "--json", env={"MAINTCTL_TEMP_UPLOAD_TTL": "2d"}).stdout)
+
+    # One upload every 10 minutes over 72 hours: those past 48 hours.
+    assert document["oldTempUploads"] == 145
+    assert document["thresholds"]["tempUploadTtl"] == "2d"
+    assert view(conn)[1] == 289
+
+
+def test_status_counts_drop_to_zero_after_a_run(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+    run = json.loads(cli("run", "--json").stdout)
+
+    document = json.loads(cli("status", "--json").stdout)
+
+    assert view(conn) == (0, 0, 0, 0)
+    assert document["lastRun"]["id"] == run["runId"]
+    assert document["lastRun"]["status"] == "succeeded"
+    assert document["lastSuccessAt"] is not None
+
+
+def test_status_for_people(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+
+    result = cli("status")
+
+    assert result.exit_code == 0
+    assert "Runs stuck in processing" in result.stdout
+    assert "289" in result.stdout
+    assert "Last run: none yet" in result.stdout
+
+
+def test_status_max_age_is_a_dead_mans_switch(cli: Cli, conn: Conn) -> None:
+    never = cli("status", "--max-age", "26h", "--json")
+    assert never.exit_code == 1
+    assert json.loads(never.stdout)["stale"] is True
+
+    assert cli("run", "--dry-run").exit_code == 0
+    dry_only = cli("status", "--max-age", "26h")
+    assert dry_only.exit_code == 1, "a dry run is not a successful run"
+    assert "STALE" in dry_only.stdout
+
+    assert cli("run").exit_code == 0
+    fresh = cli("status", "--max-age", "26h", "--json")
+    assert fresh.exit_code == 0
+    assert json.loads(fresh.stdout)["stale"] is False
+
+    conn.execute("update maintenance.runs set finished_at = now() - interval '27 hours'")
+    assert cli("status", "--max-age", "26h").exit_code == 1
+
+
+def test_history_lists_runs_newest_first(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+    cli("run", "--dry-run")
+    cli("run")
+    cli("purge-temp")
+
+    result = cli("history", "--json")
+
+    assert result.exit_code == 0
+    runs = json.loads(result.stdout)
+    assert [(r["command"], r["dryRun"], r["status"]) for r in runs] == [
+        ("purge-temp", False, "succeeded"),
+        ("run", False, "succeeded"),
+        ("run", True, "succeeded"),
+    ]
+    assert runs[1]["tasks"][1]["rows"] == 289
+    assert runs[1]["thresholds"]["stuckAfter"] == "1d"
+    assert len(json.loads(cli("history", "--limit", "1", "--json").stdout)) == 1
+    table = cli("history")
+    assert "purge-temp" in table.stdout
+    assert "succeeded" in table.stdout
+
+
+def test_a_run_left_running_by_a_dead_process_shows_as_abandoned(cli: Cli, conn: Conn) -> None:
+    conn.execute(
+        "insert into maintenance.runs (command, host, backend_pid) values ('run', 'gone', 0)"
+    )
+
+    shown = json.loads(cli("history", "--json").stdout)
+    assert shown[0]["status"] == "abandoned"
+
+    cli("run")
+    row = conn.execute("select status from maintenance.runs where host = 'gone'").fetchone()
+    assert row == ("abandoned",)
+
+
+def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
+    paused = cli("pause", "--reason", "restoring a backup", "--json")
+
+    assert paused.exit_code == 0
+    state = json.loads(paused.stdout)
+    assert state["paused"] is True
+    assert state["reason"] == "restoring a backup"
+    assert "@" in state["pausedBy"]
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["paused"] is True
+    assert status["pause"]["reason"] == "restoring a backup"
+    assert "restoring a backup" in cli("status").stdout
+
+    resumed = cli("resume")
+    assert resumed.stdout.strip() == "maintenance resumed"
+    assert json.loads(cli("status", "--json").stdout)["paused"] is False
+
+
+def test_ledger_prunes_itself(cli: Cli, conn: Conn) -> None:
+    conn.execute(
+        "insert into maintenance.runs (command, status, started_at, finished_at) "
+        "values ('run', 'succeeded', now() - interval '91 days', now() - interval '91 days'), "
+        "       ('run', 'succeeded', now() - interval '89 days', now() - interval '89 days')"
+    )
+
+    cli("run")
+
+    ages = conn.execute(
+        "select count(*) filter (where started_at < now() - interval '90 days'), count(*) "
+        "from maintenance.runs"
+    ).fetchone()
+    assert ages == (0, 2)
