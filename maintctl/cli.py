@@ -259,12 +259,13 @@ def _run(
             report = runner.run_maintenance(
                 conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
             )
+    refused = report.skipped is not None and report.exit_code != ExitCode.OK
     if json_output:
         render.emit_json(render.run_json(report))
-    else:
+    elif not refused:
         render.print_run(report)
-    if report.skipped and report.exit_code != ExitCode.OK:
-        _error(report.skipped)
+    if refused:
+        _error(f"{report.skipped}")
     return int(report.exit_code)
 
 

@@ -129,24 +129,24 @@ def print_run(report: RunReport) -> None:
         return
     title = "Dry run: what a run would touch now" if report.dry_run else f"Run {report.run_id}"
     table = Table(title=title, title_justify="left")
-    for column in ("Task", "Status", "Rows", "Batches", "Cutoff (UTC)", "Time"):
+    for column in ("Task", "Status", "Rows", "Batches", "Cutoff (UTC)", "Took"):
         table.add_column(
-            column, justify="right" if column in ("Rows", "Batches", "Time") else "left"
+            column, justify="right" if column in ("Rows", "Batches", "Took") else "left"
         )
     for result in report.tasks:
         status = result.status if result.error is None else f"{result.status}: {result.error}"
         style = {"ok": "green", "failed": "bold red"}.get(result.status, "yellow")
         table.add_row(
-            TASKS_BY_NAME[result.task].title,
+            TASKS_BY_NAME[result.task].command,
             f"[{style}]{escape(status)}[/]",
             f"{result.rows:,}",
             "-" if report.dry_run else str(result.batches),
             f"{result.cutoff:%Y-%m-%d %H:%M}" if result.cutoff else "-",
-            f"{result.duration_ms} ms",
+            _took(result.duration_ms),
         )
     out.print(table)
     verdict = f"{len(report.errors)} task(s) failed" if report.errors else "all tasks ok"
-    out.print(f"{verdict} in {report.duration_ms} ms")
+    out.print(f"{verdict} in {_took(report.duration_ms)}")
 
 
 def print_status(status: StatusReport) -> None:
@@ -182,33 +182,52 @@ def print_status(status: StatusReport) -> None:
         )
 
 
+def _took(milliseconds: float) -> str:
+    return f"{milliseconds:.0f} ms" if milliseconds < 1000 else f"{milliseconds / 1000:.1f} s"
+
+
+def _rows(tasks: Sequence[dict[str, Any]]) -> str:
+    """Rows per task: 15/289/210/250 for a full run (see the caption), "temp 289" for one task."""
+    if len(tasks) == len(TASKS):
+        return "/".join(str(task["rows"]) for task in tasks)
+    return ", ".join(f"{task['task']} {task['rows']}" for task in tasks) or "-"
+
+
 def print_history(runs: Sequence[RunRecord]) -> None:
     out = console()
     if not runs:
         out.print("No runs recorded yet.")
         return
-    table = Table(title="Maintenance runs, newest first", title_justify="left")
-    for column in ("#", "Command", "Status", "Started (UTC)", "Took", "Rows s/t/c/r", "Notes"):
-        table.add_column(column, justify="right" if column in ("#", "Took") else "left")
+    table = Table(
+        title="Maintenance runs, newest first",
+        title_justify="left",
+        caption="rows: stuck/temp/compact/raw",
+        caption_justify="left",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("Started (UTC)", no_wrap=True)
+    table.add_column("Command", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Took", justify="right", no_wrap=True)
+    table.add_column("Rows")
+    notes = []
     for run in runs:
         took = (
-            f"{(run.finished_at - run.started_at).total_seconds():.1f} s"
-            if run.finished_at
-            else "-"
+            (run.finished_at - run.started_at).total_seconds() * 1000 if run.finished_at else None
         )
-        rows = "/".join(str(t["rows"]) for t in run.tasks) or "-"
-        notes = "; ".join(run.errors) or (run.skipped or "")
-        command = f"{run.command} (dry run)" if run.dry_run else run.command
         table.add_row(
             str(run.id),
-            f"{command} on {run.host}" if run.host else command,
+            f"{run.started_at.astimezone(UTC):%Y-%m-%d %H:%M}",
+            f"{run.command} (dry)" if run.dry_run else run.command,
             run.status,
-            f"{run.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}",
-            took,
-            rows,
-            escape(notes),
+            _took(took) if took is not None else "-",
+            _rows(run.tasks),
         )
+        for note in (*run.errors, *([run.skipped] if run.skipped else [])):
+            notes.append(f"#{run.id}: {note}")
     out.print(table)
+    for note in notes:
+        out.print(escape(note))
 
 
 def print_migrate(result: MigrateResult) -> None:

@@ -22,7 +22,6 @@ from maintctl.settings import Settings
 class Task:
     name: str  # as the JSON and the ledger name it
     command: str  # the CLI command that runs it alone
-    title: str
     threshold: str  # the Settings field of its threshold
     batch_query: str
     count_query: str
@@ -33,7 +32,6 @@ TASKS = (
     Task(
         "stuck",
         "stuck",
-        "Mark stuck runs failed",
         "stuck_after",
         "mark_stuck_runs_batch",
         "count_stuck_runs",
@@ -42,7 +40,6 @@ TASKS = (
     Task(
         "temp",
         "purge-temp",
-        "Purge old temp uploads",
         "temp_upload_ttl",
         "purge_temp_uploads_batch",
         "count_old_temp_uploads",
@@ -51,7 +48,6 @@ TASKS = (
     Task(
         "compact",
         "compact",
-        "Compact old import jobs",
         "compact_after",
         "compact_import_jobs_batch",
         "count_old_import_jobs",
@@ -60,7 +56,6 @@ TASKS = (
     Task(
         "raw",
         "purge-raw",
-        "Purge raw items of failed runs",
         "raw_items_ttl",
         "purge_raw_items_batch",
         "count_old_raw_items",

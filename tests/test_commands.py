@@ -1,0 +1,127 @@
+"""`doctor`, and maintctl run as a real process the way cron runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import Cli
+from tests.data import Conn, count, load_sample
+
+
+def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+
+    result = cli("doctor", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["healthy"] is True
+    assert [check["check"] for check in document["checks"]] == [
+        "connection",
+        "migrations",
+        "privileges",
+        "pause",
+        "dry run",
+    ]
+    assert (
+        document["checks"][-1]["detail"] == "would touch: stuck 15, temp 289, compact 210, raw 250"
+    )
+    assert count(conn, "select count(*) from temp_uploads") == 433, "doctor changes nothing"
+    people = cli("doctor")
+    assert people.stdout.splitlines()[-1] == "healthy"
+
+
+def test_doctor_exits_78_before_migrate(bare_cli: Cli) -> None:
+    result = bare_cli("doctor")
+
+    assert result.exit_code == 78
+    assert "FAIL migrations: the maintenance schema is not installed; run: maintctl migrate" in (
+        result.stdout
+    )
+
+
+def test_doctor_exits_78_naming_a_missing_table(cli: Cli, conn: Conn) -> None:
+    conn.execute("drop table raw_import_items")
+
+    result = cli("doctor", "--json")
+
+    assert result.exit_code == 78
+    failed = json.loads(result.stdout)["checks"][-1]
+    assert failed == {
+        "check": "tables",
+        "ok": False,
+        "detail": "missing in schema 'public': raw_import_items",
+    }
+
+
+def test_doctor_exits_69_when_the_database_is_unreachable(cli: Cli) -> None:
+    result = cli(
+        "doctor",
+        env={
+            "MAINTCTL_DATABASE_URL": "postgresql://maintctl@127.0.0.1:1/x",
+            "MAINTCTL_CONNECT_TIMEOUT": "1s",
+        },
+    )
+
+    assert result.exit_code == 69
+    assert result.stdout.startswith("FAIL connection: cannot connect to maintctl@127.0.0.1:1/x")
+
+
+def maintctl_command() -> list[str]:
+    installed = shutil.which("maintctl", path=str(Path(sys.executable).parent))
+    return [installed] if installed else [sys.executable, "-m", "maintctl"]
+
+
+def test_maintctl_runs_as_a_real_process_like_cron(db_url: str, conn: Conn) -> None:
+    load_sample(conn)
+    # cron gives a bare environment: no terminal, a minimal PATH, no HOME.
+    env = {"PATH": "/usr/bin:/bin", "MAINTCTL_DATABASE_URL": db_url}
+
+    completed = subprocess.run(
+        [*maintctl_command(), "run", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr == ""
+    document = json.loads(completed.stdout)
+    assert document["tempUploadsPurged"] == 289
+    assert document["errors"] == []
+
+
+def test_python_dash_m_maintctl_reports_its_version() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "maintctl", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ},
+    )
+    assert completed.stdout.startswith("maintctl ")
+
+
+def test_an_internal_error_is_one_line_and_exit_70_unless_debug(cli: Cli, conn: Conn) -> None:
+    # A ledger the code cannot read as it expects: a column of the wrong type.
+    conn.execute("alter table maintenance.runs alter column tasks type text using tasks::text")
+    conn.execute(
+        "insert into maintenance.runs (command, status, tasks) values ('x', 'failed', 'oops')"
+    )
+
+    plain = cli("history")
+    debug = cli("history", "--debug")
+
+    assert plain.exit_code == 70
+    assert plain.stderr.count("\n") == 1
+    assert "run again with --debug" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    assert debug.exit_code == 70
+    assert "Traceback" in debug.stderr
