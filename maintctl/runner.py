@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from maintctl import db, ledger
-from maintctl.errors import ExitCode
+from maintctl.errors import ExitCode, MaintctlError
 from maintctl.settings import Settings
 from maintctl.tasks import Task, TaskResult, run_task
 
@@ -94,34 +95,63 @@ def run_maintenance(
         start = ledger.start_run(conn, settings, command=command, dry_run=dry_run)
         report.run_id, report.started = start.id, start.started_at
         deadline = clock + max_runtime.total_seconds() if max_runtime else None
-        status = "interrupted"
         try:
             for task in tasks:
                 report.tasks.append(
                     run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
                 )
-            status = "failed" if report.errors else "succeeded"
-        finally:
-            report.duration_ms = int((time.monotonic() - clock) * 1000)
-            _close_ledger(conn, settings, report, status)
+        except KeyboardInterrupt:
+            _finish(conn, settings, report, clock, "interrupted", in_flight=True)
+            raise
+        except Exception as exc:  # a lost connection, or a bug: the ledger says so if it can
+            _finish(conn, settings, report, clock, "failed", in_flight=True, error=str(exc))
+            raise
+        _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
     finally:
-        if locked and not conn.closed and not conn.broken:
-            db.fetch_value(conn, "run_unlock")
+        if locked:
+            _release_run_lock(conn)
     return report
 
 
-def _close_ledger(conn: db.Connection, settings: Settings, report: RunReport, status: str) -> None:
-    if report.run_id is None or conn.closed or conn.broken:
-        return  # the row stays 'running' and the next run marks it abandoned
+def _finish(
+    conn: db.Connection,
+    settings: Settings,
+    report: RunReport,
+    clock: float,
+    status: str,
+    *,
+    in_flight: bool = False,
+    error: str | None = None,
+) -> None:
+    """Close the run's ledger row. With an exception in flight this is best effort and never
+    hides that exception: an interrupted statement can leave the session unusable, so a fresh
+    session records the outcome. A row that cannot be closed stays 'running' and the next run
+    marks it abandoned."""
+    report.duration_ms = int((time.monotonic() - clock) * 1000)
+    if report.run_id is None:
+        return
+    errors = report.errors + ([error] if error else [])
+    tasks = [result.as_record() for result in report.tasks]
+
+    def record(session: db.Connection) -> None:
+        ledger.finish_run(session, report.run_id or 0, status=status, tasks=tasks, errors=errors)
+        ledger.prune(session, settings)
+
+    if not in_flight:
+        record(conn)
+        return
     try:
-        ledger.finish_run(
-            conn,
-            report.run_id,
-            status=status,
-            tasks=[t.as_record() for t in report.tasks],
-            errors=report.errors,
-        )
-        ledger.prune(conn, settings)
+        record(conn)
     except psycopg.Error:
-        if status != "interrupted":
-            raise
+        try:
+            with db.connect(settings) as fresh:
+                record(fresh)
+        except (psycopg.Error, MaintctlError):
+            pass
+
+
+def _release_run_lock(conn: db.Connection) -> None:
+    # Closing the session releases the lock too, so a failure here changes nothing.
+    with contextlib.suppress(psycopg.Error):
+        if not conn.closed and not conn.broken:
+            db.fetch_value(conn, "run_unlock")

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Cli
 from tests.data import Conn, count, load_sample
@@ -125,3 +129,51 @@ def test_an_internal_error_is_one_line_and_exit_70_unless_debug(cli: Cli, conn: 
     assert "Traceback" not in plain.stderr
     assert debug.exit_code == 70
     assert "Traceback" in debug.stderr
+
+
+def slow_down_deletes(conn: Conn, seconds: float) -> None:
+    conn.execute(
+        "create function slow_delete() returns trigger language plpgsql as "
+        f"$$ begin perform pg_sleep({seconds}); return old; end $$"
+    )
+    conn.execute(
+        "create trigger slow before delete on temp_uploads "
+        "for each row execute function slow_delete()"
+    )
+
+
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_rolls_back_the_batch_in_flight_and_the_ledger_says_interrupted(
+    db_url: str, conn: Conn, signum: int, exit_code: int
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path) "
+        "select now() - interval '2 days', 'f' || n from generate_series(1, 40) n"
+    )
+    slow_down_deletes(conn, 0.3)
+    process = subprocess.Popen(
+        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--json"],
+        env={"PATH": "/usr/bin:/bin", "MAINTCTL_DATABASE_URL": db_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while count(conn, "select count(*) from temp_uploads") > 36 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == exit_code, stderr
+    assert stderr.count("\n") == 1
+    assert "interrupted by" in stderr
+    assert "Traceback" not in stderr
+    remaining = count(conn, "select count(*) from temp_uploads")
+    assert remaining % 2 == 0, "only whole batches were committed"
+    assert 0 < remaining <= 36
+    row = conn.execute("select status from maintenance.runs").fetchone()
+    assert row == ("interrupted",)
+    assert (
+        count(conn, "select count(*) from pg_stat_activity where application_name = 'maintctl'")
+        == 0
+    )
