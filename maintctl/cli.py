@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from maintctl import __version__
-from maintctl.errors import ExitCode, Interrupted, MaintctlError, UsageError
+from maintctl.errors import ExitCode, MaintctlError, Terminated, UsageError
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -90,35 +91,36 @@ Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 
 # --- error handling: one place --------------------------------------------------------------
 
 
-def _secrets(given_url: str | None) -> list[str]:
-    """Every password maintctl could know of, so that no message ever shows one."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    found = [os.environ.get("PGPASSWORD", "")]
-    urls = (given_url, os.environ.get("MAINTCTL_DATABASE_URL"), os.environ.get("DATABASE_URL"))
-    for source in urls:
-        if source:
-            try:
-                found.append(str(conninfo_to_dict(source).get("password") or ""))
-            except Exception:  # a malformed URL may hold a password anywhere: hide all of it
-                found.append(source)
-    return sorted((secret for secret in found if secret), key=len, reverse=True)
+# Every password maintctl has seen in this process (flags, environment, .env), so that no message,
+# traceback included, ever shows one.
+_known_passwords: set[str] = set()
 
 
-def redact(text: str, given_url: str | None = None) -> str:
+def _remember_passwords(*conninfos: str | None) -> None:
+    from maintctl.db import passwords_in
+
+    for conninfo in conninfos:
+        if conninfo:
+            _known_passwords.update(passwords_in(conninfo))
+
+
+def redact(text: str) -> str:
     """The text with every known password replaced by asterisks."""
-    for secret in _secrets(given_url):
+    secrets = _known_passwords | {os.environ.get("PGPASSWORD") or ""}
+    for secret in sorted(secrets - {""}, key=len, reverse=True):
         text = text.replace(secret, "********")
     return text
 
 
-def _error(message: str, given_url: str | None = None) -> None:
-    sys.stderr.write(f"maintctl: error: {redact(message, given_url)}\n")
+def _error(message: str) -> None:
+    sys.stderr.write(redact(f"maintctl: error: {message}\n"))
+
+
+def _traceback() -> None:
+    sys.stderr.write(redact(traceback.format_exc()))
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    from maintctl.runner import Terminated
-
     raise Terminated
 
 
@@ -129,36 +131,31 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             debug = bool(kwargs.get("debug"))
-            url = kwargs.get("database_url")
+            # The driver's own warnings (a rollback that failed after an interrupt, say) would
+            # add lines to the one-line error; --debug shows them.
+            logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
             try:
                 code = function(*args, **kwargs)
             except MaintctlError as exc:
                 if debug:
-                    traceback.print_exc()
-                _error(exc.message, url)
+                    _traceback()
+                _error(exc.message)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:
-                from maintctl.runner import Terminated
-
                 signal_name, exit_code = (
                     ("SIGTERM", ExitCode.SIGTERM)
                     if isinstance(exc, Terminated)
                     else ("SIGINT", ExitCode.SIGINT)
                 )
-                _error(Interrupted(signal_name, exit_code).message)
+                _error(f"interrupted by {signal_name}; the batch in flight was rolled back")
                 raise typer.Exit(exit_code) from None
             except typer.Exit:
                 raise
             except Exception as exc:
                 if debug:
-                    traceback.print_exc()
-                    _error(f"internal error: {exc}", url)
-                else:
-                    _error(
-                        f"internal error: {type(exc).__name__}: {exc} "
-                        "(run again with --debug for the traceback)",
-                        url,
-                    )
+                    _traceback()
+                hint = "" if debug else " (run again with --debug for the traceback)"
+                _error(f"internal error: {type(exc).__name__}: {exc}{hint}")
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
@@ -181,12 +178,18 @@ def _settings(
     database_url: str | None,
     schema: str | None,
     *,
+    task: bool = False,
     force: bool = False,
     **flags: Any,
 ) -> Settings:
+    """The settings of a command; `task` commands also refuse thresholds under the floor."""
+    from maintctl.db import conninfo_params
     from maintctl.settings import load_settings
 
-    if database_url and _has_password(database_url):
+    _remember_passwords(
+        database_url, os.environ.get("MAINTCTL_DATABASE_URL"), os.environ.get("DATABASE_URL")
+    )
+    if database_url and (conninfo_params(database_url) or {}).get("password"):
         sys.stderr.write(
             "maintctl: warning: a password on the command line is visible to other users (ps); "
             "use MAINTCTL_DATABASE_URL, PGPASSWORD or ~/.pgpass instead\n"
@@ -196,16 +199,10 @@ def _settings(
         **_FLAG_NAMES,
         **{key: "--older-than" for key in flags if key.endswith(("_after", "_ttl"))},
     }
-    return load_settings(given, names, force=force)
-
-
-def _has_password(url: str) -> bool:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return bool(conninfo_to_dict(url).get("password"))
-    except Exception:
-        return False
+    settings = load_settings(given, names, check_floor=task, force=force)
+    if settings.database_url:  # from .env, maybe
+        _remember_passwords(settings.database_url.get_secret_value())
+    return settings
 
 
 def _duration_flag(flag: str, value: str | None) -> timedelta | None:
@@ -249,7 +246,7 @@ def _run(
     from maintctl import render, runner
 
     settings = _settings(
-        database_url, schema, force=force, batch_size=batch_size, **(thresholds or {})
+        database_url, schema, task=True, force=force, batch_size=batch_size, **(thresholds or {})
     )
     deadline = _duration_flag("--max-runtime", max_runtime)
     if not settings.enabled:

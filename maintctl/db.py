@@ -3,22 +3,26 @@ and translating driver errors into maintctl's errors."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row
 
 from maintctl.errors import (
+    Busy,
     ConfigError,
     DatabaseUnavailable,
     MaintctlError,
     PermissionDenied,
+    TaskError,
 )
 from maintctl.settings import Settings
 from maintctl.sqlfiles import query
@@ -34,6 +38,8 @@ _AUTH_FAILURES = (
     "pg_hba.conf rejects",
     "permission denied for database",
 )
+# postgresql://user:password@host: everything up to the last @, for passwords with a raw "@".
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/?#@]*:(.+)@[^@]*$", re.IGNORECASE)
 
 
 def milliseconds(duration: timedelta) -> str:
@@ -48,41 +54,54 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip()
 
 
+def conninfo_params(conninfo: str) -> dict[str, str] | None:
+    """libpq's reading of a URL or key=value string; None when it is malformed."""
+    try:
+        return {key: str(value) for key, value in conninfo_to_dict(conninfo).items()}
+    except psycopg.ProgrammingError:
+        return None
+
+
+def passwords_in(conninfo: str) -> list[str]:
+    """Every string of a connection string that may be a password, for redaction: libpq's reading,
+    a URL password with an unescaped @ and its pieces, or the whole string when it is malformed."""
+    params = conninfo_params(conninfo)
+    if params is None:
+        return [conninfo]
+    found = [params.get("password", "")]
+    if match := _URL_PASSWORD.match(conninfo):
+        found += [match.group(1), *match.group(1).split("@")]
+    return [secret for secret in found if secret]
+
+
+def _conninfo(settings: Settings) -> str:
+    return settings.database_url.get_secret_value() if settings.database_url else ""
+
+
 def describe_target(settings: Settings) -> str:
     """Where maintctl connects, for messages: user@host:port/dbname, never the password."""
-    conninfo = settings.database_url.get_secret_value() if settings.database_url else ""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
+    params = conninfo_params(_conninfo(settings))
+    if params is None or "@" in params.get("host", ""):
         return "the configured database"
-    host = str(params.get("host") or "(libpq default host)")
-    port, dbname, user = (str(params.get(key) or "") for key in ("port", "dbname", "user"))
+    host = params.get("host") or "(libpq default host)"
+    port, dbname, user = (params.get(key, "") for key in ("port", "dbname", "user"))
     where = f"{host}:{port}" if port else host
-    return f"{user + '@' if user else ''}{where}{'/' + str(dbname) if dbname else ''}"
+    return f"{user + '@' if user else ''}{where}{'/' + dbname if dbname else ''}"
 
 
 def connect(settings: Settings) -> Connection:
-    """An autocommit connection with maintctl's session limits.
+    """An autocommit connection named `maintctl`.
 
-    Retried with backoff for up to `connect_timeout` when the server does not answer; refused
-    credentials and a missing database are not retried.
+    Retried with backoff for up to `connect_timeout` while the server does not answer; refused
+    credentials, a missing database and an invalid option are not retried. Timeouts are set in
+    each transaction (see `transaction`), not at connect time, so poolers see a plain startup.
     """
-    conninfo = settings.database_url.get_secret_value() if settings.database_url else ""
-    try:
-        conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
+    conninfo = _conninfo(settings)
+    if conninfo_params(conninfo) is None:
         raise ConfigError(
             "the database URL is not a valid PostgreSQL connection string "
             "(expected postgresql://user@host:port/dbname or key=value pairs)"
-        ) from None
-    options = " ".join(
-        f"-c {name}={milliseconds(value)}"
-        for name, value in (
-            ("lock_timeout", settings.lock_timeout),
-            ("statement_timeout", settings.statement_timeout),
-            ("idle_in_transaction_session_timeout", settings.statement_timeout),
         )
-    )
     deadline = time.monotonic() + settings.connect_timeout.total_seconds()
     delay = 0.25
     while True:
@@ -93,7 +112,6 @@ def connect(settings: Settings) -> Connection:
                 autocommit=True,
                 application_name=APPLICATION_NAME,
                 connect_timeout=max(2, int(remaining)),
-                options=options,
             )
         except psycopg.OperationalError as exc:
             reason = first_line(exc).removeprefix("connection failed: ")
@@ -103,6 +121,8 @@ def connect(settings: Settings) -> Connection:
                 raise PermissionDenied(f"the database refused the connection: {reason}") from None
             if reason.startswith("database ") and "does not exist" in reason:
                 raise DatabaseUnavailable(f"cannot connect: {reason}") from None
+            if reason.startswith("invalid "):
+                raise ConfigError(f"the database URL has an invalid option: {reason}") from None
             if time.monotonic() + delay >= deadline:
                 raise DatabaseUnavailable(
                     f"cannot connect to {describe_target(settings)}: {reason}"
@@ -157,20 +177,37 @@ def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None
     conn.execute(query(name), params or {})
 
 
-def connection_lost(conn: Connection, exc: psycopg.Error) -> bool:
+def _connection_lost(conn: Connection | None, exc: psycopg.Error) -> bool:
     """Whether an error means the session is gone (server restart, terminated backend)."""
-    return bool(conn.closed or conn.broken) or isinstance(
-        exc, pg_errors.AdminShutdown | pg_errors.CrashShutdown | pg_errors.ConnectionException
+    return (
+        conn is None
+        or bool(conn.closed or conn.broken)
+        or isinstance(
+            exc, pg_errors.AdminShutdown | pg_errors.CrashShutdown | pg_errors.ConnectionException
+        )
     )
 
 
 def translate(conn: Connection | None, exc: psycopg.Error) -> MaintctlError:
-    """The maintctl error for a driver error met outside a task."""
+    """The maintctl error, with its exit code, for a driver error."""
+    line = first_line(exc)
     if isinstance(exc, pg_errors.InsufficientPrivilege):
-        return PermissionDenied(f"permission denied: {first_line(exc)}")
-    if conn is None or connection_lost(conn, exc):
-        return DatabaseUnavailable(f"lost the connection to the database: {first_line(exc)}")
-    return MaintctlError(f"database error: {first_line(exc)}")
+        return PermissionDenied(f"permission denied: {line}")
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return Busy(f"gave up waiting for a lock after MAINTCTL_LOCK_TIMEOUT: {line}")
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return Busy(f"a statement ran longer than MAINTCTL_STATEMENT_TIMEOUT: {line}")
+    if isinstance(
+        exc,
+        pg_errors.UndefinedTable
+        | pg_errors.UndefinedColumn
+        | pg_errors.InvalidSchemaName
+        | pg_errors.UndefinedFunction,
+    ):
+        return ConfigError(f"the database is not as maintctl expects: {line}")
+    if _connection_lost(conn, exc):
+        return DatabaseUnavailable(f"lost the connection to the database: {line}")
+    return MaintctlError(f"database error: {line}")
 
 
 @contextmanager
@@ -180,3 +217,29 @@ def database_errors(conn: Connection | None) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         raise translate(conn, exc) from exc
+
+
+@contextmanager
+def task_errors(conn: Connection) -> Iterator[None]:
+    """Inside a task: a lost connection ends the run (DatabaseUnavailable); any other database
+    error fails this task only (TaskError), and the run goes on with the next."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        error = translate(conn, exc)
+        if isinstance(error, DatabaseUnavailable):
+            raise error from exc
+        raise TaskError(first_line(exc)) from exc
+
+
+def cancel_in_flight(conn: Connection) -> None:
+    """After an interrupt that came between the driver's steps: stop the statement the server is
+    still running, so that its batch rolls back now, not when the server notices we are gone."""
+    with best_effort():
+        if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.ACTIVE:
+            conn.cancel_safe(timeout=2.0)
+
+
+def best_effort() -> AbstractContextManager[None]:
+    """For cleanup while another exception is in flight: database failures are ignored."""
+    return suppress(psycopg.Error, MaintctlError)

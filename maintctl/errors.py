@@ -71,9 +71,17 @@ class MaintenanceDisabled(MaintctlError):
     exit_code = ExitCode.DISABLED
 
 
-class Interrupted(MaintctlError):
-    """Interrupted; the current batch was rolled back."""
+class Busy(MaintctlError):
+    """The database was busy: a lock or statement timeout ran out; try again later."""
 
-    def __init__(self, signal_name: str, exit_code: ExitCode) -> None:
-        super().__init__(f"interrupted by {signal_name}; the current batch was rolled back")
-        self.exit_code = exit_code
+    exit_code = ExitCode.TASK_FAILED
+
+
+class TaskError(MaintctlError):
+    """A task failed; the run goes on with the next task."""
+
+    exit_code = ExitCode.TASK_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so that psycopg cancels the running statement."""

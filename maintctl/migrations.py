@@ -11,7 +11,7 @@ from psycopg import sql
 from maintctl import __version__, db
 from maintctl.errors import ConfigError, NotMigrated
 from maintctl.settings import Settings
-from maintctl.sqlfiles import Migration, hardening, query, read_sql
+from maintctl.sqlfiles import Migration, hardening, read_sql
 from maintctl.sqlfiles import migrations as known_migrations
 
 MIN_SERVER_VERSION = 150000  # security_invoker views
@@ -89,7 +89,12 @@ def _wait_for_lock(conn: db.Connection) -> None:
 
 
 def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
-    """Apply every migration not yet applied, then the hardening; safe to run twice at once."""
+    """Apply every migration not yet applied; safe to run twice at once.
+
+    A transactional migration, its hardening and its ledger row commit together. Index builds
+    (CREATE INDEX CONCURRENTLY) never block the application's writes, so they run without
+    statement or lock timeouts: on a large table they take as long as they take.
+    """
     server = db.fetch_one(conn, "server_info", {}, ServerInfo)
     if server.server_version_num < MIN_SERVER_VERSION:
         raise ConfigError(
@@ -118,18 +123,23 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                 "app_schema": settings.app_schema,
                 "maintctl_version": __version__,
             }
-            if migration.transactional:
-                with db.transaction(conn, settings):
+            if not migration.transactional:
+                db.execute(conn, "allow_long_statements")
+                try:
+                    for statement in migration.statements():
+                        conn.execute(sql.SQL(statement).format(app=app))
+                finally:
+                    db.execute(conn, "reset_session_limits")
+            with db.transaction(conn, settings):
+                if migration.transactional:
                     conn.execute(sql.SQL(migration.text).format(app=app))
-                    conn.execute(query("record_migration"), record)
-            else:
-                for statement in migration.statements():
-                    conn.execute(sql.SQL(statement).format(app=app))
-                conn.execute(query("record_migration"), record)
+                conn.execute(hardening())
+                db.execute(conn, "record_migration", record)
             newly_applied.append(_label(migration))
+        # Again on every migrate: API roles created since (Supabase's anon) lose access too.
         with db.transaction(conn, settings):
             conn.execute(hardening())
     finally:
-        if not conn.closed and not conn.broken:
+        with db.best_effort():
             db.fetch_value(conn, "migration_unlock")
     return MigrateResult(newly_applied, len(done), settings.app_schema)

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import psycopg
-
 from maintctl import db, ledger
-from maintctl.errors import ExitCode, MaintctlError
+from maintctl.errors import ExitCode
 from maintctl.settings import Settings
 from maintctl.tasks import Task, TaskResult, run_task
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as a KeyboardInterrupt so that psycopg cancels the running statement."""
 
 
 @dataclass
@@ -101,6 +94,7 @@ def run_maintenance(
                     run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
                 )
         except KeyboardInterrupt:
+            db.cancel_in_flight(conn)
             _finish(conn, settings, report, clock, "interrupted", in_flight=True)
             raise
         except Exception as exc:  # a lost connection, or a bug: the ledger says so if it can
@@ -140,18 +134,16 @@ def _finish(
     if not in_flight:
         record(conn)
         return
-    try:
-        record(conn)
-    except psycopg.Error:
+    with db.best_effort():
         try:
+            record(conn)
+        except Exception:
             with db.connect(settings) as fresh:
                 record(fresh)
-        except (psycopg.Error, MaintctlError):
-            pass
 
 
 def _release_run_lock(conn: db.Connection) -> None:
     # Closing the session releases the lock too, so a failure here changes nothing.
-    with contextlib.suppress(psycopg.Error):
+    with db.best_effort():
         if not conn.closed and not conn.broken:
             db.fetch_value(conn, "run_unlock")

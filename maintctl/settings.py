@@ -75,12 +75,17 @@ def env_name(field: str) -> str:
 
 
 def load_settings(
-    flags: dict[str, Any], flag_names: dict[str, str], *, force: bool = False
+    flags: dict[str, Any],
+    flag_names: dict[str, str],
+    *,
+    check_floor: bool = False,
+    force: bool = False,
 ) -> Settings:
     """Build the settings from the given flags (None means not given), the environment and .env.
 
     A bad value given on the command line is a usage error (exit 2); one from the environment or
     .env is a configuration error (exit 78). Either message names where the value came from.
+    With `check_floor` (task commands), a threshold under an hour is refused unless `force`.
     """
     given = {name: value for name, value in flags.items() if value is not None}
 
@@ -100,7 +105,7 @@ def load_settings(
         )
         reason = str(error["msg"]).removeprefix("Value error, ")
         raise fail(field, reason) from None
-    if not force:
+    if check_floor and not force:
         for field, value in settings.thresholds().items():
             if value < THRESHOLD_FLOOR:
                 raise fail(

@@ -6,15 +6,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import psycopg
-
 from maintctl import db, ledger, migrations
-from maintctl.errors import ExitCode, MaintctlError
+from maintctl.errors import ConfigError, ExitCode, MaintctlError, PermissionDenied
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import TASKS, run_task
-
-APPLICATION_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
 
 
 @dataclass(frozen=True)
@@ -50,22 +46,18 @@ class StatusReport:
 def get_status(
     conn: db.Connection, settings: Settings, max_age: timedelta | None = None
 ) -> StatusReport:
-    counts = db.fetch_one(
-        conn,
-        "pending_counts",
-        settings.thresholds(),
-        PendingCounts,
-    )
-    server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
-    return StatusReport(
-        counts=counts,
-        pause=ledger.pause_state(conn),
-        thresholds=settings.thresholds_text(),
-        last_run=ledger.last_run(conn),
-        last_success=ledger.last_success(conn),
-        server_now=server.now,
-        max_age=max_age,
-    )
+    with db.transaction(conn, settings):
+        counts = db.fetch_one(conn, "pending_counts", settings.thresholds(), PendingCounts)
+        server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
+        return StatusReport(
+            counts=counts,
+            pause=ledger.pause_state(conn),
+            thresholds=settings.thresholds_text(),
+            last_run=ledger.last_run(conn),
+            last_success=ledger.last_success(conn),
+            server_now=server.now,
+            max_age=max_age,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,78 +70,69 @@ class Check:
 
 @dataclass(frozen=True)
 class TablePrivileges:
+    present: bool
     can_select: bool
     can_update: bool
     can_delete: bool
 
+    def lacking(self, needed: tuple[str, ...]) -> list[str]:
+        held = {"SELECT": self.can_select, "UPDATE": self.can_update, "DELETE": self.can_delete}
+        return [privilege for privilege in needed if not held[privilege]]
+
+
+# What the tasks do to each application table (FOR SHARE/UPDATE locks need UPDATE too).
+NEEDED_PRIVILEGES = {
+    "import_runs": ("SELECT", "UPDATE"),
+    "raw_import_items": ("SELECT", "DELETE"),
+    "temp_uploads": ("SELECT", "DELETE"),
+    "import_jobs": ("SELECT", "UPDATE"),
+}
+
 
 def run_doctor(settings: Settings) -> list[Check]:
-    """The CI smoke check: each step a verdict; stops at the first step the others depend on."""
+    """The CI smoke check: each step a verdict; stops at the first failing step."""
     checks: list[Check] = []
-
-    def failed(name: str, exc: MaintctlError) -> list[Check]:
-        checks.append(Check(name, False, exc.message, exc.exit_code))
-        return checks
-
+    step = "connection"
     started = time.monotonic()
     try:
-        conn = db.connect(settings)
-    except MaintctlError as exc:
-        return failed("connection", exc)
-    with conn:
-        server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
-        elapsed = int((time.monotonic() - started) * 1000)
-        checks.append(
-            Check(
-                "connection",
-                True,
-                f"{db.describe_target(settings)}, PostgreSQL {server.server_version}, {elapsed} ms",
-            )
-        )
-        try:
+        with db.connect(settings) as conn, db.database_errors(conn):
+            server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
+            elapsed = int((time.monotonic() - started) * 1000)
+            target = db.describe_target(settings)
+            detail = f"{target}, PostgreSQL {server.server_version}, {elapsed} ms"
+            checks.append(Check(step, True, detail))
+
+            step = "migrations"
             migrations.ensure_migrated(conn, settings)
-        except MaintctlError as exc:
-            return failed("migrations", exc)
-        checks.append(Check("migrations", True, f"all {len(known_migrations())} applied"))
-        absent, lacking = [], []
-        for table in APPLICATION_TABLES:
-            try:
-                privileges = db.fetch_one(
-                    conn,
-                    "table_privileges",
-                    {"schema": settings.app_schema, "table": table},
-                    TablePrivileges,
-                )
-            except psycopg.errors.UndefinedTable:
-                absent.append(table)
-                continue
-            lacking += [
-                f"{privilege} on {table}"
-                for privilege, held in (
-                    ("SELECT", privileges.can_select),
-                    ("UPDATE", privileges.can_update),
-                    ("DELETE", privileges.can_delete),
-                )
-                if not held
-            ]
-        if absent:
-            detail = f"missing in schema {settings.app_schema!r}: {', '.join(absent)}"
-            checks.append(Check("tables", False, detail, ExitCode.CONFIG))
-            return checks
-        if lacking:
-            detail = "missing: " + ", ".join(lacking)
-            checks.append(Check("privileges", False, detail, ExitCode.NO_PERMISSION))
-            return checks
-        checks.append(Check("privileges", True, "SELECT, UPDATE, DELETE on the four tables"))
-        state = ledger.pause_state(conn)
-        checks.append(
-            Check("pause", True, ledger.pause_sentence(state) if state.paused else "not paused")
-        )
-        results = [run_task(conn, task, settings, dry_run=True) for task in TASKS]
-        failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
-        if failures:
-            checks.append(Check("dry run", False, "; ".join(failures), ExitCode.CONFIG))
-        else:
+            checks.append(Check(step, True, f"all {len(known_migrations())} applied"))
+
+            step = "tables"
+            absent, lacking = [], []
+            for table, needed in NEEDED_PRIVILEGES.items():
+                params = {"schema": settings.app_schema, "table": table}
+                found = db.fetch_one(conn, "table_privileges", params, TablePrivileges)
+                if not found.present:
+                    absent.append(table)
+                lacking += [f"{privilege} on {table}" for privilege in found.lacking(needed)]
+            if absent:
+                missing = ", ".join(absent)
+                raise ConfigError(f"missing in schema {settings.app_schema!r}: {missing}")
+            if lacking:
+                raise PermissionDenied("missing: " + ", ".join(lacking))
+            checks.append(Check(step, True, "all four present, with what each task needs"))
+
+            step = "pause"
+            state = ledger.pause_state(conn)
+            paused = ledger.pause_sentence(state) if state.paused else "not paused"
+            checks.append(Check(step, True, paused))
+
+            step = "dry run"
+            results = [run_task(conn, task, settings, dry_run=True) for task in TASKS]
+            failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
+            if failures:
+                raise ConfigError("; ".join(failures))
             counts = ", ".join(f"{r.task} {r.rows}" for r in results)
-            checks.append(Check("dry run", True, f"would touch: {counts}"))
+            checks.append(Check(step, True, f"would touch: {counts}"))
+    except MaintctlError as exc:
+        checks.append(Check(step, False, exc.message, exc.exit_code))
     return checks

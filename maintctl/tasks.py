@@ -1,21 +1,24 @@
 """The four maintenance tasks. Each rule itself is SQL (`sql/migrations/0002_rules.sql`); a task
 takes the rule's cutoff from the database clock once and applies the rule in batches, each batch
-its own short transaction."""
+its own short transaction.
+
+The CLI reads the task list to build its commands, so this module imports the database layer
+only where a task runs: `maintctl --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-
-from maintctl import db
 from maintctl.durations import iso_timestamp
-from maintctl.errors import DatabaseUnavailable
-from maintctl.settings import Settings
+from maintctl.errors import TaskError
+
+if TYPE_CHECKING:
+    from maintctl.db import Connection
+    from maintctl.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -89,19 +92,20 @@ class TaskResult:
 
 
 def run_task(
-    conn: db.Connection,
+    conn: Connection,
     task: Task,
     settings: Settings,
     *,
     dry_run: bool,
     deadline: float | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
     A database error fails this task only (the result says why); a lost connection raises
     DatabaseUnavailable, since no other task could run either.
     """
+    from maintctl import db
+
     started = time.monotonic()
     threshold = getattr(settings, task.threshold)
     rows = batches = 0
@@ -114,26 +118,22 @@ def run_task(
     if deadline is not None and time.monotonic() >= deadline:
         return result("not_run", "max runtime reached before this task started")
     try:
-        cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
-        if dry_run:
-            rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
-            return result("ok")
-        params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
-        while True:
-            with db.transaction(conn, settings):
-                touched = int(db.fetch_value(conn, task.batch_query, params))
-            rows += touched
-            batches += 1
-            if on_batch is not None:
-                on_batch(touched)
-            # A short batch means the rule found nothing more it could lock.
-            if touched < settings.batch_size:
+        with db.task_errors(conn):
+            cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
+            if dry_run:
+                with db.transaction(conn, settings):
+                    rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
                 return result("ok")
-            if deadline is not None and time.monotonic() >= deadline:
-                return result("stopped", "max runtime reached; the next run carries on")
-    except psycopg.Error as exc:
-        if db.connection_lost(conn, exc):
-            raise DatabaseUnavailable(
-                f"lost the connection to the database during {task.name}: {db.first_line(exc)}"
-            ) from exc
-        return result("failed", db.first_line(exc))
+            params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
+            while True:
+                with db.transaction(conn, settings):
+                    touched = int(db.fetch_value(conn, task.batch_query, params))
+                rows += touched
+                batches += 1
+                # A short batch means the rule found nothing more it could lock.
+                if touched < settings.batch_size:
+                    return result("ok")
+                if deadline is not None and time.monotonic() >= deadline:
+                    return result("stopped", "max runtime reached; the next run carries on")
+    except TaskError as exc:
+        return result("failed", exc.message)

@@ -33,6 +33,18 @@ select pg_try_advisory_lock(7461823191) as locked;
 -- Releases the migrate lock.
 select pg_advisory_unlock(7461823191) as unlocked;
 
+-- name: allow_long_statements
+-- For CREATE INDEX CONCURRENTLY, which never blocks writes but may take long on a large table.
+select set_config('statement_timeout', '0', false), set_config('lock_timeout', '0', false);
+
+-- name: reset_session_limits
+-- Back to the server's defaults after the index builds.
+select set_config('statement_timeout', reset_val, false)
+from pg_settings where name = 'statement_timeout'
+union all
+select set_config('lock_timeout', reset_val, false)
+from pg_settings where name = 'lock_timeout';
+
 -- name: set_transaction_timeouts
 -- Per-transaction limits, so that no statement waits on a lock or runs longer than configured.
 select set_config('lock_timeout', %(lock_timeout)s, true),
@@ -132,15 +144,12 @@ update maintenance.runs
 
 -- name: prune_runs
 -- The ledger keeps itself small: finished rows older than the retention go.
-delete from maintenance.runs
-where started_at < now() - %(retention)s::interval and status <> 'running';
+select maintenance.prune_runs(%(retention)s::interval) as rows;
 
 -- name: history
 -- The most recent runs, newest first; a 'running' row whose session is gone shows as abandoned.
 select r.id, r.command,
-       case when r.status = 'running'
-                 and not exists (select 1 from pg_stat_activity a
-                                 where a.pid = r.backend_pid and a.backend_start <= r.started_at)
+       case when maintenance.is_abandoned(r.status, r.backend_pid, r.started_at)
             then 'abandoned' else r.status end as status,
        r.started_at, r.finished_at, r.host, r.version, r.dry_run, r.thresholds, r.tasks, r.errors,
        r.skipped
@@ -149,14 +158,16 @@ order by r.id desc
 limit %(limit)s;
 
 -- name: last_successful_run
--- When the last real run succeeded, for status --max-age.
+-- When the last full, real run succeeded (CLI or pg_cron), for status --max-age: a single task
+-- or a dry run does not count.
 select max(finished_at) as finished_at
 from maintenance.runs
-where status = 'succeeded' and not dry_run;
+where status = 'succeeded' and not dry_run and command in ('run', 'run_maintenance_cleanup');
 
 -- name: table_privileges
--- The privileges each task needs on the application's tables, for doctor.
-select has_table_privilege(t.name, 'SELECT') as can_select,
-       has_table_privilege(t.name, 'UPDATE') as can_update,
-       has_table_privilege(t.name, 'DELETE') as can_delete
-from (select format('%%I.%%I', %(schema)s::text, %(table)s::text) as name) as t;
+-- Whether an application table exists, and the privileges this session has on it, for doctor.
+select t.name is not null as present,
+       coalesce(has_table_privilege(t.name, 'SELECT'), false) as can_select,
+       coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
+       coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
+from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;

@@ -170,9 +170,19 @@ def bare_cli(bare_db_url: str) -> Cli:
 
 
 def make_cli(url: str) -> Cli:
-    def invoke(*args: str, env: dict[str, str] | None = None) -> CliResult:
-        full_env = {"MAINTCTL_DATABASE_URL": url, **(env or {})}
+    def invoke(*args: str, env: dict[str, str | None] | None = None) -> CliResult:
+        """env adds to or (with None) removes from MAINTCTL_DATABASE_URL=<the test database>."""
+        full_env: dict[str, str | None] = {"MAINTCTL_DATABASE_URL": url, **(env or {})}
         result = CliRunner().invoke(app, list(args), env=full_env)
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return invoke
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The body rows of the Rich tables in a command's output, as lists of stripped cells."""
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in output.splitlines()
+        if line.startswith("│")
+    ]

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from maintctl.cli import app
 from tests.conftest import Cli
 from tests.data import Conn, count, load_sample
 
@@ -28,7 +30,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
     assert [check["check"] for check in document["checks"]] == [
         "connection",
         "migrations",
-        "privileges",
+        "tables",
         "pause",
         "dry run",
     ]
@@ -173,7 +175,30 @@ def test_a_signal_rolls_back_the_batch_in_flight_and_the_ledger_says_interrupted
     assert 0 < remaining <= 36
     row = conn.execute("select status from maintenance.runs").fetchone()
     assert row == ("interrupted",)
-    assert (
-        count(conn, "select count(*) from pg_stat_activity where application_name = 'maintctl'")
-        == 0
+    # The session is gone too (the server may take a moment to notice).
+    sessions = (
+        "select count(*) from pg_stat_activity "
+        "where datname = current_database() and application_name = 'maintctl'"
+    )
+    deadline = time.monotonic() + 10
+    while count(conn, sessions) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count(conn, sessions) == 0
+
+
+def test_exit_77_when_the_role_lacks_privileges(db_url: str, conn: Conn) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    role = f"maintctl_nobody_{os.getpid()}"
+    conn.execute(f"create role {role} login")
+    try:
+        result = CliRunner().invoke(
+            app, ["status"], env={"MAINTCTL_DATABASE_URL": make_conninfo(db_url, user=role)}
+        )
+    finally:
+        conn.execute(f"drop role {role}")
+
+    assert result.exit_code == 77
+    assert result.stderr == (
+        "maintctl: error: permission denied: permission denied for schema maintenance\n"
     )

@@ -175,3 +175,23 @@ def test_migrate_into_another_application_schema(bare_db_url: str, bare_cli: Cli
         assert count(conn, "select count(*) from public.temp_uploads") == 1
     assert wrong_schema.exit_code == 78
     assert "serves application schema 'Imports 2', not 'public'" in wrong_schema.stderr
+
+
+def test_migrate_waits_no_longer_than_the_lock_timeout_and_applies_nothing_half(
+    bare_cli: Cli, bare_db_url: str
+) -> None:
+    with psycopg.connect(bare_db_url) as application:
+        application.execute("select count(*) from import_jobs")  # holds ACCESS SHARE
+
+        blocked = bare_cli("migrate", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
+
+        application.rollback()
+        applied = count(application, "select count(*) from maintenance.schema_migrations")
+
+    assert blocked.exit_code == 1
+    assert blocked.stderr == (
+        "maintctl: error: gave up waiting for a lock after MAINTCTL_LOCK_TIMEOUT: "
+        "canceling statement due to lock timeout\n"
+    )
+    assert applied == 0
+    assert bare_cli("migrate").exit_code == 0

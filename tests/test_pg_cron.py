@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 from pydantic import SecretStr
 
 from maintctl.migrations import migrate
 from maintctl.settings import Settings
 from tests.conftest import Cli
-from tests.data import Conn, load_sample
+from tests.data import Conn, count, load_sample
 
 
 def outcome(conn: Conn) -> dict[str, Any]:
@@ -92,3 +93,38 @@ def test_compact_old_import_jobs_function(conn: Conn) -> None:
 
     assert compacted == (210,)
     assert again == (0,)
+
+
+def test_procedure_inside_a_transaction_block_fails_before_touching_anything(
+    conn: Conn, cli: Cli
+) -> None:
+    load_sample(conn)
+
+    with pytest.raises(psycopg.errors.InvalidTransactionTermination), conn.transaction():
+        conn.execute("call maintenance.run_maintenance_cleanup()")
+
+    assert count(conn, "select count(*) from maintenance.runs") == 0
+    # The run lock was never taken: the CLI runs at once.
+    document = json.loads(cli("run", "--json").stdout)
+    assert document["skipped"] is None
+    assert document["tempUploadsPurged"] == 289
+
+
+def test_procedure_ledger_rows_read_like_the_cli(conn: Conn, cli: Cli) -> None:
+    load_sample(conn)
+    conn.execute("call maintenance.run_maintenance_cleanup(stuck_after => interval '36 hours')")
+
+    (run,) = json.loads(cli("history", "--json").stdout)
+
+    assert run["thresholds"] == {
+        "stuckAfter": "1d12h",
+        "tempUploadTtl": "1d",
+        "compactAfter": "7d",
+        "rawItemsTtl": "30d",
+        "batchSize": 5000,
+    }
+    for task in run["tasks"]:
+        assert set(task) == {"task", "status", "rows", "batches", "durationMs", "cutoff", "error"}
+        assert task["cutoff"].endswith("Z")
+        assert len(task["cutoff"]) == 24
+    assert [task["batches"] for task in run["tasks"]] == [1, 1, 1, 1]

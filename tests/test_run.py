@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, table_rows
 from tests.data import Conn, add_temp_upload, count, load_sample, snapshot
 
 RUN_KEYS = [
@@ -66,11 +67,13 @@ def test_run_prints_a_table_for_people(cli: Cli, conn: Conn) -> None:
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "Run 1"
-    assert any(
-        line.split()[1:4] == ["purge-temp", "│", "ok"] for line in lines if "purge-temp" in line
-    )
-    assert "289" in result.stdout
-    assert "all tasks ok" in result.stdout
+    assert [row[:4] for row in table_rows(result.stdout)] == [
+        ["stuck", "ok", "15", "1"],
+        ["purge-temp", "ok", "289", "1"],
+        ["compact", "ok", "210", "1"],
+        ["purge-raw", "ok", "250", "1"],
+    ]
+    assert lines[-1].startswith("all tasks ok in ")
     assert result.stderr == ""
 
 
@@ -288,3 +291,59 @@ def test_unreachable_database_exits_69_without_a_traceback(cli: Cli) -> None:
     )
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "stuck", "purge-temp", "compact", "purge-raw"])
+def test_every_task_command_exits_75_when_disabled(cli: Cli, conn: Conn, command: str) -> None:
+    load_sample(conn)
+    before = snapshot(conn)
+
+    result = cli(command, env={"MAINTCTL_ENABLED": "false"})
+
+    assert result.exit_code == 75
+    assert result.stdout == ""
+    assert result.stderr == "maintctl: error: maintenance is disabled (MAINTCTL_ENABLED=false)\n"
+    assert snapshot(conn) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "task", "rows"),
+    [
+        ("stuck", "stuck", 15),
+        ("purge-temp", "purge-temp", 289),
+        ("compact", "compact", 210),
+        ("purge-raw", "purge-raw", 250),
+    ],
+)
+def test_single_task_commands_print_a_table(
+    cli: Cli, conn: Conn, command: str, task: str, rows: int
+) -> None:
+    load_sample(conn)
+
+    result = cli(command)
+
+    assert result.exit_code == 0, result.stderr
+    cells = table_rows(result.stdout)
+    assert len(cells) == 1
+    assert cells[0][:4] == [task, "ok", f"{rows:,}", "1"]
+    assert result.stdout.splitlines()[-1].startswith("all tasks ok in ")
+
+
+def test_a_table_the_application_has_locked_fails_that_task_after_the_lock_timeout(
+    cli: Cli, conn: Conn, db_url: str
+) -> None:
+    load_sample(conn)
+    with psycopg.connect(db_url) as application:
+        application.execute("lock table temp_uploads in exclusive mode")
+
+        result = cli("run", "--json", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
+
+        application.rollback()
+
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    statuses = {task["task"]: task["status"] for task in document["tasks"]}
+    assert statuses == {"stuck": "ok", "temp": "failed", "compact": "ok", "raw": "ok"}
+    assert document["errors"] == ["temp: canceling statement due to lock timeout"]
+    assert document["tasks"][1]["durationMs"] < 4000
+    assert count(conn, "select count(*) from temp_uploads") == 433

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from maintctl.cli import redact
 from maintctl.durations import format_duration, parse_duration
 from tests.conftest import Cli
 from tests.data import Conn, add_temp_upload, count
@@ -124,6 +125,67 @@ def test_malformed_database_url_exits_78_without_echoing_it(cli: Cli) -> None:
     assert result.exit_code == 78
     assert "not a valid PostgreSQL connection string" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_the_floor_applies_to_task_commands_only(cli: Cli) -> None:
+    env = {"MAINTCTL_STUCK_AFTER": "30m"}
+
+    assert cli("run", env=env).exit_code == 78
+    assert cli("run", "--force", "--dry-run", env=env).exit_code == 0
+    assert thresholds(cli, env=env)["stuckAfter"] == "30m"
+    assert cli("history", env=env).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "secrets"),
+    [
+        ("postgresql://app:s3cret-pw@db.internal:5432/imports", ["s3cret-pw"]),
+        ("postgresql://app:top@secret@db.internal/imports", ["top@secret", "top", "secret"]),
+        ("host=db.internal user=app password=kv-s3cret dbname=imports", ["kv-s3cret"]),
+        ("postgresql://app@db.internal/imports?password=query-s3cret", ["query-s3cret"]),
+    ],
+)
+def test_redact_hides_every_form_of_password(
+    monkeypatch: pytest.MonkeyPatch, conninfo: str, secrets: list[str]
+) -> None:
+    from maintctl import cli
+
+    monkeypatch.setattr(cli, "_known_passwords", set())
+    monkeypatch.setenv("PGPASSWORD", "env-s3cret")
+    cli._remember_passwords(conninfo)
+
+    text = redact(f"failed: {conninfo} env-s3cret")
+
+    for secret in [*secrets, "env-s3cret"]:
+        assert secret not in text
+    assert text.startswith("failed: ")
+
+
+def test_a_password_with_a_raw_at_sign_never_reaches_the_output(cli: Cli) -> None:
+    result = cli(
+        "status",
+        env={
+            "MAINTCTL_DATABASE_URL": "postgresql://app:top@secret@127.0.0.1:1/imports",
+            "MAINTCTL_CONNECT_TIMEOUT": "1s",
+        },
+    )
+
+    assert result.exit_code == 69
+    assert "secret" not in result.stderr + result.stdout
+    assert "top" not in result.stderr + result.stdout
+
+
+def test_a_dotenv_password_is_redacted_in_debug_tracebacks(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "MAINTCTL_DATABASE_URL=postgresql://app:dotenv-s3cret@127.0.0.1:1/imports\n"
+        "MAINTCTL_CONNECT_TIMEOUT=1s\n"
+    )
+
+    result = cli("status", "--debug", env={"MAINTCTL_DATABASE_URL": None})
+
+    assert result.exit_code == 69
+    assert "Traceback" in result.stderr
+    assert "dotenv-s3cret" not in result.stderr + result.stdout
 
 
 def test_password_on_the_command_line_is_warned_about_and_never_printed(

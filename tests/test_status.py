@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Cli
+from tests.conftest import Cli, table_rows
 from tests.data import Conn, load_sample
 
 STATUS_KEYS = {
@@ -83,9 +83,16 @@ def test_status_for_people(cli: Cli, conn: Conn) -> None:
     result = cli("status")
 
     assert result.exit_code == 0
-    assert "Runs stuck in processing" in result.stdout
-    assert "289" in result.stdout
-    assert "Last run: none yet" in result.stdout
+    assert table_rows(result.stdout) == [
+        ["Runs stuck in processing", "1d", "15"],
+        ["Old temp uploads", "1d", "289"],
+        ["Import jobs to compact", "7d", "210"],
+        ["Raw items of failed runs", "30d", "250"],
+    ]
+    assert result.stdout.splitlines()[-2:] == [
+        "Last run: none yet",
+        "Last successful run finished: never",
+    ]
 
 
 def test_status_max_age_is_a_dead_mans_switch(cli: Cli, conn: Conn) -> None:
@@ -97,6 +104,9 @@ def test_status_max_age_is_a_dead_mans_switch(cli: Cli, conn: Conn) -> None:
     dry_only = cli("status", "--max-age", "26h")
     assert dry_only.exit_code == 1, "a dry run is not a successful run"
     assert "STALE" in dry_only.stdout
+
+    assert cli("purge-temp").exit_code == 0
+    assert cli("status", "--max-age", "26h").exit_code == 1, "one task is not a full run"
 
     assert cli("run").exit_code == 0
     fresh = cli("status", "--max-age", "26h", "--json")
@@ -125,9 +135,13 @@ def test_history_lists_runs_newest_first(cli: Cli, conn: Conn) -> None:
     assert runs[1]["tasks"][1]["rows"] == 289
     assert runs[1]["thresholds"]["stuckAfter"] == "1d"
     assert len(json.loads(cli("history", "--limit", "1", "--json").stdout)) == 1
-    table = cli("history")
-    assert "purge-temp" in table.stdout
-    assert "succeeded" in table.stdout
+    rows = table_rows(cli("history").stdout)
+    assert [row[2:4] for row in rows] == [
+        ["purge-temp", "succeeded"],
+        ["run", "succeeded"],
+        ["run (dry)", "succeeded"],
+    ]
+    assert [row[5] for row in rows] == ["temp 0", "15/289/210/250", "15/289/210/250"]
 
 
 def test_a_run_left_running_by_a_dead_process_shows_as_abandoned(cli: Cli, conn: Conn) -> None:
@@ -151,10 +165,16 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
     assert state["paused"] is True
     assert state["reason"] == "restoring a backup"
     assert "@" in state["pausedBy"]
+    assert paused.stderr == ""
+    people = cli("pause", "--reason", "restoring a backup")
+    assert people.stdout.startswith("maintenance is paused since ")
+    assert people.stdout.rstrip().endswith(": restoring a backup (maintctl resume)")
     status = json.loads(cli("status", "--json").stdout)
     assert status["paused"] is True
     assert status["pause"]["reason"] == "restoring a backup"
-    assert "restoring a backup" in cli("status").stdout
+    paused_line = cli("status").stdout.splitlines()[-3]
+    assert paused_line.startswith("Paused: maintenance is paused since ")
+    assert paused_line.endswith("restoring a backup (maintctl resume)")
 
     resumed = cli("resume")
     assert resumed.stdout.strip() == "maintenance resumed"

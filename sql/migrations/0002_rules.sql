@@ -9,6 +9,22 @@ create function maintenance.run_lock_key() returns bigint
 language sql immutable set search_path = pg_catalog, pg_temp
 as $$ select 7461823190::bigint $$;
 
+-- A duration as maintctl writes it (1d12h, 90m -> 1h30m), whatever the session's IntervalStyle.
+create function maintenance.duration_text(p_duration interval) returns text
+language sql immutable set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(nullif(concat(nullif(floor(s / 86400)::bigint, 0) || 'd',
+                                nullif(floor(mod(s, 86400) / 3600)::bigint, 0) || 'h',
+                                nullif(floor(mod(s, 3600) / 60)::bigint, 0) || 'm',
+                                nullif(floor(mod(s, 60))::bigint, 0) || 's'), ''), '0s')
+  from (select extract(epoch from p_duration) as s) as seconds
+$$;
+
+-- A timestamp as the JSON writes it: UTC, milliseconds, Z.
+create function maintenance.json_time(p_moment timestamptz) returns text
+language sql immutable set search_path = pg_catalog, pg_temp
+as $$ select to_char(p_moment at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+
 ------------------------------------------------------------------------------------------------------
 -- stuck: runs in 'processing' with no sign of life since the cutoff become 'failed'.
 create function maintenance.count_stuck_runs(p_cutoff timestamptz) returns bigint
@@ -35,7 +51,7 @@ as $$
        set status = 'failed',
            finished_at = now(),
            error_message = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
-                                  justify_interval(p_threshold))
+                                  maintenance.duration_text(p_threshold))
       from picked
      where r.id = picked.id
        and r.status = 'processing'
@@ -79,6 +95,8 @@ $$;
 --   error         the result's "error" (or "message") text, cut to 300 characters
 --   lastLogLine   for failed and cancelled jobs, the last line of the log, cut to 300 characters
 --   resultBytes, payloadBytes, logBytes   the size of what was removed
+-- Keys without a value are left out. Past 1 KB of JSON text, totals go first, then error and
+-- lastLogLine are cut to 80 characters, then dropped: the sizes alone always fit.
 create function maintenance.import_job_summary(
   p_status text, p_result jsonb, p_payload jsonb, p_log text) returns jsonb
 language plpgsql immutable set search_path = pg_catalog, pg_temp
@@ -97,18 +115,25 @@ begin
     'compacted', true,
     'totals', totals,
     'error', left(coalesce(p_result ->> 'error', p_result ->> 'message'), 300),
+    -- Only the log's tail is searched: a log of many megabytes must not slow the batch down.
     'lastLogLine', case when p_status <> 'completed'
-                        then left((regexp_match(p_log, '([^\n]*\S[^\n]*)\s*$'))[1], 300) end,
+                        then left((regexp_match(right(p_log, 4096), '([^\n]*\S[^\n]*)\s*$'))[1], 300)
+                   end,
     'resultBytes', octet_length(p_result::text),
     'payloadBytes', octet_length(p_payload::text),
     'logBytes', octet_length(p_log)));
-  -- Shed detail until the summary fits in 1 KB; what is left is always far below it.
   if octet_length(summary::text) > 1024 then
     summary := summary - 'totals';
   end if;
   if octet_length(summary::text) > 1024 then
     summary := summary || jsonb_strip_nulls(jsonb_build_object(
       'error', left(summary ->> 'error', 80), 'lastLogLine', left(summary ->> 'lastLogLine', 80)));
+  end if;
+  if octet_length(summary::text) > 1024 then
+    summary := summary - 'lastLogLine';
+  end if;
+  if octet_length(summary::text) > 1024 then
+    summary := summary - 'error';
   end if;
   return summary;
 end
@@ -169,7 +194,9 @@ as $$
     join {app}.raw_import_items i on i.run_id = r.id
     where r.status = 'failed' and coalesce(r.finished_at, r.started_at, r.created_at) < p_cutoff
     limit p_batch_size
+    -- The run is share-locked so that a worker cannot re-queue it while its items go.
     for update of i skip locked
+    for share of r skip locked
   ), deleted as (
     delete from {app}.raw_import_items i using picked where i.id = picked.id returning 1
   )
@@ -195,19 +222,39 @@ create view maintenance.maintenance_status with (security_invoker = true) as
     interval '24 hours', interval '24 hours', interval '7 days', interval '30 days');
 
 ------------------------------------------------------------------------------------------------------
--- The ledger rows of runs whose session is gone: their process died without finishing.
+-- Whether a ledger row left 'running' belongs to a session that is gone: its process died.
+create function maintenance.is_abandoned(p_status text, p_backend_pid integer, p_started_at timestamptz)
+returns boolean
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select p_status = 'running'
+     and not exists (select 1 from pg_stat_activity a
+                     where a.pid = p_backend_pid and a.backend_start <= p_started_at)
+$$;
+
+-- Ledger rows left 'running' by a process that died become 'abandoned'.
 create function maintenance.mark_abandoned_runs() returns integer
 language sql volatile set search_path = pg_catalog, pg_temp
 as $$
   with abandoned as (
     update maintenance.runs r
        set status = 'abandoned'
-     where r.status = 'running'
-       and not exists (select 1 from pg_stat_activity a
-                       where a.pid = r.backend_pid and a.backend_start <= r.started_at)
+     where maintenance.is_abandoned(r.status, r.backend_pid, r.started_at)
     returning 1
   )
   select count(*)::integer from abandoned
+$$;
+
+-- Finished ledger rows older than the retention go.
+create function maintenance.prune_runs(p_retention interval) returns integer
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  with pruned as (
+    delete from maintenance.runs
+    where started_at < now() - p_retention and status <> 'running'
+    returning 1
+  )
+  select count(*)::integer from pruned
 $$;
 
 ------------------------------------------------------------------------------------------------------
@@ -232,54 +279,98 @@ begin
 end
 $$;
 
+-- Per-transaction limits, as the CLI sets them, so that no statement waits on the application's
+-- locks or runs longer than configured.
+create function maintenance.set_transaction_limits(p_lock_timeout interval, p_statement_timeout interval)
+returns void
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  select set_config('lock_timeout', (extract(epoch from p_lock_timeout) * 1000)::bigint || 'ms', true),
+         set_config('statement_timeout', (extract(epoch from p_statement_timeout) * 1000)::bigint || 'ms', true),
+         set_config('idle_in_transaction_session_timeout',
+                    (extract(epoch from p_statement_timeout) * 1000)::bigint || 'ms', true);
+$$;
+
 -- The whole of `maintctl run`: `call maintenance.run_maintenance_cleanup();` from pg_cron. Each
--- batch is committed on its own, so this must be called outside an explicit transaction. A
--- procedure that commits cannot carry a SET clause, so it pins search_path itself in each
--- transaction and names every object with its schema.
+-- batch is committed on its own, so it must be called outside an explicit transaction (inside one,
+-- its first COMMIT fails before anything is locked or changed). A procedure that commits cannot
+-- carry a SET clause, so it pins search_path itself in each transaction and names every object
+-- with its schema. It honours the pause switch and the run lock, and keeps the ledger as the CLI
+-- does, host 'database'.
 create procedure maintenance.run_maintenance_cleanup(
   stuck_after interval default interval '24 hours',
   temp_upload_ttl interval default interval '24 hours',
   compact_after interval default interval '7 days',
   raw_items_ttl interval default interval '30 days',
   batch_size integer default 5000,
+  lock_timeout interval default interval '5 seconds',
+  statement_timeout interval default interval '60 seconds',
+  history_retention interval default interval '90 days',
   inout summary jsonb default null)
 language plpgsql
 as $$
 declare
+  run_thresholds jsonb;
+  skipped_because text;
+  ledger_id bigint;
   task text;
   threshold interval;
   cutoff timestamptz;
-  ledger_id bigint;
+  task_started timestamptz;
   n integer;
   total bigint;
+  batches integer;
   failure text;
   task_results jsonb := pg_catalog.jsonb_build_array();
   task_errors jsonb := pg_catalog.jsonb_build_array();
 begin
+  commit;
   perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-  if (select p.paused from maintenance.pause p) then
-    summary := jsonb_build_object('skipped', 'maintenance is paused (maintctl resume)');
+  perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
+  run_thresholds := jsonb_build_object(
+    'stuckAfter', maintenance.duration_text(stuck_after),
+    'tempUploadTtl', maintenance.duration_text(temp_upload_ttl),
+    'compactAfter', maintenance.duration_text(compact_after),
+    'rawItemsTtl', maintenance.duration_text(raw_items_ttl),
+    'batchSize', batch_size);
+
+  select format('maintenance is paused by %s: %s (maintctl resume)',
+                coalesce(p.paused_by, '?'), coalesce(p.reason, 'no reason given'))
+    into skipped_because
+    from maintenance.pause p where p.paused;
+  if skipped_because is null and not pg_try_advisory_lock(maintenance.run_lock_key()) then
+    skipped_because := 'another maintenance run is in progress';
+  end if;
+  if skipped_because is not null then
+    insert into maintenance.runs (command, host, version, thresholds, status, skipped, finished_at)
+    values ('run_maintenance_cleanup', 'database', 'sql', run_thresholds, 'skipped',
+            skipped_because, now())
+    returning id into ledger_id;
+    summary := jsonb_build_object('runId', ledger_id, 'skipped', skipped_because);
     return;
   end if;
-  if not pg_try_advisory_lock(maintenance.run_lock_key()) then
-    summary := jsonb_build_object('skipped', 'another maintenance run is in progress');
-    return;
-  end if;
-  perform maintenance.mark_abandoned_runs();
-  insert into maintenance.runs (command, host, version, thresholds)
-  values ('run_maintenance_cleanup', 'database', 'sql', jsonb_build_object(
-    'stuckAfter', stuck_after::text, 'tempUploadTtl', temp_upload_ttl::text,
-    'compactAfter', compact_after::text, 'rawItemsTtl', raw_items_ttl::text,
-    'batchSize', batch_size))
-  returning id into ledger_id;
+
+  -- From here on the lock is held: every statement that could fail releases it before raising.
+  begin
+    perform maintenance.mark_abandoned_runs();
+    insert into maintenance.runs (command, host, version, thresholds)
+    values ('run_maintenance_cleanup', 'database', 'sql', run_thresholds)
+    returning id into ledger_id;
+  exception when others then
+    perform pg_advisory_unlock(maintenance.run_lock_key());
+    raise;
+  end;
   commit;
 
   foreach task in array array['stuck', 'temp', 'compact', 'raw'] loop
     perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
     threshold := case task when 'stuck' then stuck_after when 'temp' then temp_upload_ttl
                            when 'compact' then compact_after else raw_items_ttl end;
     cutoff := now() - threshold;
+    task_started := clock_timestamp();
     total := 0;
+    batches := 0;
     failure := null;
     loop
       begin
@@ -288,27 +379,39 @@ begin
                when 'temp' then maintenance.purge_temp_uploads_batch(cutoff, batch_size)
                when 'compact' then maintenance.compact_import_jobs_batch(cutoff, batch_size)
                else maintenance.purge_raw_items_batch(cutoff, batch_size) end;
+        batches := batches + 1;
+        total := total + n;
       exception when others then
         failure := sqlerrm;
-        n := 0;
       end;
       commit;
       perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-      total := total + n;
-      exit when n < batch_size;
+      perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
+      exit when failure is not null or n < batch_size;
     end loop;
     task_results := task_results || jsonb_build_object(
-      'task', task, 'status', case when failure is null then 'ok' else 'failed' end,
-      'rows', total, 'cutoff', cutoff, 'error', failure);
+      'task', task,
+      'status', case when failure is null then 'ok' else 'failed' end,
+      'rows', total,
+      'batches', batches,
+      'durationMs', floor(extract(epoch from clock_timestamp() - task_started) * 1000)::bigint,
+      'cutoff', maintenance.json_time(cutoff),
+      'error', failure);
     if failure is not null then
       task_errors := task_errors || to_jsonb(task || ': ' || failure);
     end if;
   end loop;
 
-  update maintenance.runs
-     set status = case when jsonb_array_length(task_errors) = 0 then 'succeeded' else 'failed' end,
-         finished_at = now(), tasks = task_results, errors = task_errors
-   where id = ledger_id;
+  begin
+    update maintenance.runs
+       set status = case when jsonb_array_length(task_errors) = 0 then 'succeeded' else 'failed' end,
+           finished_at = now(), tasks = task_results, errors = task_errors
+     where id = ledger_id;
+    perform maintenance.prune_runs(history_retention);
+  exception when others then
+    perform pg_advisory_unlock(maintenance.run_lock_key());
+    raise;
+  end;
   commit;
   perform pg_advisory_unlock(maintenance.run_lock_key());
   summary := jsonb_build_object('runId', ledger_id, 'tasks', task_results, 'errors', task_errors);
