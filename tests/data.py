@@ -5,26 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 Conn = psycopg.Connection[Any]
 
 
 def add_run(conn: Conn, status: str, **ages: str | None) -> int:
     """An import run; each age is an interval before now(), e.g. created='25 hours'."""
-    columns = ["status"]
+    columns: list[sql.Composable] = [sql.Identifier("status")]
+    placeholders: list[sql.Composable] = [sql.Placeholder()]
     values: list[Any] = [status]
-    placeholders = ["%s"]
     for column in ("created", "started", "heartbeat", "finished"):
         age = ages.get(column)
         if age is not None:
-            columns.append(f"{column}_at")
-            placeholders.append("now() - %s::interval")
+            columns.append(sql.Identifier(f"{column}_at"))
+            placeholders.append(sql.SQL("now() - {}::interval").format(sql.Placeholder()))
             values.append(age)
-    row = conn.execute(
-        f"insert into import_runs ({', '.join(columns)}) values ({', '.join(placeholders)}) "
-        "returning id",
-        values,
-    ).fetchone()
+    statement = sql.SQL("insert into import_runs ({}) values ({}) returning id").format(
+        sql.SQL(", ").join(columns), sql.SQL(", ").join(placeholders)
+    )
+    row = conn.execute(statement, values).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -76,7 +76,9 @@ def count(conn: Conn, sql: str, params: Any = None) -> int:
 def snapshot(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:
     """Every application row, to compare before and after (timestamps included)."""
     return {
-        table: conn.execute(f"select * from {table} order by id").fetchall()
+        table: conn.execute(
+            sql.SQL("select * from {} order by id").format(sql.Identifier(table))
+        ).fetchall()
         for table in ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
     }
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 from typer.testing import CliRunner
 
 from maintctl.cli import app
@@ -135,8 +136,10 @@ def test_an_internal_error_is_one_line_and_exit_70_unless_debug(cli: Cli, conn: 
 
 def slow_down_deletes(conn: Conn, seconds: float) -> None:
     conn.execute(
-        "create function slow_delete() returns trigger language plpgsql as "
-        f"$$ begin perform pg_sleep({seconds}); return old; end $$"
+        sql.SQL(
+            "create function slow_delete() returns trigger language plpgsql as "
+            "$$ begin perform pg_sleep({}); return old; end $$"
+        ).format(sql.Literal(seconds))
     )
     conn.execute(
         "create trigger slow before delete on temp_uploads "
@@ -190,13 +193,13 @@ def test_exit_77_when_the_role_lacks_privileges(db_url: str, conn: Conn) -> None
     from psycopg.conninfo import make_conninfo
 
     role = f"maintctl_nobody_{os.getpid()}"
-    conn.execute(f"create role {role} login")
+    conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
     try:
         result = CliRunner().invoke(
             app, ["status"], env={"MAINTCTL_DATABASE_URL": make_conninfo(db_url, user=role)}
         )
     finally:
-        conn.execute(f"drop role {role}")
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 
     assert result.exit_code == 77
     assert result.stderr == (

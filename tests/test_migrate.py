@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import psycopg
+from psycopg import sql
 
 from tests.conftest import Cli
 from tests.data import Conn, count
@@ -113,8 +114,10 @@ def test_supabase_api_roles_get_nothing(bare_db_url: str, bare_cli: Cli) -> None
         for role in ("anon", "authenticated"):
             # Roles are cluster-wide: another test session may have made them already.
             conn.execute(
-                f"do $$ begin create role {role} nologin; "
-                "exception when duplicate_object then null; end $$"
+                sql.SQL(
+                    "do $$ begin create role {} nologin; "
+                    "exception when duplicate_object then null; end $$"
+                ).format(sql.Identifier(role))
             )
         # As on Supabase, where new objects are granted to the API roles by default.
         conn.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+from psycopg import sql
 
 from tests.conftest import Cli
 from tests.data import Conn, add_items, add_job, add_run, add_temp_upload, count
@@ -60,7 +61,11 @@ def test_stuck_run_gets_finished_at_and_a_timeout_message_naming_the_threshold(
     cli: Cli, conn: Conn
 ) -> None:
     # The message must not depend on how the session prints intervals.
-    conn.execute(f"alter database {conn.info.dbname} set intervalstyle = 'sql_standard'")
+    conn.execute(
+        sql.SQL("alter database {} set intervalstyle = 'sql_standard'").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
     run_id = add_run(conn, "processing", created="3 days", started="3 days", heartbeat="40 hours")
 
     run_json(cli, "stuck", "--older-than", "36h")
