@@ -1,6 +1,5 @@
 -- Applied after every migration: nobody but the owner may read maintctl's tables or call its
--- routines, neither PUBLIC nor Supabase's API roles where they exist. Grant what a maintenance role
--- needs explicitly (see README, "Privileges").
+-- routines, neither PUBLIC nor Supabase's API roles where they exist (README, "Privileges").
 revoke all on schema maintenance from public;
 revoke all on all tables in schema maintenance from public;
 revoke all on all sequences in schema maintenance from public;
