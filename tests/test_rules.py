@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,15 @@ def run_json(cli: Cli, *args: str) -> dict[str, object]:
     assert result.exit_code == 0, result.stderr
     document: dict[str, object] = json.loads(result.stdout)
     return document
+
+
+def summary_of(conn: Conn, job: int) -> tuple[dict[str, Any], int]:
+    """A compacted job's summary and its size as JSON text, in bytes."""
+    row = conn.execute(
+        "select result, octet_length(result::text) from import_jobs where id = %s", [job]
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
 
 
 def status_of(conn: Conn, run_id: int) -> str:
@@ -157,11 +167,7 @@ def test_compact_summary_stays_under_1kb_and_keeps_the_error(cli: Cli, conn: Con
 
     run_json(cli, "compact")
 
-    row = conn.execute(
-        "select result, octet_length(result::text) from import_jobs where id = %s", [job]
-    ).fetchone()
-    assert row is not None
-    summary, size = row
+    summary, size = summary_of(conn, job)
     assert size <= 1024
     assert summary["error"].startswith("xxx")
     assert summary["lastLogLine"] == "FATAL: disk full"
@@ -252,11 +258,7 @@ def test_compact_summary_fits_1kb_with_escaped_and_multibyte_text(cli: Cli, conn
 
     run_json(cli, "compact")
 
-    row = conn.execute(
-        "select result, octet_length(result::text) from import_jobs where id = %s", [job]
-    ).fetchone()
-    assert row is not None
-    summary, size = row
+    summary, size = summary_of(conn, job)
     assert size <= 1024
     assert summary["compacted"] is True
     assert summary["resultBytes"] > 2000
