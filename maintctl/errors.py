@@ -65,12 +65,6 @@ class PermissionDenied(MaintctlError):
     exit_code = ExitCode.NO_PERMISSION
 
 
-class MaintenanceDisabled(MaintctlError):
-    """Maintenance is disabled."""
-
-    exit_code = ExitCode.DISABLED
-
-
 class Busy(MaintctlError):
     """The database was busy: a lock or statement timeout ran out; try again later."""
 

@@ -205,3 +205,43 @@ def test_exit_77_when_the_role_lacks_privileges(db_url: str, conn: Conn) -> None
     assert result.stderr == (
         "maintctl: error: permission denied: permission denied for schema maintenance\n"
     )
+
+
+def test_a_terminated_session_exits_69_and_the_next_run_finishes(db_url: str, conn: Conn) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path) "
+        "select now() - interval '2 days', 'f' || n from generate_series(1, 20) n"
+    )
+    slow_down_deletes(conn, 0.2)
+    env = {"PATH": "/usr/bin:/bin", "MAINTCTL_DATABASE_URL": db_url}
+    process = subprocess.Popen(
+        [*maintctl_command(), "purge-temp", "--batch-size", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while count(conn, "select count(*) from temp_uploads") > 16 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    conn.execute(
+        "select pg_terminate_backend(pid) from pg_stat_activity "
+        "where datname = current_database() and application_name = 'maintctl'"
+    )
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 69, stderr
+    assert stderr == (
+        "maintctl: error: lost the connection to the database: "
+        "terminating connection due to administrator command\n"
+    )
+    row = conn.execute("select status, errors from maintenance.runs").fetchone()
+    assert row is not None
+    assert row[0] == "failed"
+    assert "lost the connection" in row[1][0]
+    conn.execute("drop trigger slow on temp_uploads")
+    finished = subprocess.run(
+        [*maintctl_command(), "purge-temp"], env=env, capture_output=True, text=True, check=False
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert count(conn, "select count(*) from temp_uploads") == 0
