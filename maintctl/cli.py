@@ -256,13 +256,14 @@ def _run(
             report = runner.run_maintenance(
                 conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
             )
-    refused = report.skipped is not None and report.exit_code != ExitCode.OK
+    # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
+    refusal = report.skipped if report.exit_code != ExitCode.OK else None
     if json_output:
         render.emit_json(render.run_json(report))
-    elif not refused:
+    elif refusal is None:
         render.print_run(report)
-    if refused:
-        _error(f"{report.skipped}")
+    if refusal is not None:
+        _error(refusal)
     return int(report.exit_code)
 
 
