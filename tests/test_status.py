@@ -177,7 +177,13 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
     assert paused_line.endswith("restoring a backup (maintctl resume)")
 
     resumed = cli("resume")
-    assert resumed.stdout.strip() == "maintenance resumed"
+    assert resumed.stdout == "maintenance resumed\n"
+    assert json.loads(cli("resume", "--json").stdout) == {
+        "paused": False,
+        "reason": None,
+        "pausedBy": None,
+        "pausedAt": None,
+    }
     assert json.loads(cli("status", "--json").stdout)["paused"] is False
 
 
