@@ -178,11 +178,11 @@ def _settings(
     database_url: str | None,
     schema: str | None,
     *,
-    task: bool = False,
+    tasks: tuple[Task, ...] = (),
     force: bool = False,
     **flags: Any,
 ) -> Settings:
-    """The settings of a command; `task` commands also refuse thresholds under the floor."""
+    """The settings of a command; the thresholds of the `tasks` it runs must pass the floor."""
     from maintctl.db import conninfo_params
     from maintctl.settings import load_settings
 
@@ -199,9 +199,9 @@ def _settings(
         **_FLAG_NAMES,
         **{key: "--older-than" for key in flags if key.endswith(("_after", "_ttl"))},
     }
-    settings = load_settings(given, names, check_floor=task, force=force)
-    if settings.database_url:  # from .env, maybe
-        _remember_passwords(settings.database_url.get_secret_value())
+    floor = tuple(task.threshold for task in tasks)
+    settings = load_settings(given, names, floor=floor, force=force)
+    _remember_passwords(settings.conninfo())  # from .env, maybe
     return settings
 
 
@@ -246,7 +246,7 @@ def _run(
     from maintctl import render, runner
 
     settings = _settings(
-        database_url, schema, task=True, force=force, batch_size=batch_size, **(thresholds or {})
+        database_url, schema, tasks=tasks, force=force, batch_size=batch_size, **(thresholds or {})
     )
     deadline = _duration_flag("--max-runtime", max_runtime)
     if not settings.enabled:

@@ -31,13 +31,13 @@ Connection = psycopg.Connection[TupleRow]
 Row = TypeVar("Row")
 
 APPLICATION_NAME = "maintctl"
-_AUTH_FAILURES = (
-    "password authentication failed",
-    "no password supplied",
-    "authentication failed",
-    "pg_hba.conf rejects",
-    "permission denied for database",
+# libpq reports connection failures as text only (no SQLSTATE): what the server or libpq said.
+_REFUSED = re.compile(
+    r"password authentication failed|no password supplied|authentication failed|pg_hba\.conf"
+    r'|permission denied for database|role ".*" does not exist'
 )
+_NO_DATABASE = re.compile(r'database ".*" does not exist')
+_BAD_OPTION = re.compile(r"\binvalid\b.*\b(value|option)\b|\bunsupported\b")
 # postgresql://user:password@host: everything up to the last @, for passwords with a raw "@".
 _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/?#@]*:(.+)@[^@]*$", re.IGNORECASE)
 
@@ -74,13 +74,9 @@ def passwords_in(conninfo: str) -> list[str]:
     return [secret for secret in found if secret]
 
 
-def _conninfo(settings: Settings) -> str:
-    return settings.database_url.get_secret_value() if settings.database_url else ""
-
-
 def describe_target(settings: Settings) -> str:
     """Where maintctl connects, for messages: user@host:port/dbname, never the password."""
-    params = conninfo_params(_conninfo(settings))
+    params = conninfo_params(settings.conninfo())
     if params is None or "@" in params.get("host", ""):
         return "the configured database"
     host = params.get("host") or "(libpq default host)"
@@ -96,7 +92,7 @@ def connect(settings: Settings) -> Connection:
     credentials, a missing database and an invalid option are not retried. Timeouts are set in
     each transaction (see `transaction`), not at connect time, so poolers see a plain startup.
     """
-    conninfo = _conninfo(settings)
+    conninfo = settings.conninfo()
     if conninfo_params(conninfo) is None:
         raise ConfigError(
             "the database URL is not a valid PostgreSQL connection string "
@@ -114,14 +110,13 @@ def connect(settings: Settings) -> Connection:
                 connect_timeout=max(2, int(remaining)),
             )
         except psycopg.OperationalError as exc:
-            reason = first_line(exc).removeprefix("connection failed: ")
-            if any(marker in reason for marker in _AUTH_FAILURES) or (
-                reason.startswith("role ") and "does not exist" in reason
-            ):
+            # 'connection failed: connection to server at "h", port 5432 failed: FATAL:  why'
+            reason = re.sub(r"^.*failed:\s*(FATAL:\s*)?", "", first_line(exc))
+            if _REFUSED.search(reason):
                 raise PermissionDenied(f"the database refused the connection: {reason}") from None
-            if reason.startswith("database ") and "does not exist" in reason:
+            if _NO_DATABASE.search(reason):
                 raise DatabaseUnavailable(f"cannot connect: {reason}") from None
-            if reason.startswith("invalid "):
+            if _BAD_OPTION.search(reason):
                 raise ConfigError(f"the database URL has an invalid option: {reason}") from None
             if time.monotonic() + delay >= deadline:
                 raise DatabaseUnavailable(
@@ -207,7 +202,7 @@ def translate(conn: Connection | None, exc: psycopg.Error) -> MaintctlError:
         return ConfigError(f"the database is not as maintctl expects: {line}")
     if _connection_lost(conn, exc):
         return DatabaseUnavailable(f"lost the connection to the database: {line}")
-    return MaintctlError(f"database error: {line}")
+    return MaintctlError(f"database error: {line} (run again with --debug for the details)")
 
 
 @contextmanager

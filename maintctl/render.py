@@ -141,7 +141,7 @@ def print_run(report: RunReport) -> None:
             f"[{style}]{escape(status)}[/]",
             f"{result.rows:,}",
             "-" if report.dry_run else str(result.batches),
-            f"{result.cutoff:%Y-%m-%d %H:%M}" if result.cutoff else "-",
+            f"{result.cutoff.astimezone(UTC):%Y-%m-%d %H:%M}" if result.cutoff else "-",
             _took(result.duration_ms),
         )
     out.print(table)

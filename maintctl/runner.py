@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from maintctl import db, ledger
 from maintctl.errors import ExitCode
 from maintctl.settings import Settings
-from maintctl.tasks import Task, TaskResult, run_task
+from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
 
 
 @dataclass
@@ -93,13 +93,18 @@ def run_maintenance(
                 report.tasks.append(
                     run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
                 )
-        except KeyboardInterrupt:
-            db.cancel_in_flight(conn)
-            _finish(conn, settings, report, clock, "interrupted", in_flight=True)
-            raise
-        except Exception as exc:  # a lost connection, or a bug: the ledger says so if it can
-            _finish(conn, settings, report, clock, "failed", in_flight=True, error=str(exc))
-            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            cause: BaseException = exc
+            if isinstance(exc, TaskAborted):
+                report.tasks.append(exc.result)  # the rows its committed batches touched
+                cause = exc.cause
+            if isinstance(cause, KeyboardInterrupt):
+                db.cancel_in_flight(conn)
+                _finish(conn, settings, report, clock, "interrupted", in_flight=True)
+            else:  # a lost connection, or a bug: the ledger says so if it can
+                error = None if isinstance(exc, TaskAborted) else str(exc)
+                _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
+            raise cause from cause.__cause__  # the original, its own chain kept
         _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
     finally:
         if locked:

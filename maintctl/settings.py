@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from maintctl.durations import format_duration, parse_duration
@@ -38,10 +38,10 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    database_url: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MAINTCTL_DATABASE_URL", "DATABASE_URL"),
-    )
+    database_url: SecretStr | None = Field(default=None, validation_alias="MAINTCTL_DATABASE_URL")
+    # The application's own variable, used only when MAINTCTL_DATABASE_URL is set nowhere (flag,
+    # environment or .env): maintctl's own name always wins, wherever it is set.
+    fallback_database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
     app_schema: str = Field(
         default="public", min_length=1, max_length=63, validation_alias="MAINTCTL_SCHEMA"
     )
@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     statement_timeout: Duration = timedelta(seconds=60)
     connect_timeout: Duration = timedelta(seconds=10)
     history_retention: Duration = timedelta(days=90)
+
+    def conninfo(self) -> str:
+        """The connection string; empty means libpq's PG* variables, service file and .pgpass."""
+        url = self.database_url or self.fallback_database_url
+        return url.get_secret_value() if url else ""
 
     def thresholds(self) -> dict[str, timedelta]:
         return {name: getattr(self, name) for name in THRESHOLDS}
@@ -71,21 +76,23 @@ def _camel(name: str) -> str:
 
 def env_name(field: str) -> str:
     """The environment variable behind a setting, as messages name it."""
-    return "MAINTCTL_SCHEMA" if field == "app_schema" else f"MAINTCTL_{field.upper()}"
+    special = {"app_schema": "MAINTCTL_SCHEMA", "fallback_database_url": "DATABASE_URL"}
+    return special.get(field, f"MAINTCTL_{field.upper()}")
 
 
 def load_settings(
     flags: dict[str, Any],
     flag_names: dict[str, str],
     *,
-    check_floor: bool = False,
+    floor: tuple[str, ...] = (),
     force: bool = False,
 ) -> Settings:
     """Build the settings from the given flags (None means not given), the environment and .env.
 
     A bad value given on the command line is a usage error (exit 2); one from the environment or
     .env is a configuration error (exit 78). Either message names where the value came from.
-    With `check_floor` (task commands), a threshold under an hour is refused unless `force`.
+    The thresholds named in `floor` (those of the tasks about to run) are refused under an hour
+    unless `force`.
     """
     given = {name: value for name, value in flags.items() if value is not None}
 
@@ -101,12 +108,13 @@ def load_settings(
         loc = str(error["loc"][0]) if error["loc"] else ""
         field = next(
             (name for name in Settings.model_fields if loc in (name, env_name(name))),
-            "database_url" if "DATABASE_URL" in loc.upper() else loc,
+            loc,
         )
         reason = str(error["msg"]).removeprefix("Value error, ")
         raise fail(field, reason) from None
-    if check_floor and not force:
-        for field, value in settings.thresholds().items():
+    if not force:
+        for field in floor:
+            value = getattr(settings, field)
             if value < THRESHOLD_FLOOR:
                 raise fail(
                     field,

@@ -80,11 +80,12 @@ class TablePrivileges:
         return [privilege for privilege in needed if not held[privilege]]
 
 
-# What the tasks do to each application table (FOR SHARE/UPDATE locks need UPDATE too).
+# What the tasks do to each application table. Every batch locks its rows first (FOR UPDATE or
+# FOR SHARE), and PostgreSQL asks UPDATE for that even where the batch then deletes.
 NEEDED_PRIVILEGES = {
     "import_runs": ("SELECT", "UPDATE"),
-    "raw_import_items": ("SELECT", "DELETE"),
-    "temp_uploads": ("SELECT", "DELETE"),
+    "raw_import_items": ("SELECT", "UPDATE", "DELETE"),
+    "temp_uploads": ("SELECT", "UPDATE", "DELETE"),
     "import_jobs": ("SELECT", "UPDATE"),
 }
 

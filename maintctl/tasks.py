@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import TaskError
+from maintctl.errors import DatabaseUnavailable, TaskError
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -68,10 +68,19 @@ TASKS = (
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 
+class TaskAborted(Exception):
+    """A task cut short by an interrupt or a lost connection, with what it had committed."""
+
+    def __init__(self, result: TaskResult, cause: BaseException) -> None:
+        super().__init__(result.error)
+        self.result = result
+        self.cause = cause
+
+
 @dataclass(frozen=True)
 class TaskResult:
     task: str
-    status: str  # ok | failed | stopped (max runtime reached, work left) | not_run
+    status: str  # ok | failed | stopped (max runtime reached, work left) | not_run | interrupted
     rows: int
     batches: int
     duration_ms: int
@@ -101,8 +110,8 @@ def run_task(
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
-    A database error fails this task only (the result says why); a lost connection raises
-    DatabaseUnavailable, since no other task could run either.
+    A database error fails this task only (the result says why). An interrupt or a lost
+    connection ends the run: TaskAborted carries the rows committed so far and the cause.
     """
     from maintctl import db
 
@@ -137,3 +146,8 @@ def run_task(
                     return result("stopped", "max runtime reached; the next run carries on")
     except TaskError as exc:
         return result("failed", exc.message)
+    except KeyboardInterrupt as exc:
+        interrupted = result("interrupted", "interrupted; the batch in flight rolled back")
+        raise TaskAborted(interrupted, exc) from exc
+    except DatabaseUnavailable as exc:
+        raise TaskAborted(result("failed", exc.message), exc) from exc

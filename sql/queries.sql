@@ -52,8 +52,8 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true);
 
 -- name: cutoff
--- The cutoff of a rule: the database's clock minus the threshold.
-select now() - %(threshold)s::interval as cutoff;
+-- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
+select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
 
 -- name: mark_stuck_runs_batch
 -- One batch of the stuck rule.

@@ -9,14 +9,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from maintctl.cli import app
-from tests.conftest import Cli
+from tests.conftest import Cli, CliResult
 from tests.data import Conn, count, load_sample
 
 
@@ -189,8 +192,12 @@ def test_a_signal_rolls_back_the_batch_in_flight_and_the_ledger_says_interrupted
     remaining = count(conn, "select count(*) from temp_uploads")
     assert remaining % 2 == 0, "only whole batches were committed"
     assert 0 < remaining <= 36
-    row = conn.execute("select status from maintenance.runs").fetchone()
-    assert row == ("interrupted",)
+    row = conn.execute("select status, tasks from maintenance.runs").fetchone()
+    assert row is not None
+    assert row[0] == "interrupted"
+    (task,) = row[1]
+    assert (task["task"], task["status"]) == ("temp", "interrupted")
+    assert task["rows"] == 40 - remaining, "the ledger counts every committed row"
     # The session is gone too (the server may take a moment to notice).
     sessions = (
         "select count(*) from pg_stat_activity "
@@ -202,21 +209,103 @@ def test_a_signal_rolls_back_the_batch_in_flight_and_the_ledger_says_interrupted
     assert count(conn, sessions) == 0
 
 
-def test_exit_77_when_the_role_lacks_privileges(db_url: str, conn: Conn) -> None:
-    from psycopg.conninfo import make_conninfo
-
-    role = f"maintctl_nobody_{os.getpid()}"
-    conn.execute(sql.SQL("create role {} login").format(sql.Identifier(role)))
+@contextmanager
+def login_role(conn: Conn, db_url: str) -> Iterator[tuple[sql.Identifier, str]]:
+    """A fresh login role (cluster-wide, so named for this process) and a URL that uses it."""
+    name = f"maintctl_role_{os.getpid()}"
+    role = sql.Identifier(name)
+    conn.execute(sql.SQL("create role {} login").format(role))
     try:
-        result = CliRunner().invoke(
-            app, ["status"], env={"MAINTCTL_DATABASE_URL": make_conninfo(db_url, user=role)}
-        )
+        yield role, make_conninfo(db_url, user=name)
     finally:
-        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("drop owned by {}").format(role))
+        conn.execute(sql.SQL("drop role {}").format(role))
+
+
+def as_role(url: str, *args: str) -> CliResult:
+    result = CliRunner().invoke(app, list(args), env={"MAINTCTL_DATABASE_URL": url})
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def test_exit_77_when_the_role_lacks_privileges(db_url: str, conn: Conn) -> None:
+    with login_role(conn, db_url) as (_, url):
+        result = as_role(url, "status")
 
     assert result.exit_code == 77
     assert result.stderr == (
         "maintctl: error: permission denied: permission denied for schema maintenance\n"
+    )
+
+
+def test_the_privileges_the_readme_lists_are_enough_and_doctor_names_a_missing_one(
+    db_url: str, conn: Conn
+) -> None:
+    load_sample(conn)
+    with login_role(conn, db_url) as (role, url):
+        # maintctl's own objects, as their owner would grant them to a second role...
+        for grant in (
+            "grant usage on schema maintenance to {}",
+            "grant select, insert, update, delete on all tables in schema maintenance to {}",
+            "grant execute on all routines in schema maintenance to {}",
+            # ...and on the application's tables exactly what README, "Privileges", lists.
+            "grant select, update on import_runs, import_jobs to {}",
+            "grant select, update, delete on temp_uploads, raw_import_items to {}",
+        ):
+            conn.execute(sql.SQL(grant).format(role))
+
+        healthy = as_role(url, "doctor")
+        ran = as_role(url, "run", "--json")
+        conn.execute(sql.SQL("revoke update on temp_uploads from {}").format(role))
+        lacking = as_role(url, "doctor", "--json")
+
+    assert healthy.exit_code == 0, healthy.stdout
+    assert ran.exit_code == 0, ran.stdout
+    assert json.loads(ran.stdout)["tempUploadsPurged"] == 289
+    assert lacking.exit_code == 77
+    assert json.loads(lacking.stdout)["checks"][-1] == {
+        "check": "tables",
+        "ok": False,
+        "detail": "missing: UPDATE on temp_uploads",
+    }
+
+
+def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
+    db_url: str, server_url: str
+) -> None:
+    started = time.monotonic()
+    refused = as_role(make_conninfo(db_url, user="maintctl_no_such_role"), "status")
+    missing = as_role(make_conninfo(server_url, dbname="maintctl_no_such_db"), "status")
+    bad_option = as_role(make_conninfo(db_url, sslmode="sometimes"), "status")
+
+    assert time.monotonic() - started < 8, "none of these is retried for the 10 s connect budget"
+    assert refused.exit_code == 77
+    assert refused.stderr == (
+        "maintctl: error: the database refused the connection: "
+        'role "maintctl_no_such_role" does not exist\n'
+    )
+    assert missing.exit_code == 69
+    assert missing.stderr == (
+        'maintctl: error: cannot connect: database "maintctl_no_such_db" does not exist\n'
+    )
+    assert bad_option.exit_code == 78
+    assert "invalid sslmode value" in bad_option.stderr
+
+
+def test_an_unexpected_database_error_exits_70_and_says_how_to_see_more(
+    cli: Cli, conn: Conn
+) -> None:
+    conn.execute(
+        sql.SQL("alter database {} set default_transaction_read_only = on").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+
+    result = cli("pause")
+
+    assert result.exit_code == 70
+    assert result.stderr == (
+        "maintctl: error: database error: cannot execute UPDATE in a read-only transaction "
+        "(run again with --debug for the details)\n"
     )
 
 

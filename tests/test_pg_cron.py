@@ -128,3 +128,88 @@ def test_procedure_ledger_rows_read_like_the_cli(conn: Conn, cli: Cli) -> None:
         assert task["cutoff"].endswith("Z")
         assert len(task["cutoff"]) == 24
     assert [task["batches"] for task in run["tasks"]] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            "call maintenance.run_maintenance_cleanup(batch_size => 0)",
+            "batch_size must be at least 1",
+        ),
+        (
+            "call maintenance.run_maintenance_cleanup(batch_size => null)",
+            "batch_size must be at least 1",
+        ),
+        (
+            "call maintenance.run_maintenance_cleanup(temp_upload_ttl => interval '-1 day')",
+            "every threshold must be a positive interval",
+        ),
+        (
+            "call maintenance.run_maintenance_cleanup(stuck_after => interval '30 minutes')",
+            "a threshold under 1 hour needs force => true",
+        ),
+        ("select maintenance.compact_old_import_jobs(interval '7 days', 0)", "batch_size must be"),
+        ("select maintenance.compact_old_import_jobs(null)", "every threshold must be a positive"),
+    ],
+)
+def test_the_entry_points_refuse_bad_arguments_and_change_nothing(
+    conn: Conn, call: str, message: str
+) -> None:
+    load_sample(conn)
+
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message):
+        conn.execute(call)
+
+    assert count(conn, "select count(*) from maintenance.runs") == 0
+    assert conn.execute("select * from maintenance.maintenance_status").fetchone() == (
+        15,
+        289,
+        250,
+        210,
+    )
+    held = "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"
+    assert count(conn, held) == 0
+
+
+def test_forced_short_thresholds_are_allowed(conn: Conn) -> None:
+    load_sample(conn)
+
+    row = conn.execute(
+        "call maintenance.run_maintenance_cleanup(temp_upload_ttl => interval '30 minutes', "
+        "force => true)"
+    ).fetchone()
+
+    assert row is not None
+    # Uploads every 10 minutes from 10 minutes ago, and one at 23h59m: all but two are past 30m.
+    assert {t["task"]: t["rows"] for t in row[0]["tasks"]}["temp"] == 431
+
+
+def test_a_cancelled_call_releases_the_run_lock(conn: Conn, db_url: str, cli: Cli) -> None:
+    load_sample(conn)
+    conn.execute(
+        "create function slow_delete() returns trigger language plpgsql as "
+        "$$ begin perform pg_sleep(0.05); return old; end $$"
+    )
+    conn.execute(
+        "create trigger slow before delete on temp_uploads "
+        "for each row execute function slow_delete()"
+    )
+    with psycopg.connect(db_url, autocommit=True) as caller:
+        pid = caller.info.backend_pid
+        caller.execute("set statement_timeout = '1s'")
+
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            caller.execute("call maintenance.run_maintenance_cleanup(batch_size => 10)")
+
+        held = count(
+            conn,
+            "select count(*) from pg_locks where locktype = 'advisory' and pid = %s",
+            [pid],
+        )
+        conn.execute("drop trigger slow on temp_uploads")
+        document = json.loads(cli("run", "--json").stdout)
+
+    assert held == 0
+    assert document["skipped"] is None
+    assert document["tempUploadsPurged"] > 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import calendar
 import json
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
 
+from maintctl.cli import app
 from tests.conftest import Cli
 from tests.data import Conn, add_items, add_job, add_run, add_temp_upload, count
 
@@ -277,3 +282,32 @@ def test_purge_raw_skips_a_run_that_its_worker_holds(cli: Cli, conn: Conn, db_ur
 
     assert report["rawItemsPurged"] == 0
     assert count(conn, "select count(*) from raw_import_items") == 3
+
+
+def test_thresholds_are_hours_whatever_the_session_time_zone(conn: Conn, db_url: str) -> None:
+    # A time zone whose daylight-saving time began ten days ago (POSIX rule, Julian days), so the
+    # 30-day window crosses the change: 30 days must still mean 720 hours.
+    today = datetime.now(UTC).date()
+
+    def julian(day: date) -> int:  # POSIX Jn: 1..365, February 29 never counted
+        leap_shift = calendar.isleap(day.year) and day.month > 2
+        return day.timetuple().tm_yday - leap_shift
+
+    zone = (
+        f"AAA0BBB,J{julian(today - timedelta(days=10))}/0,J{julian(today + timedelta(days=100))}/0"
+    )
+    local = make_conninfo(db_url, options=f"-c TimeZone={zone}")
+
+    result = CliRunner().invoke(
+        app, ["run", "--dry-run", "--json"], env={"MAINTCTL_DATABASE_URL": local}
+    )
+
+    assert result.exit_code == 0, result.stderr
+    row = conn.execute("select now()").fetchone()
+    assert row is not None
+    cutoffs = {
+        task["task"]: datetime.fromisoformat(task["cutoff"].replace("Z", "+00:00"))
+        for task in json.loads(result.stdout)["tasks"]
+    }
+    assert abs(cutoffs["raw"] - (row[0] - timedelta(hours=720))) < timedelta(seconds=30)
+    assert abs(cutoffs["compact"] - (row[0] - timedelta(hours=168))) < timedelta(seconds=30)

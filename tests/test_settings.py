@@ -127,13 +127,28 @@ def test_malformed_database_url_exits_78_without_echoing_it(cli: Cli) -> None:
     assert "s3cret" not in result.stderr + result.stdout
 
 
-def test_the_floor_applies_to_task_commands_only(cli: Cli) -> None:
+def test_the_floor_applies_to_the_thresholds_of_the_tasks_that_run(cli: Cli) -> None:
     env = {"MAINTCTL_STUCK_AFTER": "30m"}
 
     assert cli("run", env=env).exit_code == 78
+    assert cli("stuck", env=env).exit_code == 78
     assert cli("run", "--force", "--dry-run", env=env).exit_code == 0
+    assert cli("purge-temp", env=env).exit_code == 0
     assert thresholds(cli, env=env)["stuckAfter"] == "30m"
     assert cli("history", env=env).exit_code == 0
+
+
+def test_maintctl_database_url_in_dotenv_beats_the_applications_database_url(
+    cli: Cli, tmp_path: Path, db_url: str
+) -> None:
+    (tmp_path / ".env").write_text(f"MAINTCTL_DATABASE_URL={db_url}\n")
+
+    result = cli(
+        "status",
+        env={"MAINTCTL_DATABASE_URL": None, "DATABASE_URL": "postgresql://app@127.0.0.1:1/app"},
+    )
+
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -196,6 +211,6 @@ def test_password_on_the_command_line_is_warned_about_and_never_printed(
     url = make_conninfo(server_url, password="hunter2-secret", dbname="no_such_db_maintctl")
     result = cli("status", "--database-url", url, env={"MAINTCTL_CONNECT_TIMEOUT": "1s"})
 
-    assert result.exit_code != 0
+    assert result.exit_code == 69
     assert "a password on the command line is visible" in result.stderr
     assert "hunter2-secret" not in result.stderr + result.stdout

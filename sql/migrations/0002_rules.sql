@@ -20,6 +20,12 @@ as $$
   from (select extract(epoch from p_duration) as s) as seconds
 $$;
 
+-- A threshold as a plain number of seconds (a day is 24 hours), so that now() minus it does not
+-- depend on the session's time zone: '30 days' across a daylight-saving change is still 720 hours.
+create function maintenance.absolute(p_duration interval) returns interval
+language sql immutable set search_path = pg_catalog, pg_temp
+as $$ select make_interval(secs => extract(epoch from p_duration)) $$;
+
 -- A timestamp as the JSON writes it: UTC, milliseconds, Z.
 create function maintenance.json_time(p_moment timestamptz) returns text
 language sql immutable set search_path = pg_catalog, pg_temp
@@ -211,10 +217,10 @@ create function maintenance.pending_counts(
 returns table (stuck_runs bigint, old_temp_uploads bigint, old_raw_items bigint, old_import_jobs bigint)
 language sql stable set search_path = pg_catalog, pg_temp
 as $$
-  select maintenance.count_stuck_runs(now() - p_stuck_after),
-         maintenance.count_old_temp_uploads(now() - p_temp_upload_ttl),
-         maintenance.count_old_raw_items(now() - p_raw_items_ttl),
-         maintenance.count_old_import_jobs(now() - p_compact_after)
+  select maintenance.count_stuck_runs(now() - maintenance.absolute(p_stuck_after)),
+         maintenance.count_old_temp_uploads(now() - maintenance.absolute(p_temp_upload_ttl)),
+         maintenance.count_old_raw_items(now() - maintenance.absolute(p_raw_items_ttl)),
+         maintenance.count_old_import_jobs(now() - maintenance.absolute(p_compact_after))
 $$;
 
 create view maintenance.maintenance_status with (security_invoker = true) as
@@ -251,7 +257,7 @@ language sql volatile set search_path = pg_catalog, pg_temp
 as $$
   with pruned as (
     delete from maintenance.runs
-    where started_at < now() - p_retention and status <> 'running'
+    where started_at < now() - maintenance.absolute(p_retention) and status <> 'running'
     returning 1
   )
   select count(*)::integer from pruned
@@ -260,16 +266,41 @@ $$;
 ------------------------------------------------------------------------------------------------------
 -- Entry points for pg_cron users: the same rules and batches, inside the database.
 
+-- The pg_cron entry points refuse what the CLI refuses: a batch size under 1, a threshold that is
+-- not positive, and one under an hour unless forced.
+create function maintenance.check_cleanup_arguments(
+  p_thresholds interval[], p_batch_size integer, p_force boolean) returns void
+language plpgsql immutable set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_batch_size is null or p_batch_size < 1 then
+    raise exception 'batch_size must be at least 1, not %', coalesce(p_batch_size::text, 'null')
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if exists (select 1 from unnest(p_thresholds) as t where t is null or t <= interval '0') then
+    raise exception 'every threshold must be a positive interval'
+      using errcode = 'invalid_parameter_value';
+  end if;
+  if not coalesce(p_force, false) and exists (
+       select 1 from unnest(p_thresholds) as t where maintenance.absolute(t) < interval '1 hour') then
+    raise exception 'a threshold under 1 hour needs force => true'
+      using errcode = 'invalid_parameter_value';
+  end if;
+end
+$$;
+
 -- Compacts every eligible job, batch after batch, in the caller's transaction.
 create function maintenance.compact_old_import_jobs(
-  compact_after interval default interval '7 days', batch_size integer default 5000) returns bigint
+  compact_after interval default interval '7 days', batch_size integer default 5000,
+  force boolean default false) returns bigint
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
-  cutoff timestamptz := now() - compact_after;
+  cutoff timestamptz := now() - maintenance.absolute(compact_after);
   total bigint := 0;
   n integer;
 begin
+  perform maintenance.check_cleanup_arguments(array[compact_after], batch_size, force);
   loop
     n := maintenance.compact_import_jobs_batch(cutoff, batch_size);
     total := total + n;
@@ -279,16 +310,12 @@ begin
 end
 $$;
 
--- Per-transaction limits, as the CLI sets them, so that no statement waits on the application's
--- locks or runs longer than configured.
-create function maintenance.set_transaction_limits(p_lock_timeout interval, p_statement_timeout interval)
-returns void
+-- The CLI's lock timeout, for the current transaction of the pg_cron procedure. (Its statement
+-- timeout cannot follow: the server times the whole CALL as one statement.)
+create function maintenance.set_lock_timeout(p_lock_timeout interval) returns void
 language sql volatile set search_path = pg_catalog, pg_temp
 as $$
-  select set_config('lock_timeout', (extract(epoch from p_lock_timeout) * 1000)::bigint || 'ms', true),
-         set_config('statement_timeout', (extract(epoch from p_statement_timeout) * 1000)::bigint || 'ms', true),
-         set_config('idle_in_transaction_session_timeout',
-                    (extract(epoch from p_statement_timeout) * 1000)::bigint || 'ms', true);
+  select set_config('lock_timeout', (extract(epoch from p_lock_timeout) * 1000)::bigint || 'ms', true);
 $$;
 
 -- The whole of `maintctl run`: `call maintenance.run_maintenance_cleanup();` from pg_cron. Each
@@ -296,7 +323,8 @@ $$;
 -- its first COMMIT fails before anything is locked or changed). A procedure that commits cannot
 -- carry a SET clause, so it pins search_path itself in each transaction and names every object
 -- with its schema. It honours the pause switch and the run lock, and keeps the ledger as the CLI
--- does, host 'database'.
+-- does, host 'database'. A cancel (or the CALL's statement_timeout) releases the run lock; the
+-- ledger row then stays 'running' until the session ends, and the next run marks it abandoned.
 create procedure maintenance.run_maintenance_cleanup(
   stuck_after interval default interval '24 hours',
   temp_upload_ttl interval default interval '24 hours',
@@ -304,8 +332,8 @@ create procedure maintenance.run_maintenance_cleanup(
   raw_items_ttl interval default interval '30 days',
   batch_size integer default 5000,
   lock_timeout interval default interval '5 seconds',
-  statement_timeout interval default interval '60 seconds',
   history_retention interval default interval '90 days',
+  force boolean default false,
   inout summary jsonb default null)
 language plpgsql
 as $$
@@ -326,7 +354,9 @@ declare
 begin
   commit;
   perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-  perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
+  perform maintenance.set_lock_timeout(lock_timeout);
+  perform maintenance.check_cleanup_arguments(
+    array[stuck_after, temp_upload_ttl, compact_after, raw_items_ttl], batch_size, force);
   run_thresholds := jsonb_build_object(
     'stuckAfter', maintenance.duration_text(stuck_after),
     'tempUploadTtl', maintenance.duration_text(temp_upload_ttl),
@@ -356,7 +386,7 @@ begin
     insert into maintenance.runs (command, host, version, thresholds)
     values ('run_maintenance_cleanup', 'database', 'sql', run_thresholds)
     returning id into ledger_id;
-  exception when others then
+  exception when others or query_canceled then
     perform pg_advisory_unlock(maintenance.run_lock_key());
     raise;
   end;
@@ -364,10 +394,10 @@ begin
 
   foreach task in array array['stuck', 'temp', 'compact', 'raw'] loop
     perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
+    perform maintenance.set_lock_timeout(lock_timeout);
     threshold := case task when 'stuck' then stuck_after when 'temp' then temp_upload_ttl
                            when 'compact' then compact_after else raw_items_ttl end;
-    cutoff := now() - threshold;
+    cutoff := now() - maintenance.absolute(threshold);
     task_started := clock_timestamp();
     total := 0;
     batches := 0;
@@ -381,12 +411,16 @@ begin
                else maintenance.purge_raw_items_batch(cutoff, batch_size) end;
         batches := batches + 1;
         total := total + n;
-      exception when others then
-        failure := sqlerrm;
+      exception
+        when query_canceled then  -- a cancel or the CALL's own timeout ends the whole run
+          perform pg_advisory_unlock(maintenance.run_lock_key());
+          raise;
+        when others then
+          failure := sqlerrm;
       end;
       commit;
       perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-      perform maintenance.set_transaction_limits(lock_timeout, statement_timeout);
+      perform maintenance.set_lock_timeout(lock_timeout);
       exit when failure is not null or n < batch_size;
     end loop;
     task_results := task_results || jsonb_build_object(
@@ -408,7 +442,7 @@ begin
            finished_at = now(), tasks = task_results, errors = task_errors
      where id = ledger_id;
     perform maintenance.prune_runs(history_retention);
-  exception when others then
+  exception when others or query_canceled then
     perform pg_advisory_unlock(maintenance.run_lock_key());
     raise;
   end;
