@@ -251,11 +251,11 @@ def test_max_runtime_stops_between_batches_and_the_next_run_carries_on(
 ) -> None:
     for _ in range(5):
         add_temp_upload(conn, "2 days")
-    # Each deleted row takes 0.6 s, so with one row per batch the 1 s budget is spent after the
+    # Each deleted row takes 1.2 s, so with one row per batch the 2 s budget is spent after the
     # second batch.
     conn.execute(
         "create function slow_delete() returns trigger language plpgsql as "
-        "$$ begin perform pg_sleep(0.6); return old; end $$"
+        "$$ begin perform pg_sleep(1.2); return old; end $$"
     )
     conn.execute(
         "create trigger slow before delete on temp_uploads "
@@ -263,7 +263,7 @@ def test_max_runtime_stops_between_batches_and_the_next_run_carries_on(
     )
 
     first = json.loads(
-        cli("purge-temp", "--batch-size", "1", "--max-runtime", "1s", "--json").stdout
+        cli("purge-temp", "--batch-size", "1", "--max-runtime", "2s", "--json").stdout
     )
 
     task = first["tasks"][0]
