@@ -53,7 +53,11 @@ class PauseState:
 
 def whoami() -> str:
     """user@host of this process, for the ledger and the pause switch."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def start_run(
