@@ -88,3 +88,27 @@ def load_sample(conn: Conn) -> None:
     from maintctl.sqlfiles import read_sql
 
     conn.execute(read_sql("demo_data.sql"))
+
+
+def slow_down_deletes(conn: Conn, seconds: float) -> None:
+    """Every temp upload delete takes this long (trigger `slow`): a purge that can be caught
+    mid-run."""
+    conn.execute(
+        sql.SQL(
+            "create function slow_delete() returns trigger language plpgsql as "
+            "$$ begin perform pg_sleep({}); return old; end $$"
+        ).format(sql.Literal(seconds))
+    )
+    conn.execute(
+        "create trigger slow before delete on temp_uploads "
+        "for each row execute function slow_delete()"
+    )
+
+
+def set_database_default(conn: Conn, setting: str, value: str) -> None:
+    """A default for every later session of the test's database (maintctl's included)."""
+    conn.execute(
+        sql.SQL("alter database {} set {} = {}").format(
+            sql.Identifier(conn.info.dbname), sql.Identifier(setting), sql.Literal(value)
+        )
+    )

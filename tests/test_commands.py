@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from maintctl.cli import app
 from tests.conftest import Cli, CliResult
-from tests.data import Conn, count, load_sample
+from tests.data import Conn, count, load_sample, set_database_default, slow_down_deletes
 
 
 def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn) -> None:
@@ -132,19 +132,6 @@ def test_an_internal_error_is_one_line_and_exit_70_unless_debug(cli: Cli, conn: 
     assert "Traceback" not in plain.stderr
     assert debug.exit_code == 70
     assert "Traceback" in debug.stderr
-
-
-def slow_down_deletes(conn: Conn, seconds: float) -> None:
-    conn.execute(
-        sql.SQL(
-            "create function slow_delete() returns trigger language plpgsql as "
-            "$$ begin perform pg_sleep({}); return old; end $$"
-        ).format(sql.Literal(seconds))
-    )
-    conn.execute(
-        "create trigger slow before delete on temp_uploads "
-        "for each row execute function slow_delete()"
-    )
 
 
 def cron_environment(db_url: str) -> dict[str, str]:
@@ -294,11 +281,7 @@ def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
 def test_an_unexpected_database_error_exits_70_and_says_how_to_see_more(
     cli: Cli, conn: Conn
 ) -> None:
-    conn.execute(
-        sql.SQL("alter database {} set default_transaction_read_only = on").format(
-            sql.Identifier(conn.info.dbname)
-        )
-    )
+    set_database_default(conn, "default_transaction_read_only", "on")
 
     result = cli("pause")
 

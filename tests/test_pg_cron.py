@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from maintctl.migrations import migrate
 from maintctl.settings import Settings
 from tests.conftest import Cli
-from tests.data import Conn, count, load_sample
+from tests.data import Conn, count, load_sample, slow_down_deletes
 
 
 def outcome(conn: Conn) -> dict[str, Any]:
@@ -31,6 +31,10 @@ def outcome(conn: Conn) -> dict[str, Any]:
     }
 
 
+def rows_by_task(tasks: list[dict[str, Any]]) -> dict[str, int]:
+    return {task["task"]: task["rows"] for task in tasks}
+
+
 def test_run_maintenance_cleanup_matches_maintctl_run(
     cli: Cli, conn: Conn, bare_db_url: str
 ) -> None:
@@ -47,8 +51,8 @@ def test_run_maintenance_cleanup_matches_maintctl_run(
         assert summary is not None
         assert outcome(twin) == outcome(conn)
         ledger = twin.execute("select command, status, host from maintenance.runs").fetchall()
-    rows = {task["task"]: task["rows"] for task in summary[0]["tasks"]}
-    assert rows == {task["task"]: task["rows"] for task in report["tasks"]}
+    rows = rows_by_task(summary[0]["tasks"])
+    assert rows == rows_by_task(report["tasks"])
     assert rows == {"stuck": 15, "temp": 289, "compact": 210, "raw": 250}
     assert ledger == [("run_maintenance_cleanup", "succeeded", "database")]
 
@@ -62,7 +66,7 @@ def test_procedure_with_thresholds_and_small_batches(conn: Conn) -> None:
     ).fetchone()
 
     assert row is not None
-    rows = {task["task"]: task["rows"] for task in row[0]["tasks"]}
+    rows = rows_by_task(row[0]["tasks"])
     assert rows == {"stuck": 15, "temp": 145, "compact": 210, "raw": 250}
 
 
@@ -182,19 +186,12 @@ def test_forced_short_thresholds_are_allowed(conn: Conn) -> None:
 
     assert row is not None
     # Uploads every 10 minutes from 10 minutes ago, and one at 23h59m: all but two are past 30m.
-    assert {t["task"]: t["rows"] for t in row[0]["tasks"]}["temp"] == 431
+    assert rows_by_task(row[0]["tasks"])["temp"] == 431
 
 
 def test_a_cancelled_call_releases_the_run_lock(conn: Conn, db_url: str, cli: Cli) -> None:
     load_sample(conn)
-    conn.execute(
-        "create function slow_delete() returns trigger language plpgsql as "
-        "$$ begin perform pg_sleep(0.05); return old; end $$"
-    )
-    conn.execute(
-        "create trigger slow before delete on temp_uploads "
-        "for each row execute function slow_delete()"
-    )
+    slow_down_deletes(conn, 0.05)
     with psycopg.connect(db_url, autocommit=True) as caller:
         pid = caller.info.backend_pid
         caller.execute("set statement_timeout = '1s'")

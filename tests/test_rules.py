@@ -8,13 +8,20 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from maintctl.cli import app
 from tests.conftest import Cli
-from tests.data import Conn, add_items, add_job, add_run, add_temp_upload, count
+from tests.data import (
+    Conn,
+    add_items,
+    add_job,
+    add_run,
+    add_temp_upload,
+    count,
+    set_database_default,
+)
 
 
 def run_json(cli: Cli, *args: str) -> dict[str, object]:
@@ -76,11 +83,7 @@ def test_stuck_run_gets_finished_at_and_a_timeout_message_naming_the_threshold(
     cli: Cli, conn: Conn
 ) -> None:
     # The message must not depend on how the session prints intervals.
-    conn.execute(
-        sql.SQL("alter database {} set intervalstyle = 'sql_standard'").format(
-            sql.Identifier(conn.info.dbname)
-        )
-    )
+    set_database_default(conn, "intervalstyle", "sql_standard")
     run_id = add_run(conn, "processing", created="3 days", started="3 days", heartbeat="40 hours")
 
     run_json(cli, "stuck", "--older-than", "36h")

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from tests.conftest import Cli, table_rows
-from tests.data import Conn, add_temp_upload, count, load_sample, snapshot
+from tests.data import Conn, add_temp_upload, count, load_sample, slow_down_deletes, snapshot
 
 RUN_KEYS = [
     "timestamp",
@@ -253,14 +253,7 @@ def test_max_runtime_stops_between_batches_and_the_next_run_carries_on(
         add_temp_upload(conn, "2 days")
     # Each deleted row takes 1.2 s, so with one row per batch the 2 s budget is spent after the
     # second batch.
-    conn.execute(
-        "create function slow_delete() returns trigger language plpgsql as "
-        "$$ begin perform pg_sleep(1.2); return old; end $$"
-    )
-    conn.execute(
-        "create trigger slow before delete on temp_uploads "
-        "for each row execute function slow_delete()"
-    )
+    slow_down_deletes(conn, 1.2)
 
     first = json.loads(
         cli("purge-temp", "--batch-size", "1", "--max-runtime", "2s", "--json").stdout
