@@ -7,6 +7,7 @@ Pure functions of the results; no SQL, no database. Imported only when a command
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -35,7 +36,9 @@ def emit_json(document: object) -> None:
 
 def console() -> Console:
     # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
-    return Console(highlight=False, soft_wrap=True)
+    # NO_COLOR means no escape codes at all (Rich alone would still send bold and italic).
+    plain = bool(os.environ.get("NO_COLOR"))
+    return Console(highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 # --- JSON --------------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def maintctl_command() -> list[str]:
 def test_maintctl_runs_as_a_real_process_like_cron(db_url: str, conn: Conn) -> None:
     load_sample(conn)
     completed = subprocess.run(
-        [*maintctl_command(), "run", "--json"],
+        [*maintctl_command(), "run", "--json", "--quiet"],
         env=cron_environment(db_url),
         capture_output=True,
         text=True,
@@ -142,7 +142,8 @@ def cron_environment(db_url: str) -> dict[str, str]:
 def start_slow_purge(
     conn: Conn, db_url: str, *, rows: int, seconds_per_row: float
 ) -> subprocess.Popen[str]:
-    """`maintctl purge-temp` in two-row batches over slow deletes, once two batches committed."""
+    """`maintctl purge-temp --quiet` (errors only on stderr) in two-row batches over slow
+    deletes, once two batches committed."""
     conn.execute(
         "insert into temp_uploads (created_at, storage_path) "
         "select now() - interval '2 days', 'f' || n from generate_series(1, %s) n",
@@ -150,7 +151,7 @@ def start_slow_purge(
     )
     slow_down_deletes(conn, seconds_per_row)
     process = subprocess.Popen(
-        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--json"],
+        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--json", "--quiet"],
         env=cron_environment(db_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
