@@ -371,7 +371,7 @@ def _ping(settings: Settings, suffix: str, body: str) -> None:
     from maintctl.healthcheck import ping
 
     url = settings.healthcheck_url.get_secret_value()
-    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.warning)
+    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.error)
 
 
 def _monitor(
@@ -396,7 +396,7 @@ def _monitor(
             previous = metrics.previous_value(path, metrics.LAST_SUCCESS)
             metrics.write_atomically(path, metrics.run_registry(outcome, previous))
         except OSError as exc:
-            _log.warning(f"cannot write the metrics file {path}: {exc.strerror or exc}")
+            _log.error(f"cannot write the metrics file {path}: {exc} (the exit code is unchanged)")
     _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
 
 
@@ -531,16 +531,27 @@ def status(
             show_default=False,
         ),
     ] = None,
+    metrics_file: MetricsFile = None,
     debug: Debug = False,
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
     from maintctl import render
     from maintctl.status import get_status
 
-    settings = _settings(database_url, schema)
+    settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
     with _connected(settings) as conn:
         report = get_status(conn, settings, age)
+    if settings.metrics_file is not None:
+        from maintctl import metrics
+
+        try:
+            metrics.write_atomically(settings.metrics_file, metrics.status_registry(report))
+        except OSError as exc:
+            _log.error(
+                f"cannot write the metrics file {settings.metrics_file}: {exc} "
+                "(the exit code is unchanged)"
+            )
     if json_output:
         render.emit_json(render.status_json(report))
     else:

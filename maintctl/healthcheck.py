@@ -8,6 +8,7 @@ the run's outcome: the monitor notices the missing ping, which is its job.
 
 from __future__ import annotations
 
+import base64
 import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
@@ -49,13 +50,14 @@ def ping(
     import urllib.request
 
     what = suffix or "success"
-    request = urllib.request.Request(  # the settings allow http(s) URLs only
-        ping_url(url, suffix),
-        data=body.encode("utf-8")[:10_000],
-        method="POST",
-        headers={"User-Agent": f"maintctl/{__version__}", "Content-Type": "text/plain"},
-    )
+    headers = {"User-Agent": f"maintctl/{__version__}", "Content-Type": "text/plain"}
     try:
+        target, credentials = _without_userinfo(ping_url(url, suffix))
+        if credentials:  # urllib does not read user:password@ itself
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+        request = urllib.request.Request(  # the settings allow http(s) URLs only
+            target, data=body.encode("utf-8")[:10_000], method="POST", headers=headers
+        )
         with urllib.request.urlopen(request, timeout=timeout.total_seconds()) as response:
             response.read(1024)
     except urllib.error.HTTPError as exc:
@@ -67,3 +69,15 @@ def ping(
         return True
     warn(f"healthcheck ping ({what}) to {public_url(url)} failed: {reason}")
     return False
+
+
+def _without_userinfo(url: str) -> tuple[str, bytes]:
+    """The URL without user:password@, and those credentials for a Basic auth header."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, b""
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), f"{user}:{password}".encode()
