@@ -662,6 +662,98 @@ def doctor(
     return int(failed[0].exit_code) if failed else 0
 
 
+def _this_maintctl() -> str:
+    """The absolute path of this maintctl's console script (what cron and systemd must run)."""
+    import shutil
+    from pathlib import Path
+
+    beside = shutil.which("maintctl", path=str(Path(sys.executable).parent))
+    found = beside or shutil.which("maintctl") or sys.argv[0]
+    return str(Path(found).absolute())
+
+
+@command("cron", "maintctl cron --schedule '30 2 * * *' > /etc/cron.d/maintctl")
+def cron(
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="When to run, a five-field cron schedule in UTC.")
+    ] = "0 3 * * *",
+    env_file: Annotated[
+        str,
+        typer.Option("--env-file", help="The file of NAME=value settings the job reads."),
+    ] = "/etc/maintctl.env",
+    user: Annotated[str, typer.Option("--user", help="The user the job runs as.")] = "maintctl",
+    maintctl_path: Annotated[
+        str | None,
+        typer.Option(
+            "--maintctl",
+            help="Path of the maintctl to run [default: this one].",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_file: Annotated[
+        str | None,
+        typer.Option("--metrics-file", help="Have each run write this metrics file."),
+    ] = None,
+    systemd: Annotated[
+        bool, typer.Option("--systemd", help="A systemd .service and .timer instead.")
+    ] = False,
+    on_calendar: Annotated[
+        str | None,
+        typer.Option(
+            "--on-calendar",
+            help="The timer's OnCalendar, when the schedule has no exact equivalent.",
+            show_default=False,
+        ),
+    ] = None,
+    randomized_delay: Annotated[
+        str, typer.Option("--randomized-delay", help="The timer's RandomizedDelaySec.")
+    ] = "15m",
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir",
+            help="With --systemd: write maintctl.service and maintctl.timer there.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Print a crontab entry (or, with --systemd, a service and a timer) for the daily run."""
+    from pathlib import Path
+
+    from maintctl import schedule as scheduling
+
+    try:
+        when = scheduling.check_schedule(schedule)
+        job = scheduling.Job(
+            maintctl=maintctl_path or _this_maintctl(),
+            schedule=when,
+            env_file=env_file,
+            user=user,
+            metrics_file=metrics_file,
+        )
+        if not systemd:
+            sys.stdout.write(scheduling.crontab(job))
+            return
+        calendar = on_calendar or scheduling.on_calendar(when)
+    except scheduling.ScheduleError as exc:
+        message = str(exc)
+        raise UsageError(
+            message if message.startswith("--") else f"--schedule: {message}"
+        ) from None
+    units = scheduling.systemd_units(job, calendar, randomized_delay)
+    if output_dir is None:
+        sys.stdout.write("\n".join(units.values()))
+        return
+    for name, text in units.items():
+        target = Path(output_dir) / name
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output-dir: cannot write {target}: {exc.strerror}") from None
+        typer.echo(f"wrote {target}")
+
+
 def main() -> None:
     """The console script: SIGTERM ends the run like Ctrl-C, with its own exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)
