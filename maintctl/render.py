@@ -118,7 +118,9 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
 def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
     return {
         "healthy": all(check.ok for check in checks),
-        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+        "checks": [
+            {"check": c.name, "ok": c.ok, "verdict": c.verdict, "detail": c.detail} for c in checks
+        ],
     }
 
 
@@ -256,7 +258,11 @@ def print_pause(state: PauseState) -> None:
 def print_doctor(checks: Sequence[Check]) -> None:
     out = console()
     for check in checks:
-        verdict = "[green]ok[/]  " if check.ok else "[bold red]FAIL[/]"
+        verdict = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}[
+            check.verdict
+        ]
         out.print(f"{verdict} {check.name}: {escape(check.detail)}")
     healthy = all(check.ok for check in checks)
-    out.print("healthy" if healthy else "not healthy")
+    warnings = sum(check.verdict == "warn" for check in checks)
+    noted = f" ({warnings} warning{'s' if warnings > 1 else ''})" if warnings else ""
+    out.print(f"healthy{noted}" if healthy else "not healthy")

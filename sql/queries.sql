@@ -171,3 +171,15 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
+
+-- name: table_columns
+-- The columns of an application table, for doctor's check of what the rules use.
+select a.attname as name
+from pg_attribute a
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
+-- name: server_clock
+-- The database's clock now (not the transaction's start), for doctor's clock check.
+select clock_timestamp() as now;

@@ -35,9 +35,16 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "connection",
         "migrations",
         "tables",
+        "columns",
+        "privileges stuck",
+        "privileges temp",
+        "privileges compact",
+        "privileges raw",
+        "clock",
         "pause",
         "dry run",
     ]
+    assert {check["verdict"] for check in document["checks"]} == {"ok"}
     assert (
         document["checks"][-1]["detail"] == "would touch: stuck 15, temp 289, compact 210, raw 250"
     )
@@ -65,6 +72,7 @@ def test_doctor_exits_78_naming_a_missing_table(cli: Cli, conn: Conn) -> None:
     assert failed == {
         "check": "tables",
         "ok": False,
+        "verdict": "fail",
         "detail": "missing in schema 'public': raw_import_items",
     }
 
@@ -250,11 +258,15 @@ def test_the_privileges_the_readme_lists_are_enough_and_doctor_names_a_missing_o
     assert ran.exit_code == 0, ran.stdout
     assert json.loads(ran.stdout)["tempUploadsPurged"] == 289
     assert lacking.exit_code == 77
-    assert json.loads(lacking.stdout)["checks"][-1] == {
-        "check": "tables",
-        "ok": False,
-        "detail": "missing: UPDATE on temp_uploads",
-    }
+    failed = [check for check in json.loads(lacking.stdout)["checks"] if not check["ok"]]
+    assert failed == [
+        {
+            "check": "privileges temp",
+            "ok": False,
+            "verdict": "fail",
+            "detail": "temp needs UPDATE on temp_uploads",
+        }
+    ]
 
 
 def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
