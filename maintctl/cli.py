@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -584,18 +584,48 @@ def history(
     schema: Schema = None,
     json_output: JsonOutput = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="How many runs.")] = 20,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only runs started since then: a duration (7d, 36h) or an ISO date or time in "
+            "UTC unless it says otherwise (2026-11-01, 2026-11-01T03:00Z).",
+            show_default=False,
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
     from maintctl import ledger, render
 
+    since_time, since_age = _since(since)
     settings = _settings(database_url, schema)
     with _connected(settings) as conn:
-        runs = ledger.history(conn, limit)
+        runs = ledger.history(conn, limit, since_time=since_time, since_age=since_age)
     if json_output:
         render.emit_json([render.run_record_json(run) for run in runs])
     else:
-        render.print_history(runs)
+        render.print_history(runs, since)
+
+
+def _since(value: str | None) -> tuple[datetime | None, timedelta | None]:
+    """--since: a moment (an ISO date or time, UTC when it names no zone) or an age."""
+    from maintctl.durations import parse_duration
+
+    if value is None:
+        return None, None
+    try:
+        return None, parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"--since: {value!r} is neither a duration (e.g. 7d, 36h) nor an ISO date or time "
+            "(e.g. 2026-11-01, 2026-11-01T03:00Z)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
 
 
 def _set_pause(

@@ -179,6 +179,8 @@ def print_status(status: StatusReport) -> None:
             f"Last run: #{last.id} {last.command} {last.status}, started "
             f"{iso_timestamp(last.started_at)} on {escape(last.host or '?')}"
         )
+        for why in (*last.errors, *([last.skipped] if last.skipped else [])):
+            out.print(f"  {escape(why)}")
     success = iso_timestamp(status.last_success) if status.last_success else "never"
     out.print(f"Last successful run finished: {success}")
     if status.stale and status.max_age is not None:
@@ -198,10 +200,10 @@ def _rows(tasks: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{task['task']} {task['rows']}" for task in tasks) or "-"
 
 
-def print_history(runs: Sequence[RunRecord]) -> None:
+def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     out = console()
     if not runs:
-        out.print("No runs recorded yet.")
+        out.print(f"No runs since {escape(since)}." if since else "No runs recorded yet.")
         return
     table = Table(
         title="Maintenance runs, newest first",

@@ -148,12 +148,16 @@ select maintenance.prune_runs(%(retention)s::interval) as rows;
 
 -- name: history
 -- The most recent runs, newest first; a 'running' row whose session is gone shows as abandoned.
+-- since_time / since_age (either may be null) keep the runs started since then.
 select r.id, r.command,
        case when maintenance.is_abandoned(r.status, r.backend_pid, r.started_at)
             then 'abandoned' else r.status end as status,
        r.started_at, r.finished_at, r.host, r.version, r.dry_run, r.thresholds, r.tasks, r.errors,
        r.skipped
 from maintenance.runs r
+where (%(since_time)s::timestamptz is null or r.started_at >= %(since_time)s::timestamptz)
+  and (%(since_age)s::interval is null
+       or r.started_at >= now() - maintenance.absolute(%(since_age)s::interval))
 order by r.id desc
 limit %(limit)s;
 
