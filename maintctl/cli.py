@@ -396,7 +396,10 @@ def _monitor(
             previous = metrics.previous_value(path, metrics.LAST_SUCCESS)
             metrics.write_atomically(path, metrics.run_registry(outcome, previous))
         except OSError as exc:
-            _log.error(f"cannot write the metrics file {path}: {exc} (the exit code is unchanged)")
+            _log.error(
+                f"cannot write the metrics file {path}: {exc.strerror or exc} "
+                "(the exit code is unchanged)"
+            )
     _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
 
 
@@ -549,7 +552,7 @@ def status(
             metrics.write_atomically(settings.metrics_file, metrics.status_registry(report))
         except OSError as exc:
             _log.error(
-                f"cannot write the metrics file {settings.metrics_file}: {exc} "
+                f"cannot write the metrics file {settings.metrics_file}: {exc.strerror or exc} "
                 "(the exit code is unchanged)"
             )
     if json_output:
