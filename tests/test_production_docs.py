@@ -1,0 +1,71 @@
+"""docs/production.md shows what maintctl prints: each `maintctl cron` example in it is run again
+and must print exactly what the page shows."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from maintctl.cli import app
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "production.md"
+
+
+def examples(command_prefix: str) -> list[tuple[list[str], str]]:
+    """(arguments, output) of each `$ maintctl ...` line of the page that starts so."""
+    found = []
+    lines = DOC.read_text().splitlines()
+    for number, line in enumerate(lines):
+        if not line.startswith(f"$ {command_prefix}") or "|" in line:
+            continue
+        output = []
+        for following in lines[number + 1 :]:
+            if following.startswith(("$ ", "```", "(exit ")):
+                break
+            output.append(following)
+        found.append((shlex.split(line[2:])[1:], "\n".join(output)))
+    return found
+
+
+CRON_EXAMPLES = [
+    (args, output) for args, output in examples("maintctl cron") if "--output-dir" not in args
+]
+
+
+def test_the_page_has_the_cron_and_systemd_examples() -> None:
+    assert len(CRON_EXAMPLES) == 3
+    assert any("--systemd" in args for args, _ in CRON_EXAMPLES)
+
+
+@pytest.mark.parametrize(("args", "output"), CRON_EXAMPLES)
+def test_each_cron_example_prints_what_the_page_shows(args: list[str], output: str) -> None:
+    result = CliRunner().invoke(app, args)
+
+    printed = (result.stdout + result.stderr).rstrip("\n")
+    assert printed == output
+
+
+def yaml_block(after: str) -> str:
+    text = DOC.read_text()
+    start = text.index("```yaml\n", text.index(after)) + len("```yaml\n")
+    return text[start : text.index("```", start)]
+
+
+def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    rules = tmp_path / "maintctl-alerts.yml"
+    rules.write_text(yaml_block("as Prometheus rules"))
+
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 3 rules found" in checked.stdout
