@@ -296,7 +296,8 @@ def _run(
     quiet: bool = False,
     metrics_file: str | None = None,
 ) -> int:
-    from maintctl import render, runner
+    from maintctl import db, render, runner
+    from maintctl.log import describe
 
     settings = _settings(
         database_url,
@@ -317,8 +318,6 @@ def _run(
             report = runner.disabled_report(dry_run)
         else:
             with _connected(settings) as conn:
-                from maintctl import db
-
                 _log(
                     "connected",
                     target=db.describe_target(settings),
@@ -358,8 +357,6 @@ def _run(
         render.print_run(report)
     if refusal is not None:
         _error(refusal)
-    from maintctl.log import describe
-
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)

@@ -284,3 +284,19 @@ def test_a_healthcheck_url_that_is_not_http_is_a_configuration_error(cli: Cli, c
         "maintctl: error: MAINTCTL_HEALTHCHECK_URL: must be an http:// or https:// URL\n"
     )
     assert conn.execute("select count(*) from temp_uploads").fetchone() == (433,)
+
+
+def test_prometheus_client_is_imported_only_to_write_a_file() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from typer.testing import CliRunner; from maintctl.cli import app; "
+        "CliRunner().invoke(app, ['--help']); CliRunner().invoke(app, ['cron']); "
+        "print('prometheus_client' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+
+    assert completed.stdout == "False\n"
