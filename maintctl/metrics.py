@@ -51,14 +51,17 @@ def run_registry(outcome: RunOutcome, previous_success: float | None) -> Collect
         metric.labels(**labels, **extra).set(value)
 
     report = outcome.report
-    succeeded = outcome.exit_code == 0 and (report is None or report.skipped is None)
+    # Exit 0 is a success, a run skipped because another run holds the lock included (that run
+    # does the work); only a run that did the work moves the last success forward.
+    succeeded = outcome.exit_code == 0
+    skipped = report is not None and report.skipped is not None
     dry_run = report is not None and report.dry_run
     gauge(
         "maintctl_last_run_timestamp_seconds",
         "When the last run started (Unix time).",
         outcome.started,
     )
-    gauge("maintctl_last_run_success", "1 when the last run succeeded, else 0.", int(succeeded))
+    gauge("maintctl_last_run_success", "1 when the last run exited 0, else 0.", int(succeeded))
     gauge("maintctl_last_run_exit_code", "Exit code of the last run.", outcome.exit_code)
     gauge(
         "maintctl_last_run_duration_seconds",
@@ -66,7 +69,13 @@ def run_registry(outcome: RunOutcome, previous_success: float | None) -> Collect
         outcome.duration_seconds,
     )
     gauge("maintctl_last_run_dry_run", "1 when the last run was a dry run.", int(dry_run))
-    success = outcome.started + outcome.duration_seconds if succeeded and not dry_run else None
+    gauge(
+        "maintctl_last_run_skipped",
+        "1 when the last run did nothing on purpose (another run held the lock, or paused).",
+        int(skipped),
+    )
+    did_the_work = succeeded and not dry_run and not skipped
+    success = outcome.started + outcome.duration_seconds if did_the_work else None
     if success is None:
         success = previous_success
     if success is not None:

@@ -300,3 +300,22 @@ def test_prometheus_client_is_imported_only_to_write_a_file() -> None:
     )
 
     assert completed.stdout == "False\n"
+
+
+def test_a_run_skipped_for_the_lock_succeeds_but_keeps_the_last_success(
+    cli: Cli, conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    path = tmp_path / "maintctl.prom"
+    assert cli("run", "--metrics-file", str(path)).exit_code == 0
+    success = value(samples(path), "maintctl_last_success_timestamp_seconds", command="run")
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("select pg_advisory_lock(maintenance.run_lock_key())")
+        skipped = cli("run", "--metrics-file", str(path))
+
+    assert skipped.exit_code == 0
+    found = samples(path)
+    assert value(found, "maintctl_last_run_success", command="run") == 1
+    assert value(found, "maintctl_last_run_skipped", command="run") == 1
+    assert value(found, "maintctl_last_success_timestamp_seconds", command="run") == success
