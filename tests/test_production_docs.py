@@ -69,3 +69,16 @@ def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 3 rules found" in checked.stdout
+
+
+def test_the_cronjob_forbids_overlap_and_parses_where_pyyaml_is_installed() -> None:
+    block = yaml_block("### Kubernetes")
+    assert "  concurrencyPolicy: Forbid" in block.splitlines()
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not a dependency of maintctl")
+
+    cronjob = yaml.safe_load(block)
+
+    assert cronjob["kind"] == "CronJob"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "run"
