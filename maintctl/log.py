@@ -47,6 +47,9 @@ def describe(event: str, fields: dict[str, Any]) -> str:
     if event == "run_started":
         kind = "dry run" if fields.get("dryRun") else "run"
         return f"{kind} {fields['runId']} started ({fields['command']})"
+    if event == "task_done" and fields.get("dryRun") and fields["status"] == "ok":
+        took = _took(int(fields["durationMs"]))
+        return f"{fields['task']}: would touch {fields['rows']} rows ({took})"
     if event == "task_done":
         line = (
             f"{fields['task']}: {fields['status']}, {fields['rows']} rows"
@@ -56,6 +59,12 @@ def describe(event: str, fields: dict[str, Any]) -> str:
     if event == "run_finished":
         if fields.get("skipped"):
             return f"run skipped: {fields['skipped']} (exit {fields['exitCode']})"
+        if fields.get("dryRun"):
+            return (
+                f"dry run {fields.get('runId')} {fields['status']} in "
+                f"{_took(int(fields['durationMs']))}, would touch {fields['rows']} rows "
+                f"(exit {fields['exitCode']})"
+            )
         return (
             f"run {fields.get('runId')} {fields['status']} in {_took(int(fields['durationMs']))}"
             f", {fields['rows']} rows (exit {fields['exitCode']})"

@@ -99,7 +99,7 @@ def run_maintenance(
                 result = run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
                 report.tasks.append(result)
                 level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
-                say("task_done", level, runId=start.id, **result.as_record())
+                say("task_done", level, runId=start.id, dryRun=dry_run, **result.as_record())
         except (Exception, KeyboardInterrupt) as exc:
             cause: BaseException = exc
             if isinstance(exc, TaskAborted):

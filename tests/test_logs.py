@@ -173,3 +173,16 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(db_url: str, conn: Co
     assert b"error: temp: failed" in piped.stderr
     assert escape not in piped.stderr
     assert escape not in piped.stdout
+
+
+def test_a_dry_run_says_what_it_would_touch(cli: Cli, conn: Conn) -> None:
+    load_sample(conn)
+
+    result = cli("run", "--dry-run")
+
+    lines = result.stderr.splitlines()
+    assert lines[1] == "maintctl: dry run 1 started (run)"
+    assert lines[2].startswith("maintctl: stuck: would touch 15 rows (")
+    assert lines[-1].startswith("maintctl: dry run 1 succeeded in ")
+    assert lines[-1].endswith("would touch 764 rows (exit 0)")
+    assert not any("lock" in line for line in lines), "a dry run takes no lock"
