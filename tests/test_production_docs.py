@@ -56,19 +56,36 @@ def yaml_block(after: str) -> str:
     return text[start : text.index("```", start)]
 
 
-def test_the_alert_rules_pass_promtool(tmp_path: Path) -> None:
+RULES = DOC.parent / "prometheus"
+
+
+def test_the_page_shows_the_rules_file() -> None:
+    assert yaml_block("as Prometheus rules") == (RULES / "maintctl-alerts.yml").read_text()
+
+
+def test_the_alert_rules_pass_promtool_and_their_unit_test() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian package prometheus)")
-    rules = tmp_path / "maintctl-alerts.yml"
-    rules.write_text(yaml_block("as Prometheus rules"))
 
     checked = subprocess.run(
-        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, check=False
+        [promtool, "check", "rules", "maintctl-alerts.yml"],
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tested = subprocess.run(
+        [promtool, "test", "rules", "maintctl-alerts.test.yml"],
+        cwd=RULES,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 3 rules found" in checked.stdout
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 def test_the_cronjob_forbids_overlap_and_parses_where_pyyaml_is_installed() -> None:
