@@ -7,10 +7,11 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -18,8 +19,10 @@ import typer
 
 from maintctl import __version__
 from maintctl.errors import ExitCode, MaintctlError, Terminated, UsageError
+from maintctl.log import StepLog
 
 if TYPE_CHECKING:
+    from maintctl import runner
     from maintctl.db import Connection
     from maintctl.settings import Settings
     from maintctl.tasks import Task
@@ -87,6 +90,28 @@ OlderThan = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 hour.")]
+LogFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="The step lines on stderr: text, or json lines for journald or a log shipper "
+        "[env: MAINTCTL_LOG_FORMAT; default: text].",
+        show_default=False,
+    ),
+]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Errors only: no step lines, no table (for cron)."),
+]
+MetricsFile = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-file",
+        help="Write a Prometheus textfile-collector file here, e.g. "
+        "/var/lib/node_exporter/textfile_collector/maintctl.prom [env: MAINTCTL_METRICS_FILE].",
+        show_default=False,
+    ),
+]
 
 # --- error handling: one place --------------------------------------------------------------
 
@@ -112,8 +137,19 @@ def redact(text: str) -> str:
     return text
 
 
+# The step log of the command being run (stderr): its format and --quiet are set per command.
+_log = StepLog(redact=redact)
+
+
+def _configure_log(log_format: str | None, quiet: bool) -> None:
+    # Before the settings load, so that even a bad setting is reported in the chosen format.
+    chosen = log_format or os.environ.get("MAINTCTL_LOG_FORMAT") or "text"
+    _log.log_format = chosen if chosen in ("text", "json") else "text"
+    _log.quiet = quiet
+
+
 def _error(message: str) -> None:
-    sys.stderr.write(redact(f"maintctl: error: {message}\n"))
+    _log.error(message)
 
 
 def _traceback() -> None:
@@ -134,6 +170,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
             # The driver's own warnings (a rollback that failed after an interrupt, say) would
             # add lines to the one-line error; --debug shows them.
             logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+            _configure_log(kwargs.get("log_format"), bool(kwargs.get("quiet")))
             try:
                 code = function(*args, **kwargs)
             except MaintctlError as exc:
@@ -171,6 +208,8 @@ _FLAG_NAMES = {
     "database_url": "--database-url",
     "app_schema": "--schema",
     "batch_size": "--batch-size",
+    "log_format": "--log-format",
+    "metrics_file": "--metrics-file",
 }
 
 
@@ -230,6 +269,17 @@ def _connected(settings: Settings, *, migrated: bool = True) -> Iterator[Connect
         conn.close()
 
 
+def _exit_code_of(exc: BaseException) -> int:
+    """The exit code the command handler gives an exception (for metrics and pings)."""
+    if isinstance(exc, MaintctlError):
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return int(ExitCode.SIGTERM if isinstance(exc, Terminated) else ExitCode.SIGINT)
+    if isinstance(exc, typer.Exit):
+        return int(exc.exit_code)
+    return int(ExitCode.SOFTWARE)
+
+
 def _run(
     tasks: tuple[Task, ...],
     command_name: str,
@@ -242,29 +292,112 @@ def _run(
     max_runtime: str | None,
     force: bool,
     thresholds: dict[str, str | None] | None = None,
+    log_format: str | None = None,
+    quiet: bool = False,
+    metrics_file: str | None = None,
 ) -> int:
-    from maintctl import render, runner
+    from maintctl import db, render, runner
+    from maintctl.log import describe
 
     settings = _settings(
-        database_url, schema, tasks=tasks, force=force, batch_size=batch_size, **(thresholds or {})
+        database_url,
+        schema,
+        tasks=tasks,
+        force=force,
+        batch_size=batch_size,
+        log_format=log_format,
+        metrics_file=metrics_file,
+        **(thresholds or {}),
     )
+    _log.log_format = settings.log_format
     deadline = _duration_flag("--max-runtime", max_runtime)
-    if not settings.enabled:
-        report = runner.disabled_report(dry_run)
-    else:
-        with _connected(settings) as conn:
-            report = runner.run_maintenance(
-                conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
-            )
+    started, clock = time.time(), time.monotonic()
+    _ping(settings, "start", f"maintctl {command_name} started")
+    try:
+        if not settings.enabled:
+            report = runner.disabled_report(dry_run)
+        else:
+            with _connected(settings) as conn:
+                _log(
+                    "connected",
+                    target=db.describe_target(settings),
+                    serverVersion=db.server_version(conn),
+                )
+                report = runner.run_maintenance(
+                    conn,
+                    settings,
+                    tasks,
+                    command=command_name,
+                    dry_run=dry_run,
+                    max_runtime=deadline,
+                    notify=_log,
+                )
+    except BaseException as exc:
+        code = _exit_code_of(exc)
+        message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
+        _monitor(settings, command_name, started, clock, code, None, message)
+        raise
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
+    finished = {
+        "runId": report.run_id,
+        "command": command_name,
+        "status": "skipped" if report.skipped else ("failed" if report.errors else "succeeded"),
+        "skipped": report.skipped,
+        "rows": sum(result.rows for result in report.tasks),
+        "durationMs": report.duration_ms,
+        "exitCode": int(report.exit_code),
+        "dryRun": dry_run,
+    }
+    if refusal is None:
+        _log("run_finished", "error" if report.errors else "info", **finished)
     if json_output:
         render.emit_json(render.run_json(report))
-    elif refusal is None:
+    elif refusal is None and not quiet:
         render.print_run(report)
     if refusal is not None:
         _error(refusal)
+    summary = refusal or describe("run_finished", finished)
+    _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
+
+
+def _ping(settings: Settings, suffix: str, body: str) -> None:
+    if settings.healthcheck_url is None:
+        return
+    from maintctl.healthcheck import ping
+
+    url = settings.healthcheck_url.get_secret_value()
+    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.error)
+
+
+def _monitor(
+    settings: Settings,
+    command_name: str,
+    started: float,
+    clock: float,
+    exit_code: int,
+    report: runner.RunReport | None,
+    summary: str,
+) -> None:
+    """After a run command, whatever its outcome: the metrics file, then the healthcheck ping.
+    Neither changes the exit code; a failure is one warning line on stderr."""
+    if settings.metrics_file is not None:
+        from maintctl import metrics
+
+        path = settings.metrics_file
+        outcome = metrics.RunOutcome(
+            command_name, started, time.monotonic() - clock, exit_code, report
+        )
+        try:
+            previous = metrics.previous_value(path, metrics.LAST_SUCCESS)
+            metrics.write_atomically(path, metrics.run_registry(outcome, previous))
+        except OSError as exc:
+            _log.error(
+                f"cannot write the metrics file {path}: {exc.strerror or exc} "
+                "(the exit code is unchanged)"
+            )
+    _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -298,6 +431,9 @@ def run(
     batch_size: BatchSize = None,
     max_runtime: MaxRuntime = None,
     force: Force = False,
+    log_format: LogFormat = None,
+    quiet: Quiet = False,
+    metrics_file: MetricsFile = None,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -313,6 +449,9 @@ def run(
         batch_size=batch_size,
         max_runtime=max_runtime,
         force=force,
+        log_format=log_format,
+        quiet=quiet,
+        metrics_file=metrics_file,
     )
 
 
@@ -331,6 +470,9 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
         max_runtime: MaxRuntime = None,
         older_than: OlderThan = None,
         force: Force = False,
+        log_format: LogFormat = None,
+        quiet: Quiet = False,
+        metrics_file: MetricsFile = None,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -344,6 +486,9 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
             max_runtime=max_runtime,
             force=force,
             thresholds={task.threshold: older_than},
+            log_format=log_format,
+            quiet=quiet,
+            metrics_file=metrics_file,
         )
 
     single_task.__doc__ = summary
@@ -386,16 +531,27 @@ def status(
             show_default=False,
         ),
     ] = None,
+    metrics_file: MetricsFile = None,
     debug: Debug = False,
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
     from maintctl import render
     from maintctl.status import get_status
 
-    settings = _settings(database_url, schema)
+    settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
     with _connected(settings) as conn:
         report = get_status(conn, settings, age)
+    if settings.metrics_file is not None:
+        from maintctl import metrics
+
+        try:
+            metrics.write_atomically(settings.metrics_file, metrics.status_registry(report))
+        except OSError as exc:
+            _log.error(
+                f"cannot write the metrics file {settings.metrics_file}: {exc.strerror or exc} "
+                "(the exit code is unchanged)"
+            )
     if json_output:
         render.emit_json(render.status_json(report))
     else:
@@ -428,18 +584,48 @@ def history(
     schema: Schema = None,
     json_output: JsonOutput = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000, help="How many runs.")] = 20,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only runs started since then: a duration (7d, 36h) or an ISO date or time in "
+            "UTC unless it says otherwise (2026-11-01, 2026-11-01T03:00Z).",
+            show_default=False,
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
     from maintctl import ledger, render
 
+    since_time, since_age = _since(since)
     settings = _settings(database_url, schema)
     with _connected(settings) as conn:
-        runs = ledger.history(conn, limit)
+        runs = ledger.history(conn, limit, since_time=since_time, since_age=since_age)
     if json_output:
         render.emit_json([render.run_record_json(run) for run in runs])
     else:
-        render.print_history(runs)
+        render.print_history(runs, since)
+
+
+def _since(value: str | None) -> tuple[datetime | None, timedelta | None]:
+    """--since: a moment (an ISO date or time, UTC when it names no zone) or an age."""
+    from maintctl.durations import parse_duration
+
+    if value is None:
+        return None, None
+    try:
+        return None, parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(
+            f"--since: {value!r} is neither a duration (e.g. 7d, 36h) nor an ISO date or time "
+            "(e.g. 2026-11-01, 2026-11-01T03:00Z)"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
 
 
 def _set_pause(
@@ -504,6 +690,98 @@ def doctor(
         render.print_doctor(checks)
     failed = [check for check in checks if not check.ok]
     return int(failed[0].exit_code) if failed else 0
+
+
+def _this_maintctl() -> str:
+    """The absolute path of this maintctl's console script (what cron and systemd must run)."""
+    import shutil
+    from pathlib import Path
+
+    beside = shutil.which("maintctl", path=str(Path(sys.executable).parent))
+    found = beside or shutil.which("maintctl") or sys.argv[0]
+    return str(Path(found).absolute())
+
+
+@command("cron", "maintctl cron --schedule '30 2 * * *' > /etc/cron.d/maintctl")
+def cron(
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="When to run, a five-field cron schedule in UTC.")
+    ] = "0 3 * * *",
+    env_file: Annotated[
+        str,
+        typer.Option("--env-file", help="The file of NAME=value settings the job reads."),
+    ] = "/etc/maintctl.env",
+    user: Annotated[str, typer.Option("--user", help="The user the job runs as.")] = "maintctl",
+    maintctl_path: Annotated[
+        str | None,
+        typer.Option(
+            "--maintctl",
+            help="Path of the maintctl to run [default: this one].",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_file: Annotated[
+        str | None,
+        typer.Option("--metrics-file", help="Have each run write this metrics file."),
+    ] = None,
+    systemd: Annotated[
+        bool, typer.Option("--systemd", help="A systemd .service and .timer instead.")
+    ] = False,
+    on_calendar: Annotated[
+        str | None,
+        typer.Option(
+            "--on-calendar",
+            help="The timer's OnCalendar, when the schedule has no exact equivalent.",
+            show_default=False,
+        ),
+    ] = None,
+    randomized_delay: Annotated[
+        str, typer.Option("--randomized-delay", help="The timer's RandomizedDelaySec.")
+    ] = "15m",
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output-dir",
+            help="With --systemd: write maintctl.service and maintctl.timer there.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Print a crontab entry (or, with --systemd, a service and a timer) for the daily run."""
+    from pathlib import Path
+
+    from maintctl import schedule as scheduling
+
+    try:
+        when = scheduling.check_schedule(schedule)
+        job = scheduling.Job(
+            maintctl=maintctl_path or _this_maintctl(),
+            schedule=when,
+            env_file=env_file,
+            user=user,
+            metrics_file=metrics_file,
+        )
+        if not systemd:
+            sys.stdout.write(scheduling.crontab(job))
+            return
+        calendar = on_calendar or scheduling.on_calendar(when)
+    except scheduling.ScheduleError as exc:
+        message = str(exc)
+        raise UsageError(
+            message if message.startswith("--") else f"--schedule: {message}"
+        ) from None
+    units = scheduling.systemd_units(job, calendar, randomized_delay)
+    if output_dir is None:
+        sys.stdout.write("\n".join(units.values()))
+        return
+    for name, text in units.items():
+        target = Path(output_dir) / name
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output-dir: cannot write {target}: {exc.strerror}") from None
+        typer.echo(f"wrote {target}")
 
 
 def main() -> None:

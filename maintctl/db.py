@@ -85,6 +85,12 @@ def describe_target(settings: Settings) -> str:
     return f"{user + '@' if user else ''}{where}{'/' + dbname if dbname else ''}"
 
 
+def server_version(conn: Connection) -> str:
+    """The server's version as it reported it at connection time (no query)."""
+    version = conn.info.parameter_status("server_version") or "unknown"
+    return version.split()[0]  # "15.8", without a packager's " (Debian 15.8-1)"
+
+
 def connect(settings: Settings) -> Connection:
     """An autocommit connection named `maintctl`.
 

@@ -6,7 +6,7 @@ import getpass
 import os
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -107,8 +107,17 @@ def prune(conn: db.Connection, settings: Settings) -> None:
     db.execute(conn, "prune_runs", {"retention": settings.history_retention})
 
 
-def history(conn: db.Connection, limit: int) -> list[RunRecord]:
-    return db.fetch_all(conn, "history", {"limit": limit}, RunRecord)
+def history(
+    conn: db.Connection,
+    limit: int,
+    *,
+    since_time: datetime | None = None,
+    since_age: timedelta | None = None,
+) -> list[RunRecord]:
+    """The newest runs first; with `since_*`, only those started since then (an age is
+    measured on the database's clock)."""
+    params = {"limit": limit, "since_time": since_time, "since_age": since_age}
+    return db.fetch_all(conn, "history", params, RunRecord)
 
 
 def last_run(conn: db.Connection) -> RunRecord | None:

@@ -7,6 +7,7 @@ Pure functions of the results; no SQL, no database. Imported only when a command
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -35,7 +36,9 @@ def emit_json(document: object) -> None:
 
 def console() -> Console:
     # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
-    return Console(highlight=False, soft_wrap=True)
+    # NO_COLOR means no escape codes at all (Rich alone would still send bold and italic).
+    plain = bool(os.environ.get("NO_COLOR"))
+    return Console(highlight=False, soft_wrap=True, color_system=None if plain else "auto")
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -115,7 +118,9 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
 def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
     return {
         "healthy": all(check.ok for check in checks),
-        "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+        "checks": [
+            {"check": c.name, "ok": c.ok, "verdict": c.verdict, "detail": c.detail} for c in checks
+        ],
     }
 
 
@@ -174,6 +179,8 @@ def print_status(status: StatusReport) -> None:
             f"Last run: #{last.id} {last.command} {last.status}, started "
             f"{iso_timestamp(last.started_at)} on {escape(last.host or '?')}"
         )
+        for why in (*last.errors, *([last.skipped] if last.skipped else [])):
+            out.print(f"  {escape(why)}")
     success = iso_timestamp(status.last_success) if status.last_success else "never"
     out.print(f"Last successful run finished: {success}")
     if status.stale and status.max_age is not None:
@@ -193,10 +200,10 @@ def _rows(tasks: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{task['task']} {task['rows']}" for task in tasks) or "-"
 
 
-def print_history(runs: Sequence[RunRecord]) -> None:
+def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     out = console()
     if not runs:
-        out.print("No runs recorded yet.")
+        out.print(f"No runs since {escape(since)}." if since else "No runs recorded yet.")
         return
     table = Table(
         title="Maintenance runs, newest first",
@@ -253,7 +260,11 @@ def print_pause(state: PauseState) -> None:
 def print_doctor(checks: Sequence[Check]) -> None:
     out = console()
     for check in checks:
-        verdict = "[green]ok[/]  " if check.ok else "[bold red]FAIL[/]"
+        verdict = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}[
+            check.verdict
+        ]
         out.print(f"{verdict} {check.name}: {escape(check.detail)}")
     healthy = all(check.ok for check in checks)
-    out.print("healthy" if healthy else "not healthy")
+    warnings = sum(check.verdict == "warn" for check in checks)
+    noted = f" ({warnings} warning{'s' if warnings > 1 else ''})" if warnings else ""
+    out.print(f"healthy{noted}" if healthy else "not healthy")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from maintctl import db, ledger
 from maintctl.errors import ExitCode
+from maintctl.log import Notify
 from maintctl.settings import Settings
 from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
 
@@ -55,11 +56,14 @@ def run_maintenance(
     command: str,
     dry_run: bool = False,
     max_runtime: timedelta | None = None,
+    notify: Notify | None = None,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the lock.
+    `notify(event, level, **fields)` hears of each step (lock taken, run started, task done).
     """
+    say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
     report = RunReport(dry_run=dry_run)
 
@@ -84,15 +88,18 @@ def run_maintenance(
         return skip(f"another maintenance run is in progress{where}", ExitCode.OK)
     try:
         if locked:
+            say("lock_taken")
             db.execute(conn, "mark_abandoned_runs")
         start = ledger.start_run(conn, settings, command=command, dry_run=dry_run)
         report.run_id, report.started = start.id, start.started_at
+        say("run_started", runId=start.id, command=command, dryRun=dry_run)
         deadline = clock + max_runtime.total_seconds() if max_runtime else None
         try:
             for task in tasks:
-                report.tasks.append(
-                    run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
-                )
+                result = run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
+                report.tasks.append(result)
+                level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
+                say("task_done", level, runId=start.id, dryRun=dry_run, **result.as_record())
         except (Exception, KeyboardInterrupt) as exc:
             cause: BaseException = exc
             if isinstance(exc, TaskAborted):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from maintctl.durations import format_duration, parse_duration
@@ -55,6 +56,18 @@ class Settings(BaseSettings):
     statement_timeout: Duration = timedelta(seconds=60)
     connect_timeout: Duration = timedelta(seconds=10)
     history_retention: Duration = timedelta(days=90)
+    # Running in production (docs/production.md): the step log, monitoring and alerting.
+    log_format: Literal["text", "json"] = "text"
+    metrics_file: Path | None = None
+    healthcheck_url: SecretStr | None = None
+    healthcheck_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("healthcheck_url")
+    @classmethod
+    def _http_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     def conninfo(self) -> str:
         """The connection string; empty means libpq's PG* variables, service file and .pgpass."""

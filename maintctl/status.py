@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from maintctl import db, ledger, migrations
-from maintctl.errors import ConfigError, ExitCode, MaintctlError, PermissionDenied
+from maintctl.durations import format_duration
+from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import TASKS, run_task
@@ -66,6 +68,11 @@ class Check:
     ok: bool
     detail: str
     exit_code: ExitCode = ExitCode.OK
+    warning: bool = False  # ok, but worth a look (a clock far from the database's)
+
+    @property
+    def verdict(self) -> str:
+        return "fail" if not self.ok else ("warn" if self.warning else "ok")
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,167 @@ class TablePrivileges:
         return [privilege for privilege in needed if not held[privilege]]
 
 
-# What the tasks do to each application table. Every batch locks its rows first (FOR UPDATE or
+@dataclass(frozen=True)
+class Column:
+    name: str
+
+
+@dataclass(frozen=True)
+class ServerClock:
+    now: datetime
+
+
+APPLICATION_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
+
+# What each task does to each application table. Every batch locks its rows first (FOR UPDATE or
 # FOR SHARE), and PostgreSQL asks UPDATE for that even where the batch then deletes.
-NEEDED_PRIVILEGES = {
-    "import_runs": ("SELECT", "UPDATE"),
-    "raw_import_items": ("SELECT", "UPDATE", "DELETE"),
-    "temp_uploads": ("SELECT", "UPDATE", "DELETE"),
-    "import_jobs": ("SELECT", "UPDATE"),
+TASK_PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "stuck": {"import_runs": ("SELECT", "UPDATE")},
+    "temp": {"temp_uploads": ("SELECT", "UPDATE", "DELETE")},
+    "compact": {"import_jobs": ("SELECT", "UPDATE")},
+    "raw": {
+        "raw_import_items": ("SELECT", "UPDATE", "DELETE"),
+        "import_runs": ("SELECT", "UPDATE"),
+    },
 }
+# The columns each rule reads or writes (sql/migrations/0002_rules.sql): a rule whose column is
+# gone fails only when it runs, so doctor looks in the catalog first.
+TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
+    "stuck": {
+        "import_runs": (
+            "id",
+            "status",
+            "created_at",
+            "started_at",
+            "heartbeat_at",
+            "finished_at",
+            "error_message",
+        )
+    },
+    "temp": {"temp_uploads": ("id", "created_at")},
+    "compact": {
+        "import_jobs": (
+            "id",
+            "status",
+            "created_at",
+            "finished_at",
+            "payload",
+            "result",
+            "log",
+            "compacted_at",
+        )
+    },
+    "raw": {
+        "raw_import_items": ("id", "run_id"),
+        "import_runs": ("id", "status", "created_at", "started_at", "finished_at"),
+    },
+}
+CLOCK_WARNING = timedelta(minutes=5)
+
+DoctorStep = Callable[[db.Connection, Settings], list[Check]]
+
+
+def check_migrations(conn: db.Connection, settings: Settings) -> list[Check]:
+    migrations.ensure_migrated(conn, settings)
+    return [Check("migrations", True, f"all {len(known_migrations())} applied")]
+
+
+def check_tables(conn: db.Connection, settings: Settings) -> list[Check]:
+    absent = [
+        table for table in APPLICATION_TABLES if not _privileges(conn, settings, table).present
+    ]
+    if absent:
+        missing = ", ".join(absent)
+        raise ConfigError(f"missing in schema {settings.app_schema!r}: {missing}")
+    return [Check("tables", True, "all four present")]
+
+
+def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
+    present: dict[str, set[str]] = {}
+    missing = []
+    for task, tables in TASK_COLUMNS.items():
+        for table, columns in tables.items():
+            if table not in present:
+                params = {"schema": settings.app_schema, "table": table}
+                found = db.fetch_all(conn, "table_columns", params, Column)
+                present[table] = {column.name for column in found}
+            missing += [
+                f"{table}.{column} (needed by {task})"
+                for column in columns
+                if column not in present[table]
+            ]
+    if missing:
+        raise ConfigError("missing column " + ", ".join(missing))
+    return [Check("columns", True, "every column the four rules use is present")]
+
+
+def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
+    """One line per task: the privileges its rule needs on each table it touches."""
+    checks = []
+    for task, tables in TASK_PRIVILEGES.items():
+        held, lacking = [], []
+        for table, needed in tables.items():
+            found = _privileges(conn, settings, table)
+            lacking += [f"{privilege} on {table}" for privilege in found.lacking(needed)]
+            held.append(f"{', '.join(needed)} on {table}")
+        name = f"privileges {task}"
+        if lacking:
+            detail = f"{task} needs " + ", ".join(lacking)
+            checks.append(Check(name, False, detail, ExitCode.NO_PERMISSION))
+        else:
+            checks.append(Check(name, True, "; ".join(held)))
+    return checks
+
+
+def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
+    """This host's clock against the database's. The rules only use the database's clock, so a
+    difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
+    before = time.time()
+    server = db.fetch_one(conn, "server_clock", {}, ServerClock).now.timestamp()
+    after = time.time()
+    offset = (before + after) / 2 - server
+    size = format_duration(timedelta(seconds=round(abs(offset)))) if abs(offset) >= 1 else None
+    if abs(offset) <= CLOCK_WARNING.total_seconds():
+        return [Check("clock", True, f"within {size or '1s'} of the database's")]
+    side = "ahead of" if offset > 0 else "behind"
+    detail = (
+        f"this host's clock is {size} {side} the database's (the rules use the database's; "
+        "logs, metrics and pings use this host's)"
+    )
+    return [Check("clock", True, detail, warning=True)]
+
+
+def check_pause(conn: db.Connection, settings: Settings) -> list[Check]:
+    state = ledger.pause_state(conn)
+    return [Check("pause", True, ledger.pause_sentence(state) if state.paused else "not paused")]
+
+
+def check_dry_run(conn: db.Connection, settings: Settings) -> list[Check]:
+    results = [run_task(conn, task, settings, dry_run=True) for task in TASKS]
+    failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
+    if failures:
+        raise ConfigError("; ".join(failures))
+    counts = ", ".join(f"{r.task} {r.rows}" for r in results)
+    return [Check("dry run", True, f"would touch: {counts}")]
+
+
+# The steps after the connection, in order; doctor stops after the first that fails. A step
+# returns its lines, or raises a MaintctlError that becomes its failing line.
+DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
+    ("migrations", check_migrations),
+    ("tables", check_tables),
+    ("columns", check_columns),
+    ("privileges", check_privileges),
+    # (a pooler check goes here: it needs the schema, and comes before the dry run)
+    ("clock", check_clock),
+    ("pause", check_pause),
+    ("dry run", check_dry_run),
+]
+
+
+def _privileges(conn: db.Connection, settings: Settings, table: str) -> TablePrivileges:
+    params = {"schema": settings.app_schema, "table": table}
+    return db.fetch_one(conn, "table_privileges", params, TablePrivileges)
 
 
 def run_doctor(settings: Settings) -> list[Check]:
@@ -102,38 +262,12 @@ def run_doctor(settings: Settings) -> list[Check]:
             target = db.describe_target(settings)
             detail = f"{target}, PostgreSQL {server.server_version}, {elapsed} ms"
             checks.append(Check(step, True, detail))
-
-            step = "migrations"
-            migrations.ensure_migrated(conn, settings)
-            checks.append(Check(step, True, f"all {len(known_migrations())} applied"))
-
-            step = "tables"
-            absent, lacking = [], []
-            for table, needed in NEEDED_PRIVILEGES.items():
-                params = {"schema": settings.app_schema, "table": table}
-                found = db.fetch_one(conn, "table_privileges", params, TablePrivileges)
-                if not found.present:
-                    absent.append(table)
-                lacking += [f"{privilege} on {table}" for privilege in found.lacking(needed)]
-            if absent:
-                missing = ", ".join(absent)
-                raise ConfigError(f"missing in schema {settings.app_schema!r}: {missing}")
-            if lacking:
-                raise PermissionDenied("missing: " + ", ".join(lacking))
-            checks.append(Check(step, True, "all four present, with what each task needs"))
-
-            step = "pause"
-            state = ledger.pause_state(conn)
-            paused = ledger.pause_sentence(state) if state.paused else "not paused"
-            checks.append(Check(step, True, paused))
-
-            step = "dry run"
-            results = [run_task(conn, task, settings, dry_run=True) for task in TASKS]
-            failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
-            if failures:
-                raise ConfigError("; ".join(failures))
-            counts = ", ".join(f"{r.task} {r.rows}" for r in results)
-            checks.append(Check(step, True, f"would touch: {counts}"))
+            for name, check in DOCTOR_STEPS:
+                step = name  # the failing line's name, should the step raise
+                found = check(conn, settings)
+                checks += found
+                if not all(line.ok for line in found):
+                    break
     except MaintctlError as exc:
         checks.append(Check(step, False, exc.message, exc.exit_code))
     return checks

@@ -148,12 +148,16 @@ select maintenance.prune_runs(%(retention)s::interval) as rows;
 
 -- name: history
 -- The most recent runs, newest first; a 'running' row whose session is gone shows as abandoned.
+-- since_time / since_age (either may be null) keep the runs started since then.
 select r.id, r.command,
        case when maintenance.is_abandoned(r.status, r.backend_pid, r.started_at)
             then 'abandoned' else r.status end as status,
        r.started_at, r.finished_at, r.host, r.version, r.dry_run, r.thresholds, r.tasks, r.errors,
        r.skipped
 from maintenance.runs r
+where (%(since_time)s::timestamptz is null or r.started_at >= %(since_time)s::timestamptz)
+  and (%(since_age)s::interval is null
+       or r.started_at >= now() - maintenance.absolute(%(since_age)s::interval))
 order by r.id desc
 limit %(limit)s;
 
@@ -171,3 +175,15 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
+
+-- name: table_columns
+-- The columns of an application table, for doctor's check of what the rules use.
+select a.attname as name
+from pg_attribute a
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
+-- name: server_clock
+-- The database's clock now (not the transaction's start), for doctor's clock check.
+select clock_timestamp() as now;

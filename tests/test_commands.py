@@ -35,9 +35,16 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "connection",
         "migrations",
         "tables",
+        "columns",
+        "privileges stuck",
+        "privileges temp",
+        "privileges compact",
+        "privileges raw",
+        "clock",
         "pause",
         "dry run",
     ]
+    assert {check["verdict"] for check in document["checks"]} == {"ok"}
     assert (
         document["checks"][-1]["detail"] == "would touch: stuck 15, temp 289, compact 210, raw 250"
     )
@@ -65,6 +72,7 @@ def test_doctor_exits_78_naming_a_missing_table(cli: Cli, conn: Conn) -> None:
     assert failed == {
         "check": "tables",
         "ok": False,
+        "verdict": "fail",
         "detail": "missing in schema 'public': raw_import_items",
     }
 
@@ -90,7 +98,7 @@ def maintctl_command() -> list[str]:
 def test_maintctl_runs_as_a_real_process_like_cron(db_url: str, conn: Conn) -> None:
     load_sample(conn)
     completed = subprocess.run(
-        [*maintctl_command(), "run", "--json"],
+        [*maintctl_command(), "run", "--json", "--quiet"],
         env=cron_environment(db_url),
         capture_output=True,
         text=True,
@@ -142,7 +150,8 @@ def cron_environment(db_url: str) -> dict[str, str]:
 def start_slow_purge(
     conn: Conn, db_url: str, *, rows: int, seconds_per_row: float
 ) -> subprocess.Popen[str]:
-    """`maintctl purge-temp` in two-row batches over slow deletes, once two batches committed."""
+    """`maintctl purge-temp --quiet` (errors only on stderr) in two-row batches over slow
+    deletes, once two batches committed."""
     conn.execute(
         "insert into temp_uploads (created_at, storage_path) "
         "select now() - interval '2 days', 'f' || n from generate_series(1, %s) n",
@@ -150,7 +159,7 @@ def start_slow_purge(
     )
     slow_down_deletes(conn, seconds_per_row)
     process = subprocess.Popen(
-        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--json"],
+        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--json", "--quiet"],
         env=cron_environment(db_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -249,11 +258,15 @@ def test_the_privileges_the_readme_lists_are_enough_and_doctor_names_a_missing_o
     assert ran.exit_code == 0, ran.stdout
     assert json.loads(ran.stdout)["tempUploadsPurged"] == 289
     assert lacking.exit_code == 77
-    assert json.loads(lacking.stdout)["checks"][-1] == {
-        "check": "tables",
-        "ok": False,
-        "detail": "missing: UPDATE on temp_uploads",
-    }
+    failed = [check for check in json.loads(lacking.stdout)["checks"] if not check["ok"]]
+    assert failed == [
+        {
+            "check": "privileges temp",
+            "ok": False,
+            "verdict": "fail",
+            "detail": "temp needs UPDATE on temp_uploads",
+        }
+    ]
 
 
 def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
