@@ -171,3 +171,11 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
+
+-- name: role_exists
+-- Whether a role of that name exists, for `maintctl grant`.
+select exists (select 1 from pg_roles where rolname = %(role)s) as exists;
+
+-- name: maintenance_owner
+-- The owner of the maintenance schema (who runs migrate), whose default privileges grant extends.
+select pg_get_userbyid(nspowner) as owner from pg_namespace where nspname = 'maintenance';

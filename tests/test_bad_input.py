@@ -1,0 +1,340 @@
+"""Bad input gets the contract's exit code, one line naming the problem, no traceback, and the
+database stays exactly as it was. Each group is one table of cases run against one database."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from maintctl.sqlfiles import application_schema
+from tests.conftest import Cli, CliResult
+from tests.data import Conn, count, load_sample, snapshot
+
+THRESHOLD_SETTINGS = (
+    "MAINTCTL_STUCK_AFTER",
+    "MAINTCTL_TEMP_UPLOAD_TTL",
+    "MAINTCTL_COMPACT_AFTER",
+    "MAINTCTL_RAW_ITEMS_TTL",
+)
+TIMEOUT_SETTINGS = (
+    "MAINTCTL_LOCK_TIMEOUT",
+    "MAINTCTL_STATEMENT_TIMEOUT",
+    "MAINTCTL_CONNECT_TIMEOUT",
+)
+NOT_A_DURATION = "is not a duration (use e.g. 90s, 15m, 24h, 7d, 2w or 1d12h)"
+
+
+def database_state(conn: Conn) -> dict[str, Any]:
+    """Every application row plus maintctl's own: the ledger, the pause switch, the migrations."""
+    state: dict[str, Any] = dict(snapshot(conn))
+    for table in ("runs", "pause", "schema_migrations"):
+        if conn.execute("select to_regclass(%s)", [f"maintenance.{table}"]).fetchone() != (None,):
+            state[table] = conn.execute(
+                sql.SQL("select * from maintenance.{} order by 1").format(sql.Identifier(table))
+            ).fetchall()
+    return state
+
+
+def refusal_problems(result: CliResult, exit_code: int, *fragments: str) -> list[str]:
+    """What is wrong with a refusal: exit code, one `maintctl: error:` line with the fragments,
+    no traceback. Empty when it is right."""
+    problems = []
+    if result.exit_code != exit_code:
+        problems.append(f"exit {result.exit_code}, not {exit_code}")
+    if "Traceback" in result.stderr + result.stdout:
+        problems.append("a traceback")
+    lines = result.stderr.splitlines()
+    if len(lines) != 1 or not lines[0].startswith("maintctl: error: "):
+        problems.append(f"not one error line: {result.stderr!r}")
+    problems += [
+        f"{fragment!r} not said" for fragment in fragments if fragment not in result.stderr
+    ]
+    return problems
+
+
+def check_cases(
+    cli: Cli, conn: Conn, cases: list[tuple[tuple[str, ...], dict[str, str], int, str]]
+) -> None:
+    """Run each case (args, environment, exit code, what the message must say); none may change
+    the database."""
+    before = database_state(conn)
+    failures = []
+    for args, env, exit_code, fragment in cases:
+        result = cli(*args, env=env)
+        problems = refusal_problems(result, exit_code, fragment)
+        if database_state(conn) != before:
+            problems.append("the database changed")
+            before = database_state(conn)
+        if problems:
+            failures.append(f"{' '.join(args)} {env}: {'; '.join(problems)}")
+    assert failures == []
+
+
+def setting_cases() -> list[tuple[tuple[str, ...], dict[str, str], int, str]]:
+    bad: list[tuple[str, str, str]] = []
+    for name in (*THRESHOLD_SETTINGS, *TIMEOUT_SETTINGS, "MAINTCTL_HISTORY_RETENTION"):
+        bad += [
+            (name, "soon", f"{name}: 'soon' {NOT_A_DURATION}"),
+            (name, "0s", f"{name}: '0s' is zero; a duration must be positive"),
+            (name, "-1h", f"{name}: '-1h' {NOT_A_DURATION}"),
+            (name, "1.5h", f"{name}: '1.5h' {NOT_A_DURATION}"),
+            (name, "999999999999d", f"{name}: '999999999999d' is longer than 100 years"),
+        ]
+    for name in THRESHOLD_SETTINGS:
+        bad.append((name, "59m", f"{name}: 59m is under the 1h floor (add --force"))
+    for name in TIMEOUT_SETTINGS:
+        # Beyond PostgreSQL's int range of milliseconds: refused here, never a server error.
+        bad.append((name, "25d", f"{name}: 25d is longer than the 24d20h31m23s PostgreSQL allows"))
+    bad += [
+        ("MAINTCTL_BATCH_SIZE", "lots", "MAINTCTL_BATCH_SIZE: Input should be a valid integer"),
+        ("MAINTCTL_BATCH_SIZE", "0", "MAINTCTL_BATCH_SIZE: Input should be greater than or"),
+        ("MAINTCTL_BATCH_SIZE", "-5", "MAINTCTL_BATCH_SIZE: Input should be greater than or"),
+        ("MAINTCTL_BATCH_SIZE", str(10**12), "MAINTCTL_BATCH_SIZE: Input should be less than"),
+        ("MAINTCTL_ENABLED", "perhaps", "MAINTCTL_ENABLED: Input should be a valid boolean"),
+        ("MAINTCTL_ENABLED", "", "MAINTCTL_ENABLED: Input should be a valid boolean"),
+        ("MAINTCTL_SCHEMA", "", "MAINTCTL_SCHEMA: String should have at least 1 character"),
+        ("MAINTCTL_SCHEMA", "s" * 64, "MAINTCTL_SCHEMA: String should have at most 63"),
+        ("MAINTCTL_DATABASE_URL", "not a url", "not a valid PostgreSQL connection string"),
+        ("MAINTCTL_DATABASE_URL", "postgresql://[::1", "not a valid PostgreSQL connection"),
+    ]
+    return [(("run",), {name: value}, 78, message) for name, value, message in bad]
+
+
+def test_every_setting_with_garbage_zero_negative_or_huge_values_exits_78(
+    cli: Cli, conn: Conn
+) -> None:
+    load_sample(conn)
+    check_cases(cli, conn, setting_cases())
+
+
+def option_cases() -> list[tuple[tuple[str, ...], dict[str, str], int, str]]:
+    cases: list[tuple[tuple[str, ...], dict[str, str], int, str]] = []
+    for command, flag in (
+        ("run", "--max-runtime"),
+        ("purge-temp", "--older-than"),
+        ("compact", "--older-than"),
+        ("status", "--max-age"),
+    ):
+        cases += [
+            ((command, flag, "soon"), {}, 2, f"{flag}: 'soon' {NOT_A_DURATION}"),
+            ((command, flag, "0s"), {}, 2, f"{flag}: '0s' is zero"),
+            ((command, flag, "-1h"), {}, 2, f"{flag}: '-1h' {NOT_A_DURATION}"),
+            ((command, flag, "999999999999d"), {}, 2, f"{flag}: '999999999999d' is longer"),
+        ]
+    for command in ("stuck", "purge-temp", "compact", "purge-raw"):
+        cases.append(((command, "--older-than", "59m"), {}, 2, "--older-than: 59m is under the"))
+    for value, message in (
+        ("0", "greater than or equal to 1"),
+        ("-1", "greater than or equal to 1"),
+        (str(10**12), "less than or equal to 1000000"),
+    ):
+        cases.append(
+            (("run", "--batch-size", value), {}, 2, f"--batch-size: Input should be {message}")
+        )
+    cases += [
+        (("run", "--schema", ""), {}, 2, "--schema: String should have at least 1 character"),
+        (("run", "--database-url", "nonsense"), {}, 78, "not a valid PostgreSQL connection"),
+    ]
+    return cases
+
+
+def test_every_option_with_garbage_zero_negative_or_huge_values_exits_2(
+    cli: Cli, conn: Conn
+) -> None:
+    load_sample(conn)
+    check_cases(cli, conn, option_cases())
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("run", "--batch-size", "many"), "'--batch-size'"),
+        (("history", "--limit", "0"), "'--limit'"),
+        (("history", "--limit", "-1"), "'--limit'"),
+        (("history", "--limit", str(10**12)), "'--limit'"),
+        (("history", "--limit", "x"), "'--limit'"),
+        (("run", "--frobnicate"), "--frobnicate"),
+    ],
+)
+def test_an_option_the_parser_refuses_exits_2_naming_it(
+    cli: Cli, conn: Conn, args: tuple[str, ...], option: str
+) -> None:
+    # Typer's parser answers these itself: its usage line, then one `Error:` line.
+    load_sample(conn)
+    before = database_state(conn)
+
+    result = cli(*args)
+
+    assert result.exit_code == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: ")
+    assert option in result.stderr.splitlines()[-1]
+    assert database_state(conn) == before
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_bad_connection_targets_exit_with_their_codes(
+    cli: Cli, conn: Conn, server_url: str
+) -> None:
+    load_sample(conn)
+    port = closed_port()
+    quick = {"MAINTCTL_CONNECT_TIMEOUT": "1s"}
+    check_cases(
+        cli,
+        conn,
+        [
+            (
+                ("run",),
+                {"MAINTCTL_DATABASE_URL": "postgresql://u@h:5432/db?frobnicate=1"},
+                78,
+                "not a valid PostgreSQL connection string",
+            ),
+            (
+                ("run",),
+                {"MAINTCTL_DATABASE_URL": make_conninfo(server_url, port="notaport")},
+                78,
+                "the database URL has an invalid option",
+            ),
+            (
+                ("run",),
+                {"MAINTCTL_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/x", **quick},
+                69,
+                f"cannot connect to postgres@127.0.0.1:{port}/x",
+            ),
+            (
+                ("run",),
+                {"MAINTCTL_DATABASE_URL": make_conninfo(server_url, dbname="maintctl_nowhere")},
+                69,
+                'database "maintctl_nowhere" does not exist',
+            ),
+            (
+                ("status",),
+                {"MAINTCTL_DATABASE_URL": make_conninfo(server_url, user="maintctl_nobody")},
+                77,
+                'role "maintctl_nobody" does not exist',
+            ),
+        ],
+    )
+
+
+INJECTIONS = (
+    'x"; drop table import_runs; --',
+    "x'; drop table import_runs; --",
+    'public"; drop table import_runs; --',
+    "public; drop table import_runs",
+)
+
+
+def test_a_schema_name_with_quotes_or_a_semicolon_is_refused_never_run(
+    cli: Cli, conn: Conn
+) -> None:
+    load_sample(conn)
+    cases: list[tuple[tuple[str, ...], dict[str, str], int, str]] = []
+    for name in INJECTIONS:
+        cases += [
+            (("run",), {"MAINTCTL_SCHEMA": name}, 78, f"not {name!r}"),
+            (("migrate",), {"MAINTCTL_SCHEMA": name}, 78, f"application schema {name!r} not found"),
+            (("status", "--schema", name), {}, 78, f"not {name!r}"),
+        ]
+    check_cases(cli, conn, cases)
+    assert count(conn, "select count(*) from import_runs") > 0
+
+
+def test_a_schema_whose_name_holds_sql_is_quoted_as_one_identifier(
+    bare_cli: Cli, bare_db_url: str
+) -> None:
+    name = INJECTIONS[0]
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("set search_path = {}").format(sql.Identifier(name)))
+        conn.execute(application_schema())
+        conn.execute(
+            "insert into temp_uploads (created_at, storage_path) "
+            "values (now() - interval '2 days', 'old'), (now(), 'new')"
+        )
+        conn.execute("reset search_path")
+        env = {"MAINTCTL_SCHEMA": name}
+
+        migrated = bare_cli("migrate", env=env)
+        ran = bare_cli("run", "--json", env=env)
+
+        assert migrated.exit_code == 0, migrated.stderr
+        assert ran.exit_code == 0, ran.stderr
+        assert json.loads(ran.stdout)["tempUploadsPurged"] == 1
+        assert conn.execute("select to_regclass('public.import_runs')").fetchone() != (None,)
+        remaining = conn.execute(
+            sql.SQL("select storage_path from {}.temp_uploads").format(sql.Identifier(name))
+        ).fetchall()
+        assert remaining == [("new",)]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("run",), "run: maintctl migrate"),
+        (("stuck",), "run: maintctl migrate"),
+        (("status",), "run: maintctl migrate"),
+        (("history",), "run: maintctl migrate"),
+        (("pause",), "run: maintctl migrate"),
+        (("grant", "postgres"), "run: maintctl migrate"),
+    ],
+)
+def test_missing_or_stale_migrations_exit_78_saying_run_maintctl_migrate(
+    bare_cli: Cli, bare_db_url: str, args: tuple[str, ...], fragment: str
+) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        load_sample(conn)
+        missing = bare_cli(*args)
+        assert bare_cli("migrate").exit_code == 0
+        conn.execute("delete from maintenance.schema_migrations where version > 1")
+        before = database_state(conn)
+
+        stale = bare_cli(*args)
+
+        assert database_state(conn) == before
+    assert refusal_problems(missing, 78, "not installed; run: maintctl migrate") == []
+    assert refusal_problems(stale, 78, "out of date", fragment) == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "task", "named"),
+    [
+        ("drop table temp_uploads", "temp", '"public.temp_uploads" does not exist'),
+        ("drop table import_jobs", "compact", '"public.import_jobs" does not exist'),
+        ("alter table import_runs drop column heartbeat_at", "stuck", "heartbeat_at"),
+        ("alter table import_jobs drop column payload", "compact", "payload"),
+    ],
+)
+def test_a_missing_table_or_column_fails_its_task_naming_it_and_the_others_run(
+    cli: Cli, conn: Conn, damage: str, task: str, named: str
+) -> None:
+    load_sample(conn)
+    conn.execute(damage)
+
+    result = cli("run", "--json")
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    document = json.loads(result.stdout)
+    statuses = {entry["task"]: entry["status"] for entry in document["tasks"]}
+    assert statuses == {name: "failed" if name == task else "ok" for name in statuses}
+    (error,) = document["errors"]
+    assert error.startswith(f"{task}: ")
+    assert named in error
+    expected_rows = {"stuck": 15, "temp": 289, "compact": 210, "raw": 250}
+    for entry in document["tasks"]:
+        assert entry["rows"] == (0 if entry["task"] == task else expected_rows[entry["task"]])
+    ledger = conn.execute("select status, errors from maintenance.runs").fetchone()
+    assert ledger == ("failed", document["errors"])
