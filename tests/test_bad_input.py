@@ -4,14 +4,28 @@ database stays exactly as it was. Each group is one table of cases run against o
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
 
+from maintctl.migrations import migrate
+from maintctl.settings import Settings
 from maintctl.sqlfiles import application_schema
 from tests.conftest import Cli, CliResult
 from tests.data import Conn, count, load_sample, snapshot
@@ -338,3 +352,219 @@ def test_a_missing_table_or_column_fails_its_task_naming_it_and_the_others_run(
         assert entry["rows"] == (0 if entry["task"] == task else expected_rows[entry["task"]])
     ledger = conn.execute("select status, errors from maintenance.runs").fetchone()
     assert ledger == ("failed", document["errors"])
+
+
+# --- a server with password authentication, for wrong passwords and the secrets -------------------
+
+SUPERUSER_PASSWORD = "maintctl-test-superuser"
+ROLE = "maintctl_pw"
+PASSWORD = "Zq8-maintctl-s3cret-Xv"
+WRONG_PASSWORD = "Wr0ng-maintctl-pw-Kp"
+
+
+@dataclass(frozen=True)
+class PasswordServer:
+    port: int
+    log: Path
+
+    def url(self, dbname: str, *, user: str = ROLE, password: str | None = None) -> str:
+        secret = f":{password}" if password else ""
+        return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{dbname}"
+
+
+def _postgres_bin() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def password_server() -> Iterator[PasswordServer]:
+    """A private PostgreSQL that asks for passwords (scram-sha-256), logging every statement and
+    connection, with role maintctl_pw (password PASSWORD) owning three databases: `imports`
+    (migrated), `damaged` (migrated, temp_uploads dropped) and `bare` (not migrated)."""
+    binaries = _postgres_bin()
+    if binaries is None:
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql to start one with")
+    run_as: str | None = None
+    if os.geteuid() == 0:  # initdb refuses root
+        try:
+            run_as = pwd.getpwnam("postgres").pw_name
+        except KeyError:
+            pytest.skip("running as root without a postgres user to start a private server as")
+    home = Path(tempfile.mkdtemp(prefix="maintctl-pw-pg-"))
+    (home / "pwfile").write_text(SUPERUSER_PASSWORD + "\n")
+    if run_as is not None:
+        entry = pwd.getpwnam(run_as)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        os.chown(home / "pwfile", entry.pw_uid, entry.pw_gid)
+    data, log, port = home / "data", home / "server.log", closed_port()
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run(
+            [str(binaries / tool), *args], check=True, capture_output=True, user=run_as, timeout=60
+        )
+
+    pg(
+        "initdb", "-D", str(data), "-U", "postgres", "--auth-host=scram-sha-256",
+        "--auth-local=trust", f"--pwfile={home / 'pwfile'}", "-E", "UTF8", "-N",
+    )  # fmt: skip
+    options = (
+        f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c log_statement=all -c log_connections=on -c log_disconnections=on"
+    )
+    pg("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "30", "start")
+    try:
+        server = PasswordServer(port, log)
+        admin_url = server.url("postgres", user="postgres", password=SUPERUSER_PASSWORD)
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute("set log_statement = 'none'")  # the one statement that holds it
+            admin.execute(
+                sql.SQL("create role {} login password {}").format(
+                    sql.Identifier(ROLE), sql.Literal(PASSWORD)
+                )
+            )
+            admin.execute("reset log_statement")
+            for name in ("imports", "damaged", "bare"):
+                admin.execute(
+                    sql.SQL("create database {} owner {}").format(
+                        sql.Identifier(name), sql.Identifier(ROLE)
+                    )
+                )
+        for name in ("imports", "damaged", "bare"):
+            url = server.url(name, password=PASSWORD)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(application_schema())
+                if name != "bare":
+                    migrate(conn, Settings(database_url=SecretStr(url)))
+                if name == "damaged":
+                    conn.execute("drop table temp_uploads")
+        yield server
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def maintctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real maintctl as cron runs it: everything it prints, captured at the file descriptors."""
+    return subprocess.run(
+        [sys.executable, "-m", "maintctl", *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_wrong_password_exits_77_at_once_and_changes_nothing(
+    password_server: PasswordServer,
+) -> None:
+    right = password_server.url("imports", password=PASSWORD)
+    with psycopg.connect(right) as conn:
+        before = database_state(conn)
+    started = time.monotonic()
+
+    result = maintctl(
+        "run",
+        env={"MAINTCTL_DATABASE_URL": password_server.url("imports", password=WRONG_PASSWORD)},
+    )
+
+    assert time.monotonic() - started < 8, "refused credentials are not retried"
+    assert result.returncode == 77
+    assert result.stderr == (
+        "maintctl: error: the database refused the connection: "
+        f'password authentication failed for user "{ROLE}"\n'
+    )
+    with psycopg.connect(right) as conn:
+        assert database_state(conn) == before
+
+
+def password_forms(server: PasswordServer, dbname: str, password: str) -> dict[str, dict[str, str]]:
+    """The three ways to give a password, as the environment of a maintctl process."""
+    return {
+        "in the URL": {"MAINTCTL_DATABASE_URL": server.url(dbname, password=password)},
+        "in PGPASSWORD": {"MAINTCTL_DATABASE_URL": server.url(dbname), "PGPASSWORD": password},
+        "as ?password=": {"MAINTCTL_DATABASE_URL": f"{server.url(dbname)}?password={password}"},
+    }
+
+
+def test_no_password_ever_appears_in_output_ledger_or_server_log(
+    password_server: PasswordServer,
+) -> None:
+    quick = {"MAINTCTL_CONNECT_TIMEOUT": "1s"}
+    elsewhere = PasswordServer(closed_port(), password_server.log)
+    scenarios: list[tuple[str, tuple[str, ...], PasswordServer, str, str, dict[str, str], int]] = [
+        # name, args, server, database, password, extra environment, exit code
+        ("a run", ("run", "--json"), password_server, "imports", PASSWORD, {}, 0),
+        ("wrong password", ("run", "--debug"), password_server, "imports", WRONG_PASSWORD, {}, 77),
+        ("unreachable", ("run", "--debug"), elsewhere, "imports", PASSWORD, quick, 69),
+        ("no database", ("status",), password_server, "nowhere", PASSWORD, {}, 69),
+        ("not migrated", ("run", "--json"), password_server, "bare", PASSWORD, {}, 78),
+        ("a task fails", ("run", "--debug"), password_server, "damaged", PASSWORD, {}, 1),
+        (
+            "bad setting",
+            ("run",),
+            password_server,
+            "imports",
+            PASSWORD,
+            {"MAINTCTL_BATCH_SIZE": "0"},
+            78,
+        ),
+    ]
+    # The user's mistakes too: a raw @ in the password, a malformed URL.
+    raw_at = f"postgresql://{ROLE}:{PASSWORD}@{WRONG_PASSWORD}@127.0.0.1:{password_server.port}/x"
+    malformed = f"{password_server.url('imports', password=PASSWORD)}?frobnicate=1"
+    groups = [
+        [
+            (f"{name}, {form}", args, {**env, **extra}, exit_code)
+            for form, env in password_forms(server, dbname, password).items()
+        ]
+        for name, args, server, dbname, password, extra, exit_code in scenarios
+    ] + [
+        [("raw @", ("run", "--debug"), {"MAINTCTL_DATABASE_URL": raw_at, **quick}, 69)],
+        [("malformed", ("run", "--debug"), {"MAINTCTL_DATABASE_URL": malformed}, 78)],
+    ]
+
+    def attempt(group: list[tuple[str, tuple[str, ...], dict[str, str], int]]) -> list[str]:
+        """The cases of one scenario, one after the other (two runs at once would skip one)."""
+        outputs = []
+        for name, args, env, exit_code in group:
+            result = maintctl(*args, env=env)
+            outputs.append(result.stdout + result.stderr)
+            if result.returncode != exit_code:
+                failures.append(f"{name}: exit {result.returncode}")
+            if "--debug" not in args and "Traceback" in result.stderr:
+                failures.append(f"{name}: a traceback")
+        return outputs
+
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        printed = [output for outputs in pool.map(attempt, groups) for output in outputs]
+    flag = maintctl(
+        "status", "--database-url", password_server.url("imports", password=PASSWORD), env={}
+    )
+    printed.append(flag.stdout + flag.stderr)
+
+    assert failures == []
+    assert flag.returncode == 0, flag.stderr
+    assert flag.stderr == (
+        "maintctl: warning: a password on the command line is visible to other users (ps); "
+        "use MAINTCTL_DATABASE_URL, PGPASSWORD or ~/.pgpass instead\n"
+    )
+    ledgers = []
+    for dbname in ("imports", "damaged"):
+        with psycopg.connect(password_server.url(dbname, password=PASSWORD)) as conn:
+            rows = conn.execute("select row_to_json(r)::text from maintenance.runs r").fetchall()
+            ledgers += [row[0] for row in rows]
+    assert len(ledgers) >= 3, "the runs above wrote the ledger"
+    server_log = password_server.log.read_text(errors="replace")
+    assert "maintctl" in server_log, "the server logged maintctl's statements"
+    for secret in (PASSWORD, WRONG_PASSWORD):
+        for where, text in (
+            ("output", "\n".join(printed)),
+            ("ledger", "\n".join(ledgers)),
+            ("server log", server_log),
+        ):
+            assert secret not in text, f"{secret} in the {where}"
