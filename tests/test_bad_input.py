@@ -117,7 +117,10 @@ def setting_cases() -> list[tuple[tuple[str, ...], dict[str, str], int, str]]:
         ("MAINTCTL_DATABASE_URL", "not a url", "not a valid PostgreSQL connection string"),
         ("MAINTCTL_DATABASE_URL", "postgresql://[::1", "not a valid PostgreSQL connection"),
     ]
-    return [(("run",), {name: value}, 78, message) for name, value, message in bad]
+    cases = [(("run",), {name: value}, 78, message) for name, value, message in bad]
+    # The application's own variable, used when MAINTCTL_DATABASE_URL is not set.
+    fallback = {"MAINTCTL_DATABASE_URL": "", "DATABASE_URL": "postgresql://[::1"}
+    return [*cases, (("run",), fallback, 78, "not a valid PostgreSQL connection string")]
 
 
 def test_every_setting_with_garbage_zero_negative_or_huge_values_exits_78(
@@ -241,6 +244,22 @@ def test_bad_connection_targets_exit_with_their_codes(
             ),
         ],
     )
+    # libpq's own variables, when no URL is set: refused at once, not retried as unreachable.
+    started = time.monotonic()
+    check_cases(
+        cli,
+        conn,
+        [
+            (("run",), {"MAINTCTL_DATABASE_URL": "", "PGPORT": port}, 78, message)
+            for port, message in (
+                ("notaport", 'invalid integer value "notaport" for connection option "port"'),
+                ("0", 'invalid port number: "0"'),
+                ("-1", 'invalid port number: "-1"'),
+                ("99999999999", 'invalid integer value "99999999999"'),
+            )
+        ],
+    )
+    assert time.monotonic() - started < 8
 
 
 INJECTIONS = (
