@@ -784,6 +784,36 @@ def cron(
         typer.echo(f"wrote {target}")
 
 
+@command("grant", "maintctl grant maintctl_runner   (as the owner, after migrate)")
+def grant(
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="An existing role, e.g. made with: create role maintctl_runner login",
+            show_default=False,
+        ),
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Take back what grant gave; nothing else.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Give a role exactly what run, status, doctor and history need (idempotent)."""
+    from maintctl import render
+    from maintctl.grants import grant_role
+
+    settings = _settings(database_url, schema)
+    with _connected(settings) as conn:
+        result = grant_role(conn, settings, role, revoke=revoke)
+    if json_output:
+        render.emit_json(render.grant_json(result))
+    else:
+        render.print_grant(result)
+
+
 def main() -> None:
     """The console script: SIGTERM ends the run like Ctrl-C, with its own exit code."""
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -37,7 +37,7 @@ _REFUSED = re.compile(
     r'|permission denied for database|role ".*" does not exist'
 )
 _NO_DATABASE = re.compile(r'database ".*" does not exist')
-_BAD_OPTION = re.compile(r"\binvalid\b.*\b(value|option)\b|\bunsupported\b")
+_BAD_OPTION = re.compile(r"\binvalid\b.*\b(value|option)\b|\bunsupported\b|invalid port number")
 # postgresql://user:password@host: everything up to the last @, for passwords with a raw "@".
 _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^:/?#@]*:(.+)@[^@]*$", re.IGNORECASE)
 

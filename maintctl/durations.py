@@ -25,10 +25,10 @@ def parse_duration(text: str) -> timedelta:
     )
     if seconds == 0:
         raise ValueError(f"{text!r} is zero; a duration must be positive")
-    duration = timedelta(seconds=seconds)
-    if duration > MAX_DURATION:
+    # Compared before building the timedelta, which overflows past 999999999 days.
+    if seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"{text!r} is longer than 100 years")
-    return duration
+    return timedelta(seconds=seconds)
 
 
 def format_duration(duration: timedelta) -> str:

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from maintctl.durations import format_duration, iso_timestamp
+from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.runner import RunReport
@@ -268,3 +269,22 @@ def print_doctor(checks: Sequence[Check]) -> None:
     warnings = sum(check.verdict == "warn" for check in checks)
     noted = f" ({warnings} warning{'s' if warnings > 1 else ''})" if warnings else ""
     out.print(f"healthy{noted}" if healthy else "not healthy")
+
+
+def grant_json(result: GrantResult) -> dict[str, Any]:
+    return {
+        "role": result.role,
+        "action": "revoked" if result.revoked else "granted",
+        "appSchema": result.app_schema,
+    }
+
+
+def print_grant(result: GrantResult) -> None:
+    if result.revoked:
+        console().print(f"revoked maintctl's privileges from role {escape(result.role)}")
+    else:
+        console().print(
+            f"granted role {escape(result.role)} what maintctl run, status, doctor and history "
+            f"need: schema maintenance, and in schema {escape(result.app_schema)} the four "
+            "application tables"
+        )

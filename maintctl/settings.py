@@ -6,7 +6,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from maintctl.durations import format_duration, parse_duration
@@ -15,6 +22,9 @@ from maintctl.errors import ConfigError, UsageError
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
 THRESHOLDS = ("stuck_after", "temp_upload_ttl", "compact_after", "raw_items_ttl")
+# PostgreSQL keeps lock_timeout and statement_timeout as milliseconds in a 32-bit integer, and
+# libpq's connect_timeout in seconds: a longer timeout would fail at the server, not here.
+MAX_TIMEOUT = timedelta(milliseconds=2**31 - 1)
 
 
 def _duration(value: Any) -> Any:
@@ -25,7 +35,17 @@ def _duration(value: Any) -> Any:
     return value
 
 
+def _timeout(value: timedelta) -> timedelta:
+    if value > MAX_TIMEOUT:
+        raise ValueError(
+            f"{format_duration(value)} is longer than the {format_duration(MAX_TIMEOUT)} "
+            "PostgreSQL allows for a timeout"
+        )
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Timeout = Annotated[Duration, AfterValidator(_timeout)]
 
 
 class Settings(BaseSettings):
@@ -52,9 +72,9 @@ class Settings(BaseSettings):
     compact_after: Duration = timedelta(days=7)
     raw_items_ttl: Duration = timedelta(days=30)
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
-    lock_timeout: Duration = timedelta(seconds=5)
-    statement_timeout: Duration = timedelta(seconds=60)
-    connect_timeout: Duration = timedelta(seconds=10)
+    lock_timeout: Timeout = timedelta(seconds=5)
+    statement_timeout: Timeout = timedelta(seconds=60)
+    connect_timeout: Timeout = timedelta(seconds=10)
     history_retention: Duration = timedelta(days=90)
     # Running in production (docs/production.md): the step log, monitoring and alerting.
     log_format: Literal["text", "json"] = "text"

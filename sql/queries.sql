@@ -187,3 +187,11 @@ order by a.attnum;
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
+
+-- name: role_exists
+-- Whether a role of that name exists, for `maintctl grant`.
+select exists (select 1 from pg_roles where rolname = %(role)s) as exists;
+
+-- name: maintenance_owner
+-- The owner of the maintenance schema (who runs migrate), whose default privileges grant extends.
+select pg_get_userbyid(nspowner) as owner from pg_namespace where nspname = 'maintenance';

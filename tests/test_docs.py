@@ -26,6 +26,7 @@ COMMANDS = [
     "pause",
     "resume",
     "doctor",
+    "grant",
 ]
 
 

@@ -109,9 +109,41 @@ def test_every_function_pins_search_path_and_the_view_is_security_invoker(conn: 
     assert options == (["security_invoker=true"],)
 
 
-def test_supabase_api_roles_get_nothing(bare_db_url: str, bare_cli: Cli) -> None:
+# Every object of the maintenance schema, from the catalog, with what some role can do to it.
+LEAKS = """
+select 'schema maintenance', r.rolname from pg_roles r
+ where r.rolname = any(%(roles)s)
+   and has_schema_privilege(r.oid, 'maintenance'::text, 'USAGE,CREATE')
+union all
+select c.relkind::text || ' ' || c.relname, r.rolname
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace, pg_roles r
+ where n.nspname = 'maintenance' and r.rolname = any(%(roles)s) and c.relkind in ('r','v','m','p')
+   and has_table_privilege(r.oid, c.oid,
+                           'SELECT,INSERT,UPDATE,DELETE,TRUNCATE,REFERENCES,TRIGGER')
+union all
+select 'sequence ' || c.relname, r.rolname
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace, pg_roles r
+ where n.nspname = 'maintenance' and r.rolname = any(%(roles)s) and c.relkind = 'S'
+   and has_sequence_privilege(r.oid, c.oid, 'USAGE,SELECT,UPDATE')
+union all
+select p.prokind::text || ' ' || p.proname, r.rolname
+  from pg_proc p join pg_namespace n on n.oid = p.pronamespace, pg_roles r
+ where n.nspname = 'maintenance' and r.rolname = any(%(roles)s)
+   and has_function_privilege(r.oid, p.oid, 'EXECUTE')
+"""
+OUTSIDE_FUNCTIONS = """
+select n.nspname || '.' || p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+ where n.nspname not in ('pg_catalog', 'information_schema', 'maintenance')
+ order by 1
+"""
+
+
+def test_supabase_api_roles_and_public_get_nothing(bare_db_url: str, bare_cli: Cli) -> None:
+    # A role with no grants of its own can do exactly what PUBLIC can.
+    nobody = f"maintctl_nobody_{os.getpid()}"
+    roles = ["anon", "authenticated", nobody]
     with psycopg.connect(bare_db_url, autocommit=True) as conn:
-        for role in ("anon", "authenticated"):
+        for role in roles:
             # Roles are cluster-wide: another test session may have made them already.
             conn.execute(
                 sql.SQL(
@@ -119,28 +151,32 @@ def test_supabase_api_roles_get_nothing(bare_db_url: str, bare_cli: Cli) -> None
                     "exception when duplicate_object then null; end $$"
                 ).format(sql.Identifier(role))
             )
-        # As on Supabase, where new objects are granted to the API roles by default.
-        conn.execute(
-            "alter default privileges grant all on tables to anon, authenticated; "
-            "alter default privileges grant all on functions to anon, authenticated"
-        )
-        assert bare_cli("migrate").exit_code == 0
-        leaks = conn.execute(
-            "select c.relname, r.rolname from pg_class c "
-            "join pg_namespace n on n.oid = c.relnamespace, pg_roles r "
-            "where n.nspname = 'maintenance' and r.rolname in ('anon', 'authenticated') "
-            "and has_table_privilege(r.oid, c.oid, 'select') "
-            "union all "
-            "select p.proname, r.rolname from pg_proc p "
-            "join pg_namespace n on n.oid = p.pronamespace, pg_roles r "
-            "where n.nspname = 'maintenance' and r.rolname in ('anon', 'authenticated') "
-            "and has_function_privilege(r.oid, p.oid, 'execute')"
-        ).fetchall()
-        conn.execute(
-            "alter default privileges revoke all on tables from anon, authenticated; "
-            "alter default privileges revoke all on functions from anon, authenticated"
-        )
+        # As on Supabase, where new objects are granted to the API roles by default, in schema
+        # public and (as some projects add) everywhere.
+        supabase_defaults = [
+            f"alter default privileges {scope} {{}} all on {kind} {{}} anon, authenticated"
+            for scope in ("", "in schema public")
+            for kind in ("tables", "functions", "sequences")
+        ]
+        for statement in supabase_defaults:
+            conn.execute(statement.format("grant", "to"))
+        functions_before = conn.execute(OUTSIDE_FUNCTIONS).fetchall()
+        try:
+            assert bare_cli("migrate").exit_code == 0
+            objects = count(
+                conn,
+                "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = 'maintenance'",
+            )
+            leaks = conn.execute(LEAKS, {"roles": roles}).fetchall()
+            functions_after = conn.execute(OUTSIDE_FUNCTIONS).fetchall()
+        finally:
+            for statement in supabase_defaults:
+                conn.execute(statement.format("revoke", "from"))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(nobody)))
+    assert objects >= 5
     assert leaks == []
+    assert functions_after == functions_before, "maintctl creates functions only in maintenance"
 
 
 def test_migrate_refuses_a_missing_application_schema(bare_cli: Cli) -> None:
