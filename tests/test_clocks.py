@@ -117,7 +117,7 @@ def run_process(url: str, skew: str | None) -> tuple[float, float, dict[str, Any
         # a wrong cron host gets wrong.
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
     }
-    command = [sys.executable, "-c", MAINTCTL_WITH_CLOCK, "run", "--json"]
+    command = [sys.executable, "-c", MAINTCTL_WITH_CLOCK, "run", "--json", "--quiet"]
     if skew is not None:
         command = [FAKETIME, "-f", skew, *command]
     completed = subprocess.run(
