@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 
@@ -70,8 +68,8 @@ def test_the_workflow_mirrors_ci_run() -> None:
     assert "image: postgres:${{ matrix.postgres }}" in workflow
 
 
-def test_the_workflow_is_valid_yaml_where_a_parser_is_installed() -> None:
-    yaml = pytest.importorskip("yaml", reason="PyYAML is not a dependency of maintctl")
+def test_the_workflow_is_valid_yaml() -> None:
+    import yaml
 
     document = yaml.safe_load(WORKFLOW.read_text())
 
