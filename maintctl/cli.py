@@ -87,6 +87,14 @@ OlderThan = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 hour.")]
+Vacuum = Annotated[
+    bool,
+    typer.Option(
+        "--vacuum",
+        help="Afterwards, VACUUM (ANALYZE) each table the run changed a lot (100,000 rows, or "
+        "1,000 rows and 10% of the table); a failed VACUUM is reported, the exit code stays.",
+    ),
+]
 
 # --- error handling: one place --------------------------------------------------------------
 
@@ -241,6 +249,7 @@ def _run(
     batch_size: int | None,
     max_runtime: str | None,
     force: bool,
+    vacuum: bool = False,
     thresholds: dict[str, str | None] | None = None,
 ) -> int:
     from maintctl import render, runner
@@ -252,9 +261,18 @@ def _run(
     if not settings.enabled:
         report = runner.disabled_report(dry_run)
     else:
-        with _connected(settings) as conn:
+        # A progress bar only for a person at a terminal: never under cron, in a pipe or --json.
+        show_progress = not json_output and not dry_run and sys.stdout.isatty()
+        with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
             report = runner.run_maintenance(
-                conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
+                conn,
+                settings,
+                tasks,
+                command=command_name,
+                dry_run=dry_run,
+                max_runtime=deadline,
+                on_batch=on_batch,
+                vacuum=vacuum,
             )
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
@@ -264,6 +282,8 @@ def _run(
         render.print_run(report)
     if refusal is not None:
         _error(refusal)
+    for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
+        sys.stderr.write(redact(f"maintctl: warning: VACUUM {failed.table}: {failed.error}\n"))
     return int(report.exit_code)
 
 
@@ -298,6 +318,7 @@ def run(
     batch_size: BatchSize = None,
     max_runtime: MaxRuntime = None,
     force: Force = False,
+    vacuum: Vacuum = False,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -313,6 +334,7 @@ def run(
         batch_size=batch_size,
         max_runtime=max_runtime,
         force=force,
+        vacuum=vacuum,
     )
 
 
@@ -331,6 +353,7 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
         max_runtime: MaxRuntime = None,
         older_than: OlderThan = None,
         force: Force = False,
+        vacuum: Vacuum = False,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -343,6 +366,7 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
             batch_size=batch_size,
             max_runtime=max_runtime,
             force=force,
+            vacuum=vacuum,
             thresholds={task.threshold: older_than},
         )
 

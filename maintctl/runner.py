@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from maintctl import db, ledger
 from maintctl.errors import ExitCode
 from maintctl.settings import Settings
-from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
+from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
+from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
 
 
 @dataclass
@@ -23,6 +24,7 @@ class RunReport:
     skipped: str | None = None
     skip_exit_code: ExitCode = ExitCode.OK
     duration_ms: int = 0
+    vacuum: list[VacuumResult] | None = None  # with --vacuum: what was vacuumed, and how
 
     @property
     def errors(self) -> list[str]:
@@ -55,10 +57,13 @@ def run_maintenance(
     command: str,
     dry_run: bool = False,
     max_runtime: timedelta | None = None,
+    on_batch: ProgressCallback | None = None,
+    vacuum: bool = False,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the lock.
+    With `vacuum` (not on a dry run), the tables the tasks changed a lot are vacuumed afterwards.
     """
     clock = time.monotonic()
     report = RunReport(dry_run=dry_run)
@@ -89,9 +94,17 @@ def run_maintenance(
         report.run_id, report.started = start.id, start.started_at
         deadline = clock + max_runtime.total_seconds() if max_runtime else None
         try:
+            vacuum = vacuum and not dry_run
+            sizes = table_sizes(conn, settings) if vacuum else {}
             for task in tasks:
                 report.tasks.append(
-                    run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
+                    run_task(
+                        conn, task, settings, dry_run=dry_run, deadline=deadline, on_batch=on_batch
+                    )
+                )
+            if vacuum:
+                report.vacuum = vacuum_changed_tables(
+                    conn, settings, report.tasks, sizes, deadline=deadline
                 )
         except (Exception, KeyboardInterrupt) as exc:
             cause: BaseException = exc
