@@ -178,7 +178,7 @@ def env_for(db_url: str) -> dict[str, str]:
 @contextmanager
 def slow_purge_of(conn: Conn, rows: int) -> Iterator[None]:
     add_old_temp_uploads(conn, rows)
-    slow_down_deletes(conn, 0.0005)  # a few seconds in all: the bar refreshes
+    slow_down_deletes(conn, 0.0002)  # a few seconds in all: the bar refreshes
     yield
 
 
