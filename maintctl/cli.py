@@ -410,6 +410,14 @@ def status(
             show_default=False,
         ),
     ] = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Count every waiting row (slow on a large backlog); by default each count "
+            "stops at 100,000 and shows 100,000+.",
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
@@ -419,7 +427,7 @@ def status(
     settings = _settings(database_url, schema)
     age = _duration_flag("--max-age", max_age)
     with _connected(settings) as conn:
-        report = get_status(conn, settings, age)
+        report = get_status(conn, settings, age, exact=exact)
     if json_output:
         render.emit_json(render.status_json(report))
     else:

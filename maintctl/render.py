@@ -100,6 +100,8 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         "thresholds": status.thresholds,
         "lastRun": run_record_json(status.last_run) if status.last_run else None,
         "lastSuccessAt": _when(status.last_success),
+        # A count equal to countLimit means at least that many (status --exact: null, exact).
+        "countLimit": status.count_limit,
     }
     if status.max_age is not None:
         document["maxAge"] = format_duration(status.max_age)
@@ -210,7 +212,8 @@ def print_status(status: StatusReport) -> None:
         ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
         ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
     ):
-        table.add_row(label, status.thresholds[threshold], f"{rows:,}")
+        at_limit = status.count_limit is not None and rows >= status.count_limit
+        table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")

@@ -231,3 +231,10 @@ where n.nspname = %(schema)s and c.relname = %(table)s;
 -- name: vacuum_table
 -- VACUUM (ANALYZE) of a table the run changed a lot (outside any transaction).
 vacuum (analyze) {table};
+
+-- name: pending_counts_limited
+-- The four counts of `status`, each stopping at %(limit)s rows (a limit of null counts all).
+select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs
+from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::interval,
+                                %(compact_after)s::interval, %(raw_items_ttl)s::interval,
+                                %(limit)s::bigint);

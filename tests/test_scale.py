@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 from typer.testing import CliRunner
 
 from maintctl.cli import app
-from tests.conftest import Cli
+from tests.conftest import Cli, table_rows
 from tests.data import Conn, add_job, add_run, add_temp_upload, count, slow_down_deletes
 
 APP_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
@@ -340,6 +340,12 @@ def status_plans(conn: Conn) -> str:
     conn.execute("set auto_explain.log_min_duration = 0")
     conn.execute("set auto_explain.log_nested_statements = on")
     conn.execute("set client_min_messages = log")
+    # As `status` calls it (each count stopping at a limit), and as `status --exact` and the
+    # maintenance_status view do.
+    conn.execute(
+        "select * from maintenance.pending_counts("
+        "'24 hours', '24 hours', '7 days', '30 days', 100000)"
+    ).fetchall()
     conn.execute(
         "select * from maintenance.pending_counts('24 hours', '24 hours', '7 days', '30 days')"
     ).fetchall()
@@ -385,6 +391,24 @@ def test_status_counts_scan_no_large_table(conn: Conn) -> None:
     assert "Aggregate" in plans  # auto_explain did show the counts' plans
     for table in APP_TABLES:
         assert table in plans
+    assert "Limit" in plans
     assert SEQ_SCAN.findall(plans) == [], plans
     row = conn.execute("select * from maintenance.maintenance_status").fetchone()
     assert row == (0, 0, 0, 0)
+
+
+def test_status_counts_stop_at_the_limit_unless_exact(
+    cli: Cli, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("maintctl.status.STATUS_COUNT_LIMIT", 50)
+    add_old_temp_uploads(conn, 80)
+    add_old_temp_uploads(conn, 20, age="1 hour")
+
+    limited = json.loads(cli("status", "--json").stdout)
+    exact = json.loads(cli("status", "--json", "--exact").stdout)
+    people = cli("status").stdout
+
+    assert (limited["oldTempUploads"], limited["countLimit"]) == (50, 50)
+    assert (limited["stuckRuns"], limited["oldImportJobs"]) == (0, 0)
+    assert (exact["oldTempUploads"], exact["countLimit"]) == (80, None)
+    assert ["Old temp uploads", "1d", "50+"] in table_rows(people)
