@@ -201,8 +201,9 @@ def drop_expired_temp_partitions(conn: Connection, settings: Settings, cutoff: d
     prunes to the one partition that straddles the cutoff. The DEFAULT partition is never dropped.
 
     The detach is CONCURRENTLY where PostgreSQL allows it (no DEFAULT partition), which cannot run
-    in a transaction block; else a plain DETACH in a short transaction under lock_timeout. A
-    partition whose detach times out is left to the batch loop.
+    in a transaction block; else a plain DETACH in a short transaction under lock_timeout. When a
+    detach times out, the remaining partitions are left to the batch loop; a CONCURRENTLY detach
+    left pending is finished (FINALIZE) by the next run.
     """
     from maintctl import db
 
@@ -223,7 +224,9 @@ def drop_expired_temp_partitions(conn: Connection, settings: Settings, cutoff: d
                 conn, settings, "detach_partition_concurrently", names
             )
         if not detached:
-            continue  # the application holds the table: these rows go by the batch loop
+            # The application holds the table (and a pending detach blocks any other): the rest
+            # go by the batch loop, and the next run finishes a pending detach.
+            break
         with db.transaction(conn, settings):
             # Detached, the table takes no new rows: the count is exact. A row at or past the
             # cutoff (it cannot be there, by the partition's bounds) stops the drop.

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -412,3 +413,60 @@ def test_status_counts_stop_at_the_limit_unless_exact(
     assert (limited["stuckRuns"], limited["oldImportJobs"]) == (0, 0)
     assert (exact["oldTempUploads"], exact["countLimit"]) == (80, None)
     assert ["Old temp uploads", "1d", "50+"] in table_rows(people)
+
+
+def test_a_detach_that_waits_too_long_leaves_the_rows_to_the_batches(
+    cli: Cli, conn: Conn, db_url: str
+) -> None:
+    partition_temp_uploads(conn, with_default=True)
+    for hours in range(108):
+        add_temp_upload(conn, f"{hours} hours 30 minutes")
+    expected = count(
+        conn, "select count(*) from temp_uploads where created_at < now() - '1d'::interval"
+    )
+    before = partitions(conn)
+
+    # The application is mid-transaction on the table: a plain DETACH (there is a DEFAULT
+    # partition) needs a lock that waits for it, and gives up after MAINTCTL_LOCK_TIMEOUT.
+    with psycopg.connect(db_url) as application:
+        application.execute("insert into temp_uploads (storage_path) values ('in flight')")
+        result = cli("purge-temp", "--json", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
+        application.rollback()
+
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["tempUploadsPurged"] == expected
+    assert partitions(conn) == before  # nothing detached: the batch loop deleted the rows
+    assert (
+        count(conn, "select count(*) from temp_uploads where created_at < now() - '1d'::interval")
+        == 0
+    )
+
+
+def test_an_interrupted_concurrent_detach_is_finished_by_the_next_run(
+    cli: Cli, conn: Conn, db_url: str
+) -> None:
+    names = partition_temp_uploads(conn, with_default=False)
+    for hours in range(108):
+        add_temp_upload(conn, f"{hours} hours 30 minutes")
+    expected = count(
+        conn, "select count(*) from temp_uploads where created_at < now() - '1d'::interval"
+    )
+
+    # An older transaction that read the table: DETACH ... CONCURRENTLY detaches, then waits for
+    # it, gives up after MAINTCTL_LOCK_TIMEOUT and leaves the partition "detach pending".
+    with psycopg.connect(db_url) as reader:
+        reader.execute("select count(*) from temp_uploads").fetchone()
+        first = cli("purge-temp", "--json", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
+        pending = count(conn, "select count(*) from pg_inherits where inhdetachpending")
+        reader.rollback()
+    second = cli("purge-temp", "--json")
+
+    assert first.exit_code == 0, first.stderr
+    assert pending == 1
+    assert second.exit_code == 0, second.stderr
+    purged = json.loads(first.stdout)["tempUploadsPurged"]
+    purged += json.loads(second.stdout)["tempUploadsPurged"]
+    assert purged == expected
+    assert count(conn, "select count(*) from pg_inherits where inhdetachpending") == 0
+    assert names[0] not in partitions(conn)
+    assert count(conn, "select count(*) from pg_class where relname = %s", [names[0]]) == 0
