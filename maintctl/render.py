@@ -191,6 +191,8 @@ def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
 
         def on_batch(done: TaskProgress) -> None:
             total = max(done.total, done.rows) if done.total is not None else None
+            if done.task not in bars and total == 0:
+                return  # nothing to do: no bar
             if done.task not in bars:
                 label = TASKS_BY_NAME[done.task].command
                 bars[done.task] = progress.add_task(label, total=total)
