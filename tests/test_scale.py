@@ -48,7 +48,7 @@ def vacuum_counts(conn: Conn) -> dict[str, int]:
 
 def vacuumed_since(conn: Conn, before: dict[str, int]) -> set[str]:
     """The tables whose vacuum_count moved (the statistics may take a moment to show it)."""
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 1
     while True:
         now = vacuum_counts(conn)
         changed = {table for table in APP_TABLES if now[table] != before[table]}
