@@ -112,6 +112,14 @@ MetricsFile = Annotated[
         show_default=False,
     ),
 ]
+Vacuum = Annotated[
+    bool,
+    typer.Option(
+        "--vacuum",
+        help="Afterwards, VACUUM (ANALYZE) each table the run changed a lot (100,000 rows, or "
+        "1,000 rows and 10% of the table); a failed VACUUM is reported, the exit code stays.",
+    ),
+]
 
 # --- error handling: one place --------------------------------------------------------------
 
@@ -291,6 +299,7 @@ def _run(
     batch_size: int | None,
     max_runtime: str | None,
     force: bool,
+    vacuum: bool = False,
     thresholds: dict[str, str | None] | None = None,
     log_format: str | None = None,
     quiet: bool = False,
@@ -313,11 +322,13 @@ def _run(
     deadline = _duration_flag("--max-runtime", max_runtime)
     started, clock = time.time(), time.monotonic()
     _ping(settings, "start", f"maintctl {command_name} started")
+    # A progress bar only for a person at a terminal: not under cron, in a pipe, --json or --quiet.
+    show_progress = not json_output and not quiet and not dry_run and sys.stdout.isatty()
     try:
         if not settings.enabled:
             report = runner.disabled_report(dry_run)
         else:
-            with _connected(settings) as conn:
+            with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
                 _log(
                     "connected",
                     target=db.describe_target(settings),
@@ -331,6 +342,8 @@ def _run(
                     dry_run=dry_run,
                     max_runtime=deadline,
                     notify=_log,
+                    on_batch=on_batch,
+                    vacuum=vacuum,
                 )
     except BaseException as exc:
         code = _exit_code_of(exc)
@@ -357,6 +370,8 @@ def _run(
         render.print_run(report)
     if refusal is not None:
         _error(refusal)
+    for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
+        _log.warning(f"VACUUM {failed.table}: {failed.error}")
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
@@ -434,6 +449,7 @@ def run(
     log_format: LogFormat = None,
     quiet: Quiet = False,
     metrics_file: MetricsFile = None,
+    vacuum: Vacuum = False,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -452,6 +468,7 @@ def run(
         log_format=log_format,
         quiet=quiet,
         metrics_file=metrics_file,
+        vacuum=vacuum,
     )
 
 
@@ -473,6 +490,7 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
         log_format: LogFormat = None,
         quiet: Quiet = False,
         metrics_file: MetricsFile = None,
+        vacuum: Vacuum = False,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -485,6 +503,7 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
             batch_size=batch_size,
             max_runtime=max_runtime,
             force=force,
+            vacuum=vacuum,
             thresholds={task.threshold: older_than},
             log_format=log_format,
             quiet=quiet,
@@ -532,6 +551,14 @@ def status(
         ),
     ] = None,
     metrics_file: MetricsFile = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact",
+            help="Count every waiting row (slow on a large backlog); by default each count "
+            "stops at 100,000 and shows 100,000+.",
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
@@ -541,7 +568,7 @@ def status(
     settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
     with _connected(settings) as conn:
-        report = get_status(conn, settings, age)
+        report = get_status(conn, settings, age, exact=exact)
     if settings.metrics_file is not None:
         from maintctl import metrics
 

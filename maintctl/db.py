@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row
 
@@ -176,6 +176,92 @@ def fetch_value(conn: Connection, name: str, params: Mapping[str, Any] | None = 
 
 def execute(conn: Connection, name: str, params: Mapping[str, Any] | None = None) -> None:
     conn.execute(query(name), params or {})
+
+
+def identifier(schema: str, name: str) -> sql.Identifier:
+    """A schema-qualified name for a statement of `sql/queries.sql` that has {placeholders}."""
+    return sql.Identifier(schema, name)
+
+
+def execute_composed(
+    conn: Connection,
+    name: str,
+    identifiers: Mapping[str, sql.Composable],
+    params: Mapping[str, Any] | None = None,
+) -> None:
+    """A named statement whose {placeholders} are identifiers (DDL, VACUUM)."""
+    conn.execute(sql.SQL(query(name)).format(**identifiers), params or {})
+
+
+def fetch_composed(
+    conn: Connection,
+    name: str,
+    identifiers: Mapping[str, sql.Composable],
+    params: Mapping[str, Any],
+    row: type[Row],
+) -> Row:
+    """One row of a named query whose {placeholders} are identifiers."""
+    statement = sql.SQL(query(name)).format(**identifiers)
+    with conn.cursor(row_factory=class_row(row)) as cur:
+        found = cur.execute(statement, params).fetchone()
+    if found is None:
+        raise MaintctlError(f"query {name} returned no row")
+    return found
+
+
+def vacuum(conn: Connection, table: sql.Composable) -> str | None:
+    """VACUUM (ANALYZE) one table, outside any transaction, without a statement timeout. Returns
+    the warning of a VACUUM that PostgreSQL skipped (it only warns when the role may not vacuum
+    the table), else None."""
+    warnings: list[str] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "WARNING" and diag.message_primary:
+            warnings.append(diag.message_primary)
+
+    conn.add_notice_handler(collect)
+    execute(conn, "allow_long_statements")
+    try:
+        execute_composed(conn, "vacuum_table", {"table": table})
+    finally:
+        conn.remove_notice_handler(collect)
+        execute(conn, "reset_session_limits")
+    return warnings[0] if warnings else None
+
+
+def try_outside_transaction(
+    conn: Connection, settings: Settings, name: str, identifiers: Mapping[str, sql.Composable]
+) -> bool:
+    """A statement that cannot run in a transaction block (DETACH PARTITION CONCURRENTLY), under
+    the configured timeouts set for the session and reset afterwards. False when it gave up
+    waiting (lock or statement timeout); other errors propagate."""
+    conn.execute(
+        query("set_session_timeouts"),
+        {
+            "lock_timeout": milliseconds(settings.lock_timeout),
+            "statement_timeout": milliseconds(settings.statement_timeout),
+        },
+    )
+    try:
+        execute_composed(conn, name, identifiers)
+    except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
+        return False
+    finally:
+        execute(conn, "reset_session_limits")
+    return True
+
+
+def try_in_transaction(
+    conn: Connection, settings: Settings, name: str, identifiers: Mapping[str, sql.Composable]
+) -> bool:
+    """A DDL statement in its own short transaction with the configured timeouts; False when it
+    gave up waiting (lock or statement timeout) and rolled back."""
+    try:
+        with transaction(conn, settings):
+            execute_composed(conn, name, identifiers)
+    except (pg_errors.LockNotAvailable, pg_errors.QueryCanceled):
+        return False
+    return True
 
 
 def _connection_lost(conn: Connection | None, exc: psycopg.Error) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.runner import RunReport
 from maintctl.status import Check, StatusReport
-from maintctl.tasks import TASKS, TASKS_BY_NAME
+from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -60,6 +61,8 @@ def run_json(report: RunReport) -> dict[str, Any]:
             "tasks": [result.as_record() for result in report.tasks],
         }
     )
+    if report.vacuum is not None:  # only with --vacuum
+        document["vacuum"] = [result.as_record() for result in report.vacuum]
     return document
 
 
@@ -101,6 +104,8 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         "thresholds": status.thresholds,
         "lastRun": run_record_json(status.last_run) if status.last_run else None,
         "lastSuccessAt": _when(status.last_success),
+        # A count equal to countLimit means at least that many (status --exact: null, exact).
+        "countLimit": status.count_limit,
     }
     if status.max_age is not None:
         document["maxAge"] = format_duration(status.max_age)
@@ -151,8 +156,55 @@ def print_run(report: RunReport) -> None:
             _took(result.duration_ms),
         )
     out.print(table)
+    for vacuumed in report.vacuum or []:
+        outcome = "vacuumed" if vacuumed.status == "ok" else f"VACUUM {vacuumed.status}:"
+        detail = f" {vacuumed.error}" if vacuumed.error else ""
+        out.print(
+            f"{outcome} {vacuumed.table}{escape(detail)} ({vacuumed.rows_changed:,} rows changed, "
+            f"{_took(vacuumed.duration_ms)})"
+        )
     verdict = f"{len(report.errors)} task(s) failed" if report.errors else "all tasks ok"
     out.print(f"{verdict} in {_took(report.duration_ms)}")
+
+
+@contextmanager
+def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
+    """A Rich progress bar fed by the tasks' batches (`TaskProgress`), or None when not shown.
+    It draws on stdout and disappears when done, leaving the run's table."""
+    if not show:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(),
+        transient=True,
+    ) as progress:
+
+        def on_batch(done: TaskProgress) -> None:
+            total = max(done.total, done.rows) if done.total is not None else None
+            if done.task not in bars and total == 0:
+                return  # nothing to do: no bar
+            if done.task not in bars:
+                label = TASKS_BY_NAME[done.task].command
+                bars[done.task] = progress.add_task(label, total=total)
+            progress.update(bars[done.task], completed=done.rows, total=total)
+
+        yield on_batch
 
 
 def print_status(status: StatusReport) -> None:
@@ -168,7 +220,8 @@ def print_status(status: StatusReport) -> None:
         ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
         ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
     ):
-        table.add_row(label, status.thresholds[threshold], f"{rows:,}")
+        at_limit = status.count_limit is not None and rows >= status.count_limit
+        table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")

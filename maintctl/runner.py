@@ -10,7 +10,8 @@ from maintctl import db, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
 from maintctl.settings import Settings
-from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
+from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
+from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
 
 
 @dataclass
@@ -24,6 +25,7 @@ class RunReport:
     skipped: str | None = None
     skip_exit_code: ExitCode = ExitCode.OK
     duration_ms: int = 0
+    vacuum: list[VacuumResult] | None = None  # with --vacuum: what was vacuumed, and how
 
     @property
     def errors(self) -> list[str]:
@@ -57,11 +59,14 @@ def run_maintenance(
     dry_run: bool = False,
     max_runtime: timedelta | None = None,
     notify: Notify | None = None,
+    on_batch: ProgressCallback | None = None,
+    vacuum: bool = False,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the lock.
     `notify(event, level, **fields)` hears of each step (lock taken, run started, task done).
+    With `vacuum` (not on a dry run), the tables the tasks changed a lot are vacuumed afterwards.
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -95,11 +100,16 @@ def run_maintenance(
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
         deadline = clock + max_runtime.total_seconds() if max_runtime else None
         try:
-            for task in tasks:
-                result = run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
-                report.tasks.append(result)
-                level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
-                say("task_done", level, runId=start.id, dryRun=dry_run, **result.as_record())
+            _run_tasks(
+                conn,
+                settings,
+                tasks,
+                report,
+                deadline=deadline,
+                say=say,
+                on_batch=on_batch,
+                vacuum=vacuum and not dry_run,
+            )
         except (Exception, KeyboardInterrupt) as exc:
             cause: BaseException = exc
             if isinstance(exc, TaskAborted):
@@ -117,6 +127,32 @@ def run_maintenance(
         if locked:
             _release_run_lock(conn)
     return report
+
+
+def _run_tasks(
+    conn: db.Connection,
+    settings: Settings,
+    tasks: tuple[Task, ...],
+    report: RunReport,
+    *,
+    deadline: float | None,
+    say: Notify,
+    on_batch: ProgressCallback | None,
+    vacuum: bool,
+) -> None:
+    """The tasks in order, each result appended to the report as it ends; then --vacuum."""
+    sizes = table_sizes(conn, settings) if vacuum else {}
+    for task in tasks:
+        result = run_task(
+            conn, task, settings, dry_run=report.dry_run, deadline=deadline, on_batch=on_batch
+        )
+        report.tasks.append(result)
+        level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
+        say("task_done", level, runId=report.run_id, dryRun=report.dry_run, **result.as_record())
+    if vacuum:
+        report.vacuum = vacuum_changed_tables(
+            conn, settings, report.tasks, sizes, deadline=deadline
+        )
 
 
 def _finish(

@@ -14,6 +14,10 @@ from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import TASKS, run_task
 
+# Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
+# millions of index entries on every poll (sql/migrations/0007_status_counts.sql).
+STATUS_COUNT_LIMIT = 100_000
+
 
 @dataclass(frozen=True)
 class PendingCounts:
@@ -32,6 +36,7 @@ class StatusReport:
     last_success: datetime | None
     server_now: datetime
     max_age: timedelta | None
+    count_limit: int | None = None  # a count equal to it means "at least that many"
 
     @property
     def stale(self) -> bool:
@@ -46,10 +51,20 @@ class StatusReport:
 
 
 def get_status(
-    conn: db.Connection, settings: Settings, max_age: timedelta | None = None
+    conn: db.Connection,
+    settings: Settings,
+    max_age: timedelta | None = None,
+    *,
+    exact: bool = False,
 ) -> StatusReport:
+    """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
+    limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
-        counts = db.fetch_one(conn, "pending_counts", settings.thresholds(), PendingCounts)
+        if exact:
+            counts = db.fetch_one(conn, "pending_counts", settings.thresholds(), PendingCounts)
+        else:
+            params = {**settings.thresholds(), "limit": limit}
+            counts = db.fetch_one(conn, "pending_counts_limited", params, PendingCounts)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
             counts=counts,
@@ -59,6 +74,7 @@ def get_status(
             last_success=ledger.last_success(conn),
             server_now=server.now,
             max_age=max_age,
+            count_limit=limit,
         )
 
 

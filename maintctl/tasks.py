@@ -9,6 +9,7 @@ only where a task runs: `maintctl --help` stays fast.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,19 @@ TASKS = (
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 
+@dataclass(frozen=True)
+class TaskProgress:
+    """Where a task stands after each committed batch, for a progress display."""
+
+    task: str
+    rows: int  # rows done so far
+    batches: int
+    total: int | None  # rows eligible when the task started, when known
+
+
+ProgressCallback = Callable[[TaskProgress], None]
+
+
 class TaskAborted(Exception):
     """A task cut short by an interrupt or a lost connection, with what it had committed."""
 
@@ -107,8 +121,12 @@ def run_task(
     *,
     dry_run: bool,
     deadline: float | None = None,
+    on_batch: ProgressCallback | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
+
+    `on_batch`, when given, is called after each committed batch (and after a pre-step such as
+    dropping whole partitions) with the rows done so far and the rows eligible at the start.
 
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
@@ -118,6 +136,7 @@ def run_task(
     started = time.monotonic()
     threshold = getattr(settings, task.threshold)
     rows = batches = 0
+    total: int | None = None
     cutoff: datetime | None = None
 
     def result(status: str, error: str | None = None) -> TaskResult:
@@ -133,12 +152,22 @@ def run_task(
                 with db.transaction(conn, settings):
                     rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
                 return result("ok")
+            if on_batch is not None:  # a count only for whoever watches: a terminal
+                with db.transaction(conn, settings):
+                    total = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+            pre_step = PRE_STEPS.get(task.name)
+            if pre_step is not None:
+                rows += pre_step(conn, settings, cutoff)
+                if on_batch is not None:
+                    on_batch(TaskProgress(task.name, rows, batches, total))
             params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
             while True:
                 with db.transaction(conn, settings):
                     touched = int(db.fetch_value(conn, task.batch_query, params))
                 rows += touched
                 batches += 1
+                if on_batch is not None:
+                    on_batch(TaskProgress(task.name, rows, batches, total))
                 # A short batch means the rule found nothing more it could lock.
                 if touched < settings.batch_size:
                     return result("ok")
@@ -151,3 +180,76 @@ def run_task(
         raise TaskAborted(interrupted, exc) from exc
     except DatabaseUnavailable as exc:
         raise TaskAborted(result("failed", exc.message), exc) from exc
+
+
+# --- partitions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExpiredPartition:
+    partition_schema: str
+    partition: str  # the partition's own (unqualified) name
+    upper_bound: datetime
+    detach_pending: bool  # a DETACH ... CONCURRENTLY that was interrupted: finalize it
+    has_default: bool  # the parent has a DEFAULT partition: no CONCURRENTLY
+
+
+def drop_expired_temp_partitions(conn: Connection, settings: Settings, cutoff: datetime) -> int:
+    """When temp_uploads is range-partitioned by created_at, drop the partitions whose whole range
+    lies before the cutoff at once, and return how many rows they held (counted exactly, after the
+    detach, so no row can arrive meanwhile). The batch loop then deletes through the parent, which
+    prunes to the one partition that straddles the cutoff. The DEFAULT partition is never dropped.
+
+    The detach is CONCURRENTLY where PostgreSQL allows it (no DEFAULT partition), which cannot run
+    in a transaction block; else a plain DETACH in a short transaction under lock_timeout. When a
+    detach times out, the remaining partitions are left to the batch loop; a CONCURRENTLY detach
+    left pending is finished (FINALIZE) by the next run.
+    """
+    from maintctl import db
+
+    params = {"schema": settings.app_schema, "cutoff": cutoff}
+    expired = db.fetch_all(conn, "expired_temp_uploads_partitions", params, ExpiredPartition)
+    dropped = 0
+    for found in expired:
+        names = {
+            "parent": db.identifier(settings.app_schema, "temp_uploads"),
+            "partition": db.identifier(found.partition_schema, found.partition),
+        }
+        if found.detach_pending:
+            detached = db.try_outside_transaction(conn, settings, "finalize_detach", names)
+        elif found.has_default:
+            detached = db.try_in_transaction(conn, settings, "detach_partition", names)
+        else:
+            detached = db.try_outside_transaction(
+                conn, settings, "detach_partition_concurrently", names
+            )
+        if not detached:
+            # The application holds the table (and a pending detach blocks any other): the rest
+            # go by the batch loop, and the next run finishes a pending detach.
+            break
+        with db.transaction(conn, settings):
+            # Detached, the table takes no new rows: the count is exact. A row at or past the
+            # cutoff (it cannot be there, by the partition's bounds) stops the drop.
+            held = db.fetch_composed(
+                conn, "count_detached_partition", names, {"cutoff": cutoff}, Held
+            )
+            if held.fresh:
+                raise TaskError(
+                    f"partition {found.partition} holds {held.fresh} rows newer than the cutoff; "
+                    "it was detached but not dropped"
+                )
+            db.execute_composed(conn, "drop_partition", names)
+        dropped += held.rows
+    return dropped
+
+
+@dataclass(frozen=True)
+class Held:
+    rows: int
+    fresh: int
+
+
+# Steps a task takes before its batch loop, by task name.
+PRE_STEPS: dict[str, Callable[[Connection, Settings, datetime], int]] = {
+    "temp": drop_expired_temp_partitions,
+}

@@ -195,3 +195,70 @@ select exists (select 1 from pg_roles where rolname = %(role)s) as exists;
 -- name: maintenance_owner
 -- The owner of the maintenance schema (who runs migrate), whose default privileges grant extends.
 select pg_get_userbyid(nspowner) as owner from pg_namespace where nspname = 'maintenance';
+
+-- name: set_session_timeouts
+-- The configured timeouts for a statement that cannot run in a transaction block.
+select set_config('lock_timeout', %(lock_timeout)s, false),
+       set_config('statement_timeout', %(statement_timeout)s, false);
+
+-- name: expired_temp_uploads_partitions
+-- When temp_uploads is range-partitioned by created_at alone: its plain partitions whose whole
+-- range ends at or before the cutoff, oldest first (never the DEFAULT partition, nor one bounded
+-- by MAXVALUE). The bound is read back from the partition's own definition.
+select n.nspname as partition_schema, c.relname as partition, b.upper_bound,
+       i.inhdetachpending as detach_pending, pt.partdefid <> 0 as has_default
+from pg_class p
+join pg_namespace pn on pn.oid = p.relnamespace
+join pg_partitioned_table pt on pt.partrelid = p.oid
+join pg_inherits i on i.inhparent = p.oid
+join pg_class c on c.oid = i.inhrelid
+join pg_namespace n on n.oid = c.relnamespace
+cross join lateral (
+  select (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                       $re$ TO \('([^']*)'\)$re$))[1]::timestamptz as upper_bound
+) as b
+where pn.nspname = %(schema)s and p.relname = 'temp_uploads' and p.relkind = 'p'
+  and pt.partstrat = 'r' and pt.partnatts = 1
+  and pt.partattrs[0] = (select a.attnum from pg_attribute a
+                         where a.attrelid = p.oid and a.attname = 'created_at')
+  and c.relkind = 'r' and c.oid <> pt.partdefid
+  and b.upper_bound <= %(cutoff)s
+order by b.upper_bound;
+
+-- name: detach_partition_concurrently
+-- Detaches a partition without blocking the application (not in a transaction block).
+alter table {parent} detach partition {partition} concurrently;
+
+-- name: finalize_detach
+-- Completes a DETACH ... CONCURRENTLY that was interrupted.
+alter table {parent} detach partition {partition} finalize;
+
+-- name: detach_partition
+-- Detaches a partition where CONCURRENTLY is not allowed (the parent has a DEFAULT partition).
+alter table {parent} detach partition {partition};
+
+-- name: count_detached_partition
+-- The rows of a detached partition, and how many of them are at or past the cutoff (none may be).
+select count(*) as rows, count(*) filter (where created_at >= %(cutoff)s) as fresh
+from {partition};
+
+-- name: drop_partition
+-- Drops a detached partition whose rows are all past the TTL.
+drop table {partition};
+
+-- name: table_reltuples
+-- The planner's row count of an application table (-1 or 0 when never analyzed), for --vacuum.
+select c.reltuples
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %(schema)s and c.relname = %(table)s;
+
+-- name: vacuum_table
+-- VACUUM (ANALYZE) of a table the run changed a lot (outside any transaction).
+vacuum (analyze) {table};
+
+-- name: pending_counts_limited
+-- The four counts of `status`, each stopping at %(limit)s rows (a limit of null counts all).
+select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs
+from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::interval,
+                                %(compact_after)s::interval, %(raw_items_ttl)s::interval,
+                                %(limit)s::bigint);

@@ -17,6 +17,7 @@ STATUS_KEYS = {
     "thresholds",
     "lastRun",
     "lastSuccessAt",
+    "countLimit",
 }
 
 
