@@ -306,7 +306,7 @@ def _run(
     metrics_file: str | None = None,
 ) -> int:
     from maintctl import db, render, runner
-    from maintctl.log import describe
+    from maintctl.log import describe, wants_color
 
     settings = _settings(
         database_url,
@@ -322,8 +322,11 @@ def _run(
     deadline = _duration_flag("--max-runtime", max_runtime)
     started, clock = time.time(), time.monotonic()
     _ping(settings, "start", f"maintctl {command_name} started")
-    # A progress bar only for a person at a terminal: not under cron, in a pipe, --json or --quiet.
-    show_progress = not json_output and not quiet and not dry_run and sys.stdout.isatty()
+    # A progress bar only for a person at a terminal (stdout and stderr): not under cron, in a
+    # pipe, with --json, --quiet or NO_COLOR.
+    show_progress = (
+        not (json_output or quiet or dry_run) and sys.stdout.isatty() and wants_color(sys.stderr)
+    )
     try:
         if not settings.enabled:
             report = runner.disabled_report(dry_run)

@@ -170,7 +170,7 @@ def print_run(report: RunReport) -> None:
 @contextmanager
 def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
     """A Rich progress bar fed by the tasks' batches (`TaskProgress`), or None when not shown.
-    It draws on stdout and disappears when done, leaving the run's table."""
+    It draws on stderr, with the step lines printed above it, and disappears when done."""
     if not show:
         yield None
         return
@@ -191,8 +191,9 @@ def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(),
+        console=Console(stderr=True),
         transient=True,
+        redirect_stdout=False,
     ) as progress:
 
         def on_batch(done: TaskProgress) -> None:
