@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from maintctl import db, ledger
+from maintctl import db, guard, ledger
 from maintctl.errors import ExitCode
 from maintctl.settings import Settings
 from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
@@ -58,7 +58,8 @@ def run_maintenance(
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
-    Skips (and says why) when maintenance is paused, or when another non-dry run holds the lock.
+    Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
+    lease (see maintctl.guard).
     """
     clock = time.monotonic()
     report = RunReport(dry_run=dry_run)
@@ -74,41 +75,36 @@ def run_maintenance(
     pause = ledger.pause_state(conn)
     if pause.paused:
         return skip(ledger.pause_sentence(pause), ExitCode.DISABLED)
-    locked = not dry_run and bool(db.fetch_value(conn, "try_run_lock"))
-    if not dry_run and not locked:
-        holder = db.fetch_optional(conn, "current_run_holder", {}, ledger.RunHolder)
-        where = ""
-        if holder is not None:
-            started = holder.started_at.astimezone(UTC)
-            where = f" (host {holder.host}, started {started:%Y-%m-%d %H:%M:%S} UTC)"
-        return skip(f"another maintenance run is in progress{where}", ExitCode.OK)
+    if dry_run:  # a dry run changes nothing, so it needs no lease
+        start = ledger.start_run(conn, settings, command=command, dry_run=True)
+    else:
+        opened = guard.start_guarded_run(conn, settings, command=command)
+        if isinstance(opened, guard.LeaseHolder):
+            return skip(opened.sentence(), ExitCode.OK)
+        start = opened
+    report.run_id, report.started = start.id, start.started_at
+    heartbeat = guard.Heartbeat(start.id, settings.run_lease, guarded=not dry_run)
+    deadline = clock + max_runtime.total_seconds() if max_runtime else None
     try:
-        if locked:
-            db.execute(conn, "mark_abandoned_runs")
-        start = ledger.start_run(conn, settings, command=command, dry_run=dry_run)
-        report.run_id, report.started = start.id, start.started_at
-        deadline = clock + max_runtime.total_seconds() if max_runtime else None
-        try:
-            for task in tasks:
-                report.tasks.append(
-                    run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
+        for task in tasks:
+            report.tasks.append(
+                run_task(
+                    conn, task, settings, dry_run=dry_run, deadline=deadline, heartbeat=heartbeat
                 )
-        except (Exception, KeyboardInterrupt) as exc:
-            cause: BaseException = exc
-            if isinstance(exc, TaskAborted):
-                report.tasks.append(exc.result)  # the rows its committed batches touched
-                cause = exc.cause
-            if isinstance(cause, KeyboardInterrupt):
-                db.cancel_in_flight(conn)
-                _finish(conn, settings, report, clock, "interrupted", in_flight=True)
-            else:  # a lost connection, or a bug: the ledger says so if it can
-                error = None if isinstance(exc, TaskAborted) else str(exc)
-                _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
-            raise cause from cause.__cause__  # the original, its own chain kept
-        _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
-    finally:
-        if locked:
-            _release_run_lock(conn)
+            )
+    except (Exception, KeyboardInterrupt) as exc:
+        cause: BaseException = exc
+        if isinstance(exc, TaskAborted):
+            report.tasks.append(exc.result)  # the rows its committed batches touched
+            cause = exc.cause
+        if isinstance(cause, KeyboardInterrupt):
+            db.cancel_in_flight(conn)
+            _finish(conn, settings, report, clock, "interrupted", in_flight=True)
+        else:  # a lost connection or lease, or a bug: the ledger says so if it can
+            error = None if isinstance(exc, TaskAborted) else str(exc)
+            _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
+        raise cause from cause.__cause__  # the original, its own chain kept
+    _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
     return report
 
 
@@ -124,8 +120,8 @@ def _finish(
 ) -> None:
     """Close the run's ledger row. With an exception in flight this is best effort and never
     hides that exception: an interrupted statement can leave the session unusable, so a fresh
-    session records the outcome. A row that cannot be closed stays 'running' and the next run
-    marks it abandoned."""
+    session records the outcome and releases the lease. A row that cannot be closed stays
+    'running', its lease lapses, and the next run marks it abandoned."""
     report.duration_ms = int((time.monotonic() - clock) * 1000)
     if report.run_id is None:
         return
@@ -135,6 +131,8 @@ def _finish(
     def record(session: db.Connection) -> None:
         ledger.finish_run(session, report.run_id or 0, status=status, tasks=tasks, errors=errors)
         ledger.prune(session, settings)
+        if not report.dry_run:  # the next run need not wait for the lease to lapse
+            guard.release(session, report.run_id or 0)
 
     if not in_flight:
         record(conn)
@@ -145,10 +143,3 @@ def _finish(
         except Exception:
             with db.connect(settings) as fresh:
                 record(fresh)
-
-
-def _release_run_lock(conn: db.Connection) -> None:
-    # Closing the session releases the lock too, so a failure here changes nothing.
-    with db.best_effort():
-        if not conn.closed and not conn.broken:
-            db.fetch_value(conn, "run_unlock")

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     lock_timeout: Duration = timedelta(seconds=5)
     statement_timeout: Duration = timedelta(seconds=60)
     connect_timeout: Duration = timedelta(seconds=10)
+    # How long a run's lease outlives its last sign of life: a killed run blocks the next one for
+    # about this long at most (README, "One run at a time, crashes and faults").
+    run_lease: Duration = timedelta(seconds=60)
     history_retention: Duration = timedelta(days=90)
 
     def conninfo(self) -> str:

@@ -18,14 +18,15 @@ def test_migrate_says_what_it_did_and_a_second_time_nothing(bare_cli: Cli) -> No
     first = bare_cli("migrate")
 
     assert first.exit_code == 0, first.stderr
-    assert first.stdout.splitlines()[:3] == [
+    assert first.stdout.splitlines()[:4] == [
         "applied 0001_maintenance_schema",
         "applied 0002_rules",
         "applied 0003_indexes",
+        "applied 0004_run_lease",
     ]
     second = bare_cli("migrate", "--json")
     assert second.exit_code == 0
-    assert json.loads(second.stdout) == {"applied": [], "alreadyApplied": 3, "appSchema": "public"}
+    assert json.loads(second.stdout) == {"applied": [], "alreadyApplied": 4, "appSchema": "public"}
     assert bare_cli("status").exit_code == 0
 
 
@@ -62,9 +63,9 @@ def test_two_migrates_at_once_apply_each_migration_once(bare_db_url: str) -> Non
 
     assert [process.returncode for process in processes] == [0, 0], outcomes
     applied = sorted(len(json.loads(stdout)["applied"]) for stdout, _ in outcomes)
-    assert applied == [0, 3]
+    assert applied == [0, 4]
     with psycopg.connect(bare_db_url) as conn:
-        assert count(conn, "select count(*) from maintenance.schema_migrations") == 3
+        assert count(conn, "select count(*) from maintenance.schema_migrations") == 4
 
 
 def test_nothing_is_readable_or_callable_by_public(conn: Conn) -> None:

@@ -96,7 +96,7 @@ def test_maintctl_installed_from_the_wheel_migrates_and_runs(
 
     assert located.stdout.strip() == str(target / "maintctl" / "sql")
     assert migrated.returncode == 0, migrated.stderr
-    assert len(json.loads(migrated.stdout)["applied"]) == 3
+    assert len(json.loads(migrated.stdout)["applied"]) == 4
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["errors"] == []
     assert (target / "bin" / "maintctl").exists()
