@@ -70,6 +70,7 @@ def run_maintenance(
         )
         report.run_id, report.started = start.id, start.started_at
         report.skipped, report.skip_exit_code = reason, exit_code
+        report.duration_ms = int((time.monotonic() - clock) * 1000)
         return report
 
     pause = ledger.pause_state(conn)

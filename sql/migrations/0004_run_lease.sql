@@ -36,13 +36,13 @@ returns boolean
 language sql volatile set search_path = pg_catalog, pg_temp
 as $$
   with free as (
-    select singleton from maintenance.run_lease
+    select singleton, clock_timestamp() as moment from maintenance.run_lease
     where expires_at <= clock_timestamp()
     for update skip locked
   ), taken as (
     update maintenance.run_lease l
        set run_id = null, host = p_host, pid = p_pid, started_at = now(),
-           renewed_at = clock_timestamp(), expires_at = clock_timestamp() + p_lease
+           renewed_at = free.moment, expires_at = free.moment + p_lease
       from free
      where l.singleton = free.singleton
     returning 1
@@ -65,10 +65,11 @@ create function maintenance.renew_run_lease(p_run_id bigint, p_lease interval) r
 language sql volatile set search_path = pg_catalog, pg_temp
 as $$
   with renewed as (
-    update maintenance.run_lease
-       set renewed_at = clock_timestamp(), expires_at = clock_timestamp() + p_lease
-     where singleton and run_id = p_run_id
-    returning expires_at
+    update maintenance.run_lease l
+       set renewed_at = c.moment, expires_at = c.moment + p_lease
+      from (select clock_timestamp() as moment) as c
+     where l.singleton and l.run_id = p_run_id
+    returning l.expires_at
   ), beat as (
     update maintenance.runs r set expires_at = renewed.expires_at
       from renewed where r.id = p_run_id
