@@ -29,7 +29,6 @@ class LeaseHolder:
     run_id: int | None
     host: str | None
     started_at: datetime | None
-    expires_at: datetime
     live: bool
 
     def sentence(self) -> str:

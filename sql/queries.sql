@@ -128,7 +128,7 @@ select maintenance.touch_run(%(run_id)s, %(lease)s::interval);
 
 -- name: run_lease_holder
 -- Who holds the lease, for the "another maintenance run is in progress" message.
-select run_id, host, started_at, expires_at, live from maintenance.run_lease_holder();
+select run_id, host, started_at, live from maintenance.run_lease_holder();
 
 -- name: mark_abandoned_runs
 -- Ledger rows left 'running' by a run whose heartbeat lapsed become 'abandoned'.
