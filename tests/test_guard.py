@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from tests.conftest import Cli, make_cli
-from tests.data import Conn, count, load_sample, slow_down_deletes
+from tests.data import Conn, add_temp_upload, count, hold_run_lease, load_sample, slow_down_deletes
 from tests.pooler import StartPooler
 from tests.test_commands import cron_environment, maintctl_command
 from tests.test_run import SAMPLE_TOTALS, totals
@@ -206,3 +206,55 @@ def test_a_migrated_database_works_through_pgbouncer(
     assert document["lastRun"]["status"] == "succeeded"
     assert json.loads(again.stdout)["skipped"] is None, "the first run released its lease"
     assert count(conn, "select count(*) from maintenance.run_lease where expires_at > now()") == 0
+
+
+def history_status(cli: Cli, run_id: int) -> str:
+    (status,) = [
+        run["status"] for run in json.loads(cli("history", "--json").stdout) if run["id"] == run_id
+    ]
+    return str(status)
+
+
+def test_a_run_inside_a_batch_keeps_the_lease_even_past_its_expiry_then_is_abandoned(
+    db_url: str, conn: Conn, cli: Cli
+) -> None:
+    add_temp_upload(conn, "2 days")
+    with psycopg.connect(db_url, autocommit=True) as holder:
+        run_id = hold_run_lease(holder, "cron-host-a", lease="1 second")
+        time.sleep(1.2)  # its committed lease has lapsed
+        with holder.transaction():
+            # ...but it is inside a batch: the batch renewed the lease first, which locks the row
+            # until the batch commits, however long the batch takes.
+            holder.execute("select maintenance.renew_run_lease(%s, '1 second')", [run_id])
+            time.sleep(1.2)
+            during = history_status(cli, run_id)
+            competitor = json.loads(cli("run", "--json").stdout)
+            raise psycopg.Rollback  # the process died mid-batch: the batch rolls back
+        after = history_status(cli, run_id)
+        taken_over = json.loads(cli("run", "--json").stdout)
+
+    assert during == "running"
+    assert competitor["skipped"] == in_progress_sentence(conn, run_id)
+    assert count(conn, "select count(*) from temp_uploads") == 0, "the next run did the work"
+    assert after == "abandoned", "a lapsed lease outside a batch: the run is gone"
+    assert taken_over["tempUploadsPurged"] == 1
+    assert conn.execute(
+        "select status from maintenance.runs where id = %s", [run_id]
+    ).fetchone() == ("abandoned",)
+
+
+def test_a_stalled_run_that_lost_its_lease_stops_without_committing(
+    db_url: str, conn: Conn
+) -> None:
+    add_temp_upload(conn, "2 days")
+    with psycopg.connect(db_url, autocommit=True) as stalled:
+        run_id = hold_run_lease(stalled, "cron-host-a", lease="1 second")
+        time.sleep(1.2)
+        # Meanwhile another run took the lease over (and finished nothing yet).
+        conn.execute("select maintenance.take_run_lease('cron-host-b', 1, '1 hour')")
+        with stalled.transaction():
+            renewed = stalled.execute(
+                "select maintenance.renew_run_lease(%s, '1 minute')", [run_id]
+            ).fetchone()
+
+    assert renewed == (False,), "the stalled run learns it lost the lease, and its batch rolls back"
