@@ -177,3 +177,8 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
+
+-- name: server_endpoint
+-- The port the server listens on and the server session (backend) serving this transaction, for
+-- doctor's pooler check.
+select current_setting('port')::integer as port, pg_backend_pid() as backend_pid;

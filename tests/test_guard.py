@@ -258,3 +258,27 @@ def test_a_stalled_run_that_lost_its_lease_stops_without_committing(
             ).fetchone()
 
     assert renewed == (False,), "the stalled run learns it lost the lease, and its batch rolls back"
+
+
+def test_doctor_says_a_transaction_pooler_sits_in_between_and_where_to_migrate(
+    db_url: str, start_pgbouncer: StartPooler
+) -> None:
+    pooler = start_pgbouncer(pool_size=2)
+    through = make_cli(pooler.url(db_url))
+
+    result = through("doctor", "--json")
+
+    assert result.exit_code == 0, result.stdout
+    document = json.loads(result.stdout)
+    assert document["healthy"] is True
+    check = document["checks"][1]
+    assert check["check"] == "pooler"
+    assert check["detail"] == (
+        "warning: a pooler in transaction mode sits between maintctl and the server (dialled "
+        f"127.0.0.1:{pooler.port}, the server listens on port {pooler.server_port}): runs are safe "
+        "through it (the run lease keeps no session state), but run `maintctl migrate` over a "
+        f"direct connection to the server (port {pooler.server_port}): it holds a session lock "
+        "and session settings while it builds indexes"
+    )
+    people = through("doctor")
+    assert "ok   pooler: warning: a pooler in transaction mode" in people.stdout
