@@ -70,3 +70,41 @@ def test_a_server_restart_mid_run_exits_69_in_one_line_and_the_next_run_finishes
         assert finished.returncode == 0, finished.stderr
         assert json.loads(finished.stdout)["tempUploadsPurged"] == remaining
         assert count(conn, "select count(*) from temp_uploads") == 0
+
+
+def test_failing_to_connect_is_retried_for_about_10_seconds_then_exits_69() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/imports"  # nothing listens there
+    started = time.monotonic()
+    completed = subprocess.run(
+        [*maintctl_command(), "run"],
+        env=cron_environment(url),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+
+    assert completed.returncode == 69
+    assert completed.stderr.startswith("maintctl: error: cannot connect to postgres@127.0.0.1:")
+    assert completed.stderr.count("\n") == 1
+    assert 7 < elapsed < 15, f"retried with backoff for about 10 s, not {elapsed:.1f} s"
+
+
+def test_a_server_that_comes_up_during_the_connect_retries_is_reached(
+    private_server: PrivateServer,
+) -> None:
+    private_server.start()
+    url = private_server.migrated_database()
+    private_server.stop()
+
+    started = time.monotonic()
+    process = launch(url, "run", "--json")
+    time.sleep(3)
+    private_server.start()
+    stdout, stderr = process.communicate(timeout=60)
+    elapsed = time.monotonic() - started
+
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["errors"] == []
+    assert elapsed > 3, "it waited for the server"
