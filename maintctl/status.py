@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from maintctl import db, ledger, migrations
+from maintctl import db, ledger, migrations, pooler
 from maintctl.errors import ConfigError, ExitCode, MaintctlError, PermissionDenied
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
@@ -142,48 +142,24 @@ def run_doctor(settings: Settings) -> list[Check]:
     return checks
 
 
-@dataclass(frozen=True)
-class ServerEndpoint:
-    port: int
-    backend_pid: int
-
-
-POOLER_PROBES = 3
-
-
 def pooler_check(conn: db.Connection, settings: Settings) -> Check:
-    """Whether a pooler in transaction mode (PgBouncer, Supabase's Supavisor on 6543) sits
-    between maintctl and the server.
-
-    Two client connections that are open at once can share a server session (backend pid) only
-    through a transaction-mode pooler, which hands an idle session to whichever client starts the
-    next transaction (PgBouncer: the most recently used one first). Without a pooler, or in
-    session mode, each connection keeps its own. A port that differs from the one dialled shows
-    a pooler or proxy of some other kind.
-    """
-    dialled = f"{conn.info.host}:{conn.info.port}"
-    shared = False
-    with db.connect(settings) as other:
-        for _ in range(POOLER_PROBES):
-            mine = db.fetch_one(conn, "server_endpoint", {}, ServerEndpoint)
-            theirs = db.fetch_one(other, "server_endpoint", {}, ServerEndpoint)
-            shared = shared or mine.backend_pid == theirs.backend_pid
-    server_port = mine.port
-    if shared:
+    """Doctor's verdict on what sits between maintctl and the server (see maintctl.pooler)."""
+    probe = pooler.probe(conn, settings)
+    if probe.transaction_pooler:
         return Check(
             "pooler",
             True,
             f"warning: a pooler in transaction mode sits between maintctl and the server (dialled "
-            f"{dialled}, the server listens on port {server_port}): runs are safe through it (the "
-            "run lease keeps no session state), but run `maintctl migrate` over a direct "
-            f"connection to the server (port {server_port}): it holds a session lock and session "
-            "settings while it builds indexes",
+            f"{probe.dialled}, the server listens on port {probe.server_port}): runs are safe "
+            "through it (the run lease keeps no session state), but run `maintctl migrate` over "
+            f"a direct connection to the server (port {probe.server_port}): it holds a session "
+            "lock and session settings while it builds indexes",
         )
-    if conn.info.port != server_port:
+    if probe.dialled_port != probe.server_port:
         return Check(
             "pooler",
             True,
-            f"a pooler or proxy in session mode (dialled {dialled}, the server listens on port "
-            f"{server_port}): every command works through it",
+            f"a pooler or proxy in session mode (dialled {probe.dialled}, the server listens on "
+            f"port {probe.server_port}): every command works through it",
         )
-    return Check("pooler", True, f"none: maintctl talks to the server directly ({dialled})")
+    return Check("pooler", True, f"none: maintctl talks to the server directly ({probe.dialled})")

@@ -282,3 +282,24 @@ def test_doctor_says_a_transaction_pooler_sits_in_between_and_where_to_migrate(
     )
     people = through("doctor")
     assert "ok   pooler: warning: a pooler in transaction mode" in people.stdout
+
+
+def test_migrate_through_a_transaction_pooler_is_refused_naming_the_direct_port(
+    bare_db_url: str, start_pgbouncer: StartPooler
+) -> None:
+    pooler = start_pgbouncer(pool_size=2)
+    through = make_cli(pooler.url(bare_db_url))
+
+    refused = through("migrate")
+
+    assert refused.exit_code == 78
+    assert refused.stderr == (
+        "maintctl: error: migrate needs a direct connection to the server, not the pooler in "
+        f"transaction mode at 127.0.0.1:{pooler.port} (it holds a session lock and session "
+        "settings while it builds indexes): use the server's own port "
+        f"({pooler.server_port}), e.g. Supabase's direct connection or session pooler instead "
+        "of the transaction pooler\n"
+    )
+    with psycopg.connect(bare_db_url) as conn:
+        assert count(conn, "select count(*) from pg_namespace where nspname = 'maintenance'") == 0
+    assert make_cli(bare_db_url)("migrate").exit_code == 0, "directly, it migrates"
