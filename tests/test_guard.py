@@ -170,16 +170,16 @@ def test_through_pgbouncer_in_transaction_mode_five_runs_still_give_one_worker(
     pooler = start_pgbouncer(pool_size=1)
     url = pooler.url(db_url)
     load_sample(conn)
-    # Short batches (10 uploads at 20 ms: 0.2 s), since a competitor's statements queue for the
+    # Short batches (5 uploads at 20 ms: 0.1 s), since a competitor's statements queue for the
     # one server session behind them; about 6 s of work in all.
     slow_down_deletes(conn, 0.02)
 
-    processes = [launch(url, "run", "--json", "--batch-size", "10") for _ in range(5)]
+    processes = [launch(url, "run", "--json", "--batch-size", "5") for _ in range(5)]
     finished = wait_all(processes)
 
     check_one_worker(conn, finished)
     worker = next(f for f in finished if f.document["skipped"] is None)
-    assert worker.document["tasks"][1]["batches"] == 29, "many transactions through the pooler"
+    assert worker.document["tasks"][1]["batches"] == 58, "many transactions through the pooler"
 
 
 def test_a_migrated_database_works_through_pgbouncer(
