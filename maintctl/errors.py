@@ -72,8 +72,7 @@ class Busy(MaintctlError):
 
 
 class LeaseLost(MaintctlError):
-    """The run lease lapsed and another run took it over; this run stopped and its batch in
-    flight rolled back."""
+    """another run took the run lease over; this run stopped and its batch in flight rolled back"""
 
     exit_code = ExitCode.TASK_FAILED
 

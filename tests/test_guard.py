@@ -303,3 +303,37 @@ def test_migrate_through_a_transaction_pooler_is_refused_naming_the_direct_port(
     with psycopg.connect(bare_db_url) as conn:
         assert count(conn, "select count(*) from pg_namespace where nspname = 'maintenance'") == 0
     assert make_cli(bare_db_url)("migrate").exit_code == 0, "directly, it migrates"
+
+
+def test_a_run_whose_lease_was_taken_over_stops_at_its_next_batch_with_exit_1(
+    db_url: str, conn: Conn
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path) "
+        "select now() - interval '2 days', 'f' || n from generate_series(1, 40) n"
+    )
+    slow_down_deletes(conn, 0.2)
+    process = launch(db_url, "purge-temp", "--batch-size", "2")
+    deadline = time.monotonic() + 30
+    while count(conn, "select count(*) from temp_uploads") > 36:
+        assert time.monotonic() < deadline, "the purge never got going"
+        time.sleep(0.05)
+
+    # As if the run had stalled past its lease and another run had taken the lease over (this
+    # waits for the batch in flight, which holds the lease row, to commit).
+    conn.execute("update maintenance.run_lease set run_id = 0, host = 'cron-host-b'")
+    after_take_over = count(conn, "select count(*) from temp_uploads")
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 1, stderr
+    assert stderr == (
+        "maintctl: error: another run took the run lease over; this run stopped and its batch in "
+        "flight rolled back\n"
+    )
+    assert count(conn, "select count(*) from temp_uploads") == after_take_over, (
+        "no batch committed without the lease"
+    )
+    row = conn.execute("select status, tasks from maintenance.runs").fetchone()
+    assert row is not None
+    assert row[0] == "failed"
+    assert row[1][0]["rows"] == 40 - after_take_over
