@@ -114,6 +114,9 @@ def connect(settings: Settings) -> Connection:
                 autocommit=True,
                 application_name=APPLICATION_NAME,
                 connect_timeout=max(2, int(remaining)),
+                # A statement prepared on one server session is unknown on the next one that a
+                # transaction-mode pooler (PgBouncer) hands out: never prepare.
+                prepare_threshold=None,
             )
         except psycopg.OperationalError as exc:
             # 'connection failed: connection to server at "h", port 5432 failed: FATAL:  why'

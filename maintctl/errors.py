@@ -71,6 +71,12 @@ class Busy(MaintctlError):
     exit_code = ExitCode.TASK_FAILED
 
 
+class LeaseLost(MaintctlError):
+    """another run took the run lease over; this run stopped and its batch in flight rolled back"""
+
+    exit_code = ExitCode.TASK_FAILED
+
+
 class TaskError(MaintctlError):
     """A task failed; the run goes on with the next task."""
 

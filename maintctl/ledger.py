@@ -38,12 +38,6 @@ class RunStart:
 
 
 @dataclass(frozen=True)
-class RunHolder:
-    host: str | None
-    started_at: datetime
-
-
-@dataclass(frozen=True)
 class PauseState:
     paused: bool
     reason: str | None
@@ -83,6 +77,7 @@ def start_run(
             "thresholds": Jsonb(thresholds),
             "status": status,
             "skipped": skipped,
+            "lease": settings.run_lease,
         },
         RunStart,
     )

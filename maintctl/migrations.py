@@ -8,7 +8,7 @@ from datetime import datetime
 
 from psycopg import sql
 
-from maintctl import __version__, db
+from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
@@ -101,6 +101,7 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
             f"maintctl needs PostgreSQL 15 or newer; this server is {server.server_version}"
         )
     check_app_schema(conn, settings)
+    pooler.refuse_for_migrate(conn, settings)
     _wait_for_lock(conn)
     try:
         with db.transaction(conn, settings):

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from maintctl import db, ledger
+from maintctl import db, guard, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
 from maintctl.settings import Settings
@@ -64,9 +64,10 @@ def run_maintenance(
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
-    Skips (and says why) when maintenance is paused, or when another non-dry run holds the lock.
-    `notify(event, level, **fields)` hears of each step (lock taken, run started, task done).
-    With `vacuum` (not on a dry run), the tables the tasks changed a lot are vacuumed afterwards.
+    Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
+    lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lock taken,
+    run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
+    are vacuumed afterwards.
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -78,54 +79,50 @@ def run_maintenance(
         )
         report.run_id, report.started = start.id, start.started_at
         report.skipped, report.skip_exit_code = reason, exit_code
+        report.duration_ms = int((time.monotonic() - clock) * 1000)
         return report
 
     pause = ledger.pause_state(conn)
     if pause.paused:
         return skip(ledger.pause_sentence(pause), ExitCode.DISABLED)
-    locked = not dry_run and bool(db.fetch_value(conn, "try_run_lock"))
-    if not dry_run and not locked:
-        holder = db.fetch_optional(conn, "current_run_holder", {}, ledger.RunHolder)
-        where = ""
-        if holder is not None:
-            started = holder.started_at.astimezone(UTC)
-            where = f" (host {holder.host}, started {started:%Y-%m-%d %H:%M:%S} UTC)"
-        return skip(f"another maintenance run is in progress{where}", ExitCode.OK)
+    if dry_run:  # a dry run changes nothing, so it needs no lease
+        start = ledger.start_run(conn, settings, command=command, dry_run=True)
+    else:
+        opened = guard.start_guarded_run(conn, settings, command=command)
+        if isinstance(opened, guard.LeaseHolder):
+            return skip(opened.sentence(), ExitCode.OK)
+        start = opened
+    report.run_id, report.started = start.id, start.started_at
+    heartbeat = guard.Heartbeat(start.id, settings.run_lease, guarded=not dry_run)
+    deadline = clock + max_runtime.total_seconds() if max_runtime else None
     try:
-        if locked:
+        if not dry_run:
             say("lock_taken")
-            db.execute(conn, "mark_abandoned_runs")
-        start = ledger.start_run(conn, settings, command=command, dry_run=dry_run)
-        report.run_id, report.started = start.id, start.started_at
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
-        deadline = clock + max_runtime.total_seconds() if max_runtime else None
-        try:
-            _run_tasks(
-                conn,
-                settings,
-                tasks,
-                report,
-                deadline=deadline,
-                say=say,
-                on_batch=on_batch,
-                vacuum=vacuum and not dry_run,
-            )
-        except (Exception, KeyboardInterrupt) as exc:
-            cause: BaseException = exc
-            if isinstance(exc, TaskAborted):
-                report.tasks.append(exc.result)  # the rows its committed batches touched
-                cause = exc.cause
-            if isinstance(cause, KeyboardInterrupt):
-                db.cancel_in_flight(conn)
-                _finish(conn, settings, report, clock, "interrupted", in_flight=True)
-            else:  # a lost connection, or a bug: the ledger says so if it can
-                error = None if isinstance(exc, TaskAborted) else str(exc)
-                _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
-            raise cause from cause.__cause__  # the original, its own chain kept
-        _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
-    finally:
-        if locked:
-            _release_run_lock(conn)
+        _run_tasks(
+            conn,
+            settings,
+            tasks,
+            report,
+            deadline=deadline,
+            say=say,
+            on_batch=on_batch,
+            heartbeat=heartbeat,
+            vacuum=vacuum and not dry_run,
+        )
+    except (Exception, KeyboardInterrupt) as exc:
+        cause: BaseException = exc
+        if isinstance(exc, TaskAborted):
+            report.tasks.append(exc.result)  # the rows its committed batches touched
+            cause = exc.cause
+        if isinstance(cause, KeyboardInterrupt):
+            db.cancel_in_flight(conn)
+            _finish(conn, settings, report, clock, "interrupted", in_flight=True)
+        else:  # a lost connection or lease, or a bug: the ledger says so if it can
+            error = None if isinstance(exc, TaskAborted) else str(exc)
+            _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
+        raise cause from cause.__cause__  # the original, its own chain kept
+    _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
     return report
 
 
@@ -138,13 +135,20 @@ def _run_tasks(
     deadline: float | None,
     say: Notify,
     on_batch: ProgressCallback | None,
+    heartbeat: guard.Heartbeat,
     vacuum: bool,
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
     for task in tasks:
         result = run_task(
-            conn, task, settings, dry_run=report.dry_run, deadline=deadline, on_batch=on_batch
+            conn,
+            task,
+            settings,
+            dry_run=report.dry_run,
+            deadline=deadline,
+            on_batch=on_batch,
+            heartbeat=heartbeat,
         )
         report.tasks.append(result)
         level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
@@ -167,8 +171,8 @@ def _finish(
 ) -> None:
     """Close the run's ledger row. With an exception in flight this is best effort and never
     hides that exception: an interrupted statement can leave the session unusable, so a fresh
-    session records the outcome. A row that cannot be closed stays 'running' and the next run
-    marks it abandoned."""
+    session records the outcome and releases the lease. A row that cannot be closed stays
+    'running', its lease lapses, and the next run marks it abandoned."""
     report.duration_ms = int((time.monotonic() - clock) * 1000)
     if report.run_id is None:
         return
@@ -178,6 +182,8 @@ def _finish(
     def record(session: db.Connection) -> None:
         ledger.finish_run(session, report.run_id or 0, status=status, tasks=tasks, errors=errors)
         ledger.prune(session, settings)
+        if not report.dry_run:  # the next run need not wait for the lease to lapse
+            guard.release(session, report.run_id or 0)
 
     if not in_flight:
         record(conn)
@@ -188,10 +194,3 @@ def _finish(
         except Exception:
             with db.connect(settings) as fresh:
                 record(fresh)
-
-
-def _release_run_lock(conn: db.Connection) -> None:
-    # Closing the session releases the lock too, so a failure here changes nothing.
-    with db.best_effort():
-        if not conn.closed and not conn.broken:
-            db.fetch_value(conn, "run_unlock")

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     lock_timeout: Timeout = timedelta(seconds=5)
     statement_timeout: Timeout = timedelta(seconds=60)
     connect_timeout: Timeout = timedelta(seconds=10)
+    # How long a run's lease outlives its last sign of life: a killed run blocks the next one for
+    # about this long at most (README, "One run at a time, crashes and faults").
+    run_lease: Timeout = timedelta(seconds=60)
     history_retention: Duration = timedelta(days=90)
     # Running in production (docs/production.md): the step log, monitoring and alerting.
     log_format: Literal["text", "json"] = "text"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from maintctl import db, ledger, migrations
+from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.settings import Settings
@@ -249,12 +249,33 @@ def check_dry_run(conn: db.Connection, settings: Settings) -> list[Check]:
 
 # The steps after the connection, in order; doctor stops after the first that fails. A step
 # returns its lines, or raises a MaintctlError that becomes its failing line.
+def pooler_check(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Doctor's verdict on what sits between maintctl and the server (see maintctl.pooler)."""
+    probe = pooler.probe(conn, settings)
+    if probe.transaction_pooler:
+        detail = (
+            f"a pooler in transaction mode sits between maintctl and the server (dialled "
+            f"{probe.dialled}, the server listens on port {probe.server_port}): runs are safe "
+            "through it (the run lease keeps no session state), but run `maintctl migrate` over "
+            f"a direct connection to the server (port {probe.server_port}): it holds a session "
+            "lock and session settings while it builds indexes"
+        )
+        return [Check("pooler", True, detail, warning=True)]
+    if probe.dialled_port != probe.server_port:
+        detail = (
+            f"a pooler or proxy in session mode (dialled {probe.dialled}, the server listens on "
+            f"port {probe.server_port}): every command works through it"
+        )
+        return [Check("pooler", True, detail)]
+    return [Check("pooler", True, f"none: maintctl talks to the server directly ({probe.dialled})")]
+
+
 DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
+    ("pooler", pooler_check),
     ("migrations", check_migrations),
     ("tables", check_tables),
     ("columns", check_columns),
     ("privileges", check_privileges),
-    # (a pooler check goes here: it needs the schema, and comes before the dry run)
     ("clock", check_clock),
     ("pause", check_pause),
     ("dry run", check_dry_run),

@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import DatabaseUnavailable, TaskError
+from maintctl.errors import DatabaseUnavailable, LeaseLost, TaskError
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
+    from maintctl.guard import Heartbeat
     from maintctl.settings import Settings
 
 
@@ -122,11 +123,14 @@ def run_task(
     dry_run: bool,
     deadline: float | None = None,
     on_batch: ProgressCallback | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
     `on_batch`, when given, is called after each committed batch (and after a pre-step such as
     dropping whole partitions) with the rows done so far and the rows eligible at the start.
+    The run's `heartbeat` beats inside each transaction: a real run's batch renews the run lease
+    at its start (which also keeps the lease row locked while the batch works) and at its end.
 
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
@@ -150,6 +154,8 @@ def run_task(
             cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
             if dry_run:
                 with db.transaction(conn, settings):
+                    if heartbeat is not None:
+                        heartbeat.beat(conn)
                     rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
                 return result("ok")
             if on_batch is not None:  # a count only for whoever watches: a terminal
@@ -163,7 +169,11 @@ def run_task(
             params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
             while True:
                 with db.transaction(conn, settings):
+                    if heartbeat is not None:
+                        heartbeat.beat(conn)
                     touched = int(db.fetch_value(conn, task.batch_query, params))
+                    if heartbeat is not None:
+                        heartbeat.beat(conn)
                 rows += touched
                 batches += 1
                 if on_batch is not None:
@@ -178,7 +188,7 @@ def run_task(
     except KeyboardInterrupt as exc:
         interrupted = result("interrupted", "interrupted; the batch in flight rolled back")
         raise TaskAborted(interrupted, exc) from exc
-    except DatabaseUnavailable as exc:
+    except (DatabaseUnavailable, LeaseLost) as exc:
         raise TaskAborted(result("failed", exc.message), exc) from exc
 
 

@@ -106,34 +106,41 @@ update maintenance.pause
        paused_at = case when %(paused)s then now() end
 returning paused, reason, paused_by, paused_at;
 
--- name: try_run_lock
--- One non-dry run at a time: a session-level advisory lock, held for the whole run.
-select pg_try_advisory_lock(maintenance.run_lock_key()) as locked;
+-- name: take_run_lease
+-- One non-dry run at a time, through any pooler: takes the lease row when it is free, never waits.
+select maintenance.take_run_lease(%(host)s, %(pid)s, %(lease)s::interval) as taken;
 
--- name: run_unlock
--- Releases the run lock.
-select pg_advisory_unlock(maintenance.run_lock_key()) as unlocked;
+-- name: attach_run_lease
+-- Names the ledger row of the run that took the lease, in the same transaction.
+select maintenance.attach_run_lease(%(run_id)s);
 
--- name: current_run_holder
--- The ledger row of the run that holds the lock, for the "another run is in progress" message.
-select r.host, r.started_at
-from maintenance.runs r
-join pg_locks l on l.pid = r.backend_pid
-where r.status = 'running' and l.locktype = 'advisory' and l.granted
-  and l.objid = (maintenance.run_lock_key() & 4294967295)::oid
-order by r.id desc
-limit 1;
+-- name: renew_run_lease
+-- Inside each batch's transaction: extends the lease; false when another run took it over.
+select maintenance.renew_run_lease(%(run_id)s, %(lease)s::interval) as renewed;
+
+-- name: release_run_lease
+-- Frees the lease at the end of the run.
+select maintenance.release_run_lease(%(run_id)s) as released;
+
+-- name: touch_run
+-- A sign of life of a dry run (which holds no lease), so that it is not taken for abandoned.
+select maintenance.touch_run(%(run_id)s, %(lease)s::interval);
+
+-- name: run_lease_holder
+-- Who holds the lease, for the "another maintenance run is in progress" message.
+select run_id, host, started_at, live from maintenance.run_lease_holder();
 
 -- name: mark_abandoned_runs
--- Ledger rows left 'running' by a process that died become 'abandoned'.
+-- Ledger rows left 'running' by a run whose heartbeat lapsed become 'abandoned'.
 select maintenance.mark_abandoned_runs() as rows;
 
 -- name: start_run
 -- Opens the ledger row of a run.
 insert into maintenance.runs (command, host, pid, version, dry_run, thresholds, status, skipped,
-                              finished_at)
+                              finished_at, expires_at)
 values (%(command)s, %(host)s, %(pid)s, %(version)s, %(dry_run)s, %(thresholds)s, %(status)s,
-        %(skipped)s, case when %(status)s = 'running' then null else now() end)
+        %(skipped)s, case when %(status)s = 'running' then null else now() end,
+        clock_timestamp() + %(lease)s::interval)
 returning id, started_at;
 
 -- name: finish_run
@@ -147,11 +154,10 @@ update maintenance.runs
 select maintenance.prune_runs(%(retention)s::interval) as rows;
 
 -- name: history
--- The most recent runs, newest first; a 'running' row whose session is gone shows as abandoned.
+-- The most recent runs, newest first; a 'running' row whose heartbeat lapsed shows as abandoned.
 -- since_time / since_age (either may be null) keep the runs started since then.
 select r.id, r.command,
-       case when maintenance.is_abandoned(r.status, r.backend_pid, r.started_at)
-            then 'abandoned' else r.status end as status,
+       case when maintenance.is_abandoned(r) then 'abandoned' else r.status end as status,
        r.started_at, r.finished_at, r.host, r.version, r.dry_run, r.thresholds, r.tasks, r.errors,
        r.skipped
 from maintenance.runs r
@@ -262,3 +268,8 @@ select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs
 from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::interval,
                                 %(compact_after)s::interval, %(raw_items_ttl)s::interval,
                                 %(limit)s::bigint);
+
+-- name: server_endpoint
+-- The port the server listens on and the server session (backend) serving this transaction, for
+-- doctor's pooler check.
+select current_setting('port')::integer as port, pg_backend_pid() as backend_pid;

@@ -28,6 +28,8 @@ from maintctl.cli import app
 from maintctl.migrations import migrate
 from maintctl.settings import Settings
 from maintctl.sqlfiles import application_schema
+from tests.pooler import start_pgbouncer  # noqa: F401  (fixtures for the tests that need them)
+from tests.private_server import private_server  # noqa: F401
 
 TEST_DSN = os.environ.get("MAINTCTL_TEST_DSN")
 FORCE_EMBEDDED = os.environ.get("MAINTCTL_TEST_SERVER") == "embedded"

@@ -112,3 +112,19 @@ def set_database_default(conn: Conn, setting: str, value: str) -> None:
             sql.Identifier(conn.info.dbname), sql.Identifier(setting), sql.Literal(value)
         )
     )
+
+
+def hold_run_lease(conn: Conn, host: str, lease: str = "1 hour") -> int:
+    """Another run, on `host`, holding the run lease (as `maintctl run` takes it): its ledger row
+    id."""
+    taken = conn.execute(
+        "select maintenance.take_run_lease(%s, 4242, %s::interval)", [host, lease]
+    ).fetchone()
+    assert taken == (True,), "the lease was free"
+    row = conn.execute(
+        "insert into maintenance.runs (command, host, pid) values ('run', %s, 4242) returning id",
+        [host],
+    ).fetchone()
+    assert row is not None
+    conn.execute("select maintenance.attach_run_lease(%s)", [row[0]])
+    return int(row[0])

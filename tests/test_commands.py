@@ -33,6 +33,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
     assert document["healthy"] is True
     assert [check["check"] for check in document["checks"]] == [
         "connection",
+        "pooler",
         "migrations",
         "tables",
         "columns",
@@ -48,6 +49,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
     assert (
         document["checks"][-1]["detail"] == "would touch: stuck 15, temp 289, compact 210, raw 250"
     )
+    assert document["checks"][1]["detail"].startswith("none: maintctl talks to the server directly")
     assert count(conn, "select count(*) from temp_uploads") == 433, "doctor changes nothing"
     people = cli("doctor")
     assert people.stdout.splitlines()[-1] == "healthy"

@@ -19,10 +19,11 @@ def test_migrate_says_what_it_did_and_a_second_time_nothing(bare_cli: Cli) -> No
     first = bare_cli("migrate")
 
     assert first.exit_code == 0, first.stderr
-    assert first.stdout.splitlines()[:3] == [
+    assert first.stdout.splitlines()[:4] == [
         "applied 0001_maintenance_schema",
         "applied 0002_rules",
         "applied 0003_indexes",
+        "applied 0004_run_lease",
     ]
     second = bare_cli("migrate", "--json")
     assert second.exit_code == 0

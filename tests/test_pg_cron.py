@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ from pydantic import SecretStr
 from maintctl.migrations import migrate
 from maintctl.settings import Settings
 from tests.conftest import Cli
-from tests.data import Conn, count, load_sample, slow_down_deletes
+from tests.data import Conn, count, hold_run_lease, load_sample, slow_down_deletes
 
 
 def outcome(conn: Conn) -> dict[str, Any]:
@@ -70,19 +72,21 @@ def test_procedure_with_thresholds_and_small_batches(conn: Conn) -> None:
     assert rows == {"stuck": 15, "temp": 145, "compact": 210, "raw": 250}
 
 
-def test_procedure_respects_the_pause_and_the_run_lock(cli: Cli, conn: Conn, db_url: str) -> None:
+def test_procedure_respects_the_pause_and_the_run_lease(cli: Cli, conn: Conn, db_url: str) -> None:
     load_sample(conn)
     cli("pause")
     paused = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
     cli("resume")
     with psycopg.connect(db_url, autocommit=True) as other:
-        other.execute("select pg_advisory_lock(maintenance.run_lock_key())")
+        hold_run_lease(other, "cron-host-a")
         locked = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
 
     assert paused is not None
     assert "paused" in paused[0]["skipped"]
     assert locked is not None
-    assert "in progress" in locked[0]["skipped"]
+    assert locked[0]["skipped"].startswith(
+        "another maintenance run is in progress (host cron-host-a, started "
+    )
     remaining = conn.execute("select * from maintenance.maintenance_status").fetchone()
     assert remaining == (15, 289, 250, 210)
 
@@ -210,3 +214,29 @@ def test_a_cancelled_call_releases_the_run_lock(conn: Conn, db_url: str, cli: Cl
     assert held == 0
     assert document["skipped"] is None
     assert document["tempUploadsPurged"] > 0
+
+
+def test_the_cli_is_skipped_while_the_procedure_holds_the_lease(
+    conn: Conn, db_url: str, cli: Cli
+) -> None:
+    load_sample(conn)
+    slow_down_deletes(conn, 0.02)
+    with psycopg.connect(db_url, autocommit=True) as caller:
+        # The procedure purges 289 slow uploads in batches of 10: several seconds of holding.
+        worker = threading.Thread(
+            target=caller.execute,
+            args=("call maintenance.run_maintenance_cleanup(batch_size => 10)",),
+        )
+        worker.start()
+        try:
+            deadline = time.monotonic() + 10
+            running = "select count(*) from maintenance.runs where status = 'running'"
+            while count(conn, running) == 0:
+                assert time.monotonic() < deadline, "the procedure never started"
+                time.sleep(0.05)
+            skipped = json.loads(cli("run", "--json").stdout)["skipped"]
+        finally:
+            worker.join(timeout=60)
+
+    assert skipped.startswith("another maintenance run is in progress (host database, started ")
+    assert count(conn, "select count(*) from temp_uploads") == 433 - 289

@@ -9,7 +9,15 @@ import pytest
 
 from maintctl.sqlfiles import migrations
 from tests.conftest import Cli, table_rows
-from tests.data import Conn, add_temp_upload, count, load_sample, slow_down_deletes, snapshot
+from tests.data import (
+    Conn,
+    add_temp_upload,
+    count,
+    hold_run_lease,
+    load_sample,
+    slow_down_deletes,
+    snapshot,
+)
 
 RUN_KEYS = [
     "timestamp",
@@ -156,7 +164,7 @@ def test_exit_78_before_migrate(bare_cli: Cli) -> None:
 
 
 def test_exit_78_when_migrations_are_out_of_date(cli: Cli, conn: Conn) -> None:
-    conn.execute("delete from maintenance.schema_migrations where version = 3")
+    conn.execute("delete from maintenance.schema_migrations where version = 4")
 
     result = cli("status")
 
@@ -237,8 +245,7 @@ def test_a_run_is_skipped_with_exit_0_while_another_holds_the_lock(
 ) -> None:
     add_temp_upload(conn, "2 days")
     with psycopg.connect(db_url, autocommit=True) as other:
-        other.execute("insert into maintenance.runs (command, host) values ('run', 'cron-host-a')")
-        other.execute("select pg_advisory_lock(maintenance.run_lock_key())")
+        hold_run_lease(other, "cron-host-a")
 
         result = cli("run", "--json")
         dry = cli("run", "--dry-run", "--json")
