@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Cli
-from tests.data import Conn, load_sample
+from tests.data import Conn, hold_run_lease, load_sample
 
 UNREACHABLE = {
     "MAINTCTL_DATABASE_URL": "postgresql://maintctl@127.0.0.1:1/x",
@@ -305,14 +305,11 @@ def test_prometheus_client_is_imported_only_to_write_a_file() -> None:
 def test_a_run_skipped_for_the_lock_succeeds_but_keeps_the_last_success(
     cli: Cli, conn: Conn, db_url: str, tmp_path: Path
 ) -> None:
-    import psycopg
-
     path = tmp_path / "maintctl.prom"
     assert cli("run", "--metrics-file", str(path)).exit_code == 0
     success = value(samples(path), "maintctl_last_success_timestamp_seconds", command="run")
-    with psycopg.connect(db_url, autocommit=True) as other:
-        other.execute("select pg_advisory_lock(maintenance.run_lock_key())")
-        skipped = cli("run", "--metrics-file", str(path))
+    hold_run_lease(conn, "cron-host-b")
+    skipped = cli("run", "--metrics-file", str(path))
 
     assert skipped.exit_code == 0
     found = samples(path)
