@@ -15,8 +15,10 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row
+from psycopg.types.json import Jsonb
 
 from maintctl.errors import (
+    BatchTimedOut,
     Busy,
     ConfigError,
     DatabaseUnavailable,
@@ -139,6 +141,24 @@ def transaction(conn: Connection, settings: Settings) -> Iterator[None]:
             },
         )
         yield
+
+
+@contextmanager
+def statement_timeouts() -> Iterator[None]:
+    """Around a transaction: a statement that ran into statement_timeout raises BatchTimedOut
+    (after the rollback), so that the caller can try a smaller batch. A cancel for any other
+    reason (an operator's pg_cancel_backend) stays an error."""
+    try:
+        yield
+    except pg_errors.QueryCanceled as exc:
+        if "statement timeout" not in first_line(exc):
+            raise
+        raise BatchTimedOut(first_line(exc)) from exc
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """A value sent as jsonb; None stays SQL null."""
+    return None if value is None else Jsonb(value)
 
 
 def fetch_one(conn: Connection, name: str, params: Mapping[str, Any], row: type[Row]) -> Row:

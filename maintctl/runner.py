@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from maintctl import db, ledger
 from maintctl.errors import ExitCode
 from maintctl.settings import Settings
-from maintctl.tasks import Task, TaskAborted, TaskResult, run_task
+from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
 
 
 @dataclass
@@ -55,6 +55,7 @@ def run_maintenance(
     command: str,
     dry_run: bool = False,
     max_runtime: timedelta | None = None,
+    on_batch: ProgressCallback | None = None,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
@@ -91,7 +92,15 @@ def run_maintenance(
         try:
             for task in tasks:
                 report.tasks.append(
-                    run_task(conn, task, settings, dry_run=dry_run, deadline=deadline)
+                    run_task(
+                        conn,
+                        task,
+                        settings,
+                        dry_run=dry_run,
+                        deadline=deadline,
+                        run_id=report.run_id,
+                        on_batch=on_batch,
+                    )
                 )
         except (Exception, KeyboardInterrupt) as exc:
             cause: BaseException = exc

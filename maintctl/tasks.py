@@ -9,12 +9,13 @@ only where a task runs: `maintctl --help` stays fast.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import DatabaseUnavailable, TaskError
+from maintctl.errors import BatchTimedOut, DatabaseUnavailable, TaskError
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -26,7 +27,7 @@ class Task:
     name: str  # as the JSON and the ledger name it
     command: str  # the CLI command that runs it alone
     threshold: str  # the Settings field of its threshold
-    batch_query: str
+    batch_query: str  # one step of the walk: rows touched and where the next step starts
     count_query: str
     json_key: str  # the total's key in the JSON report
 
@@ -36,7 +37,7 @@ TASKS = (
         "stuck",
         "stuck",
         "stuck_after",
-        "mark_stuck_runs_batch",
+        "mark_stuck_runs_step",
         "count_stuck_runs",
         "stuckRunsMarked",
     ),
@@ -44,7 +45,7 @@ TASKS = (
         "temp",
         "purge-temp",
         "temp_upload_ttl",
-        "purge_temp_uploads_batch",
+        "purge_temp_uploads_step",
         "count_old_temp_uploads",
         "tempUploadsPurged",
     ),
@@ -52,7 +53,7 @@ TASKS = (
         "compact",
         "compact",
         "compact_after",
-        "compact_import_jobs_batch",
+        "compact_import_jobs_step",
         "count_old_import_jobs",
         "importJobsCompacted",
     ),
@@ -60,12 +61,16 @@ TASKS = (
         "raw",
         "purge-raw",
         "raw_items_ttl",
-        "purge_raw_items_batch",
+        "purge_raw_items_step",
         "count_old_raw_items",
         "rawItemsPurged",
     ),
 )
 TASKS_BY_NAME = {task.name: task for task in TASKS}
+
+
+# A batch that runs into statement_timeout is tried again at half the size, down to this floor.
+MIN_BATCH_SIZE = 10
 
 
 class TaskAborted(Exception):
@@ -86,6 +91,8 @@ class TaskResult:
     duration_ms: int
     cutoff: datetime | None
     error: str | None = None
+    remaining: int | None = None  # rows still eligible when the task stopped early
+    batch_size: int | None = None  # the size of the last batch, smaller after a timeout
 
     def as_record(self) -> dict[str, Any]:
         """The task as the JSON report and the ledger both show it."""
@@ -97,7 +104,31 @@ class TaskResult:
             "durationMs": self.duration_ms,
             "cutoff": iso_timestamp(self.cutoff) if self.cutoff else None,
             "error": self.error,
+            "remaining": self.remaining,
+            "batchSize": self.batch_size,
         }
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """Where a task stands after each committed batch, for a progress display."""
+
+    task: str
+    rows: int  # touched so far
+    batches: int
+    total: int | None  # eligible when the task started (counted only when someone listens)
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one batch did, and where the walk goes on (None: nothing left)."""
+
+    rows: int
+    next_position: dict[str, Any] | None
+
+
+ProgressCallback = Callable[[TaskProgress], None]
 
 
 def run_task(
@@ -107,22 +138,34 @@ def run_task(
     *,
     dry_run: bool,
     deadline: float | None = None,
+    run_id: int | None = None,
+    on_batch: ProgressCallback | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
-    A database error fails this task only (the result says why). An interrupt or a lost
-    connection ends the run: TaskAborted carries the rows committed so far and the cause.
+    The rule walks its rows in key order, one batch per short transaction (see
+    docs/performance-design.md). A batch that runs into statement_timeout is retried at half the
+    size; max runtime stops the walk between batches and counts what is left. A database error
+    fails this task only (the result says why). An interrupt or a lost connection ends the run:
+    TaskAborted carries the rows committed so far and the cause.
     """
     from maintctl import db
 
     started = time.monotonic()
     threshold = getattr(settings, task.threshold)
     rows = batches = 0
+    batch_size = settings.batch_size
+    remaining: int | None = None
     cutoff: datetime | None = None
 
     def result(status: str, error: str | None = None) -> TaskResult:
         elapsed = int((time.monotonic() - started) * 1000)
-        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error)
+        size = None if dry_run else batch_size
+        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error, remaining, size)
+
+    def count_eligible() -> int:
+        with db.transaction(conn, settings):
+            return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
 
     if deadline is not None and time.monotonic() >= deadline:
         return result("not_run", "max runtime reached before this task started")
@@ -130,19 +173,36 @@ def run_task(
         with db.task_errors(conn):
             cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
             if dry_run:
-                with db.transaction(conn, settings):
-                    rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+                rows = count_eligible()
                 return result("ok")
-            params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
+            total = count_eligible() if on_batch is not None else None
+            position: dict[str, Any] | None = None
             while True:
-                with db.transaction(conn, settings):
-                    touched = int(db.fetch_value(conn, task.batch_query, params))
-                rows += touched
+                params = {
+                    "cutoff": cutoff,
+                    "threshold": threshold,
+                    "batch_size": batch_size,
+                    "position": db.jsonb(position),
+                    "run_id": run_id,
+                }
+                try:
+                    with db.statement_timeouts(), db.transaction(conn, settings):
+                        step = db.fetch_one(conn, task.batch_query, params, Step)
+                except BatchTimedOut as exc:
+                    if batch_size <= MIN_BATCH_SIZE:
+                        message = f"{exc.message}, even at {batch_size} rows a batch"
+                        raise TaskError(message) from exc
+                    batch_size = max(MIN_BATCH_SIZE, batch_size // 2)
+                    continue
+                rows += step.rows
                 batches += 1
-                # A short batch means the rule found nothing more it could lock.
-                if touched < settings.batch_size:
+                position = step.next_position
+                if on_batch is not None:
+                    on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
+                if position is None:
                     return result("ok")
                 if deadline is not None and time.monotonic() >= deadline:
+                    remaining = count_eligible()
                     return result("stopped", "max runtime reached; the next run carries on")
     except TaskError as exc:
         return result("failed", exc.message)

@@ -55,21 +55,26 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
 -- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
 select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
 
--- name: mark_stuck_runs_batch
+-- name: mark_stuck_runs_step
 -- One batch of the stuck rule.
-select maintenance.mark_stuck_runs_batch(%(cutoff)s, %(threshold)s::interval, %(batch_size)s) as rows;
+select rows, next_position
+from maintenance.mark_stuck_runs_step(%(cutoff)s, %(threshold)s::interval, %(batch_size)s);
 
--- name: purge_temp_uploads_batch
--- One batch of the temp rule.
-select maintenance.purge_temp_uploads_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: purge_temp_uploads_step
+-- One batch of the temp rule, from where the walk stands; the files go to the storage outbox.
+select rows, next_position
+from maintenance.purge_temp_uploads_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb,
+                                         %(run_id)s::bigint);
 
--- name: compact_import_jobs_batch
--- One batch of the compact rule.
-select maintenance.compact_import_jobs_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: compact_import_jobs_step
+-- One batch of the compact rule, from where the walk stands.
+select rows, next_position
+from maintenance.compact_import_jobs_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
 
--- name: purge_raw_items_batch
--- One batch of the raw rule.
-select maintenance.purge_raw_items_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: purge_raw_items_step
+-- One batch of the raw rule, from where the walk stands.
+select rows, next_position
+from maintenance.purge_raw_items_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
 
 -- name: count_stuck_runs
 -- What the stuck rule would touch now (dry run).
