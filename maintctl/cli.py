@@ -87,6 +87,16 @@ OlderThan = Annotated[
     ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 hour.")]
+EmitPaths = Annotated[
+    str | None,
+    typer.Option(
+        "--emit-paths",
+        help="Write the files of the temp uploads this run deleted to FILE as JSON lines "
+        "('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
 
 # --- error handling: one place --------------------------------------------------------------
 
@@ -242,13 +252,16 @@ def _run(
     max_runtime: str | None,
     force: bool,
     thresholds: dict[str, str | None] | None = None,
+    emit_paths: str | None = None,
 ) -> int:
-    from maintctl import render, runner
+    from maintctl import outbox, render, runner
 
     settings = _settings(
         database_url, schema, tasks=tasks, force=force, batch_size=batch_size, **(thresholds or {})
     )
     deadline = _duration_flag("--max-runtime", max_runtime)
+    if emit_paths == outbox.STDOUT and json_output:
+        raise UsageError("--emit-paths -: stdout carries the JSON report; name a file instead")
     if not settings.enabled:
         report = runner.disabled_report(dry_run)
     else:
@@ -256,6 +269,8 @@ def _run(
             report = runner.run_maintenance(
                 conn, settings, tasks, command=command_name, dry_run=dry_run, max_runtime=deadline
             )
+            if emit_paths is not None:
+                outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
     if json_output:
@@ -298,6 +313,7 @@ def run(
     batch_size: BatchSize = None,
     max_runtime: MaxRuntime = None,
     force: Force = False,
+    emit_paths: EmitPaths = None,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -313,10 +329,11 @@ def run(
         batch_size=batch_size,
         max_runtime=max_runtime,
         force=force,
+        emit_paths=emit_paths,
     )
 
 
-def _task_command(task_name: str, summary: str, example: str) -> None:
+def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bool = False) -> None:
     """Register the command that runs one task alone."""
     from maintctl.tasks import TASKS_BY_NAME
 
@@ -346,9 +363,36 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
             thresholds={task.threshold: older_than},
         )
 
-    single_task.__doc__ = summary
-    single_task.__name__ = task.command.replace("-", "_")
-    command(task.command, example)(single_task)
+    def single_task_emitting_paths(
+        database_url: DatabaseUrl = None,
+        schema: Schema = None,
+        json_output: JsonOutput = False,
+        dry_run: DryRun = False,
+        batch_size: BatchSize = None,
+        max_runtime: MaxRuntime = None,
+        older_than: OlderThan = None,
+        force: Force = False,
+        emit_paths: EmitPaths = None,
+        debug: Debug = False,
+    ) -> int:
+        return _run(
+            (task,),
+            task.command,
+            database_url=database_url,
+            schema=schema,
+            json_output=json_output,
+            dry_run=dry_run,
+            batch_size=batch_size,
+            max_runtime=max_runtime,
+            force=force,
+            thresholds={task.threshold: older_than},
+            emit_paths=emit_paths,
+        )
+
+    function: Callable[..., int] = single_task_emitting_paths if emits_paths else single_task
+    function.__doc__ = summary
+    function.__name__ = task.command.replace("-", "_")
+    command(task.command, example)(function)
 
 
 _task_command(
@@ -358,8 +402,9 @@ _task_command(
 )
 _task_command(
     "temp",
-    "Delete temp uploads older than the TTL (24h by default).",
-    "maintctl purge-temp --older-than 2d",
+    "Delete temp uploads older than the TTL (24h by default); their files go to the outbox.",
+    "maintctl purge-temp --older-than 2d --emit-paths deleted-files.jsonl",
+    emits_paths=True,
 )
 _task_command(
     "compact",
@@ -484,6 +529,42 @@ def resume(
 ) -> None:
     """Resume maintenance after a pause."""
     _set_pause(database_url, schema, json_output, paused=False, reason=None)
+
+
+@command("drain-outbox", "maintctl drain-outbox /var/spool/maintctl/files-$(date +%s).jsonl")
+def drain_outbox(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="New file to write (never overwritten): one JSON line per file to delete.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Hand over at most this many paths.", show_default=False
+        ),
+    ] = None,
+    batch_size: BatchSize = None,
+    debug: Debug = False,
+) -> None:
+    """Hand the storage outbox to the storage cleaner: write the files of deleted temp uploads to
+    FILE (durably), then clear exactly those from the outbox. A crash may hand a path over twice,
+    never lose one: the cleaner must treat a missing file as done."""
+    from maintctl import outbox, render
+
+    settings = _settings(database_url, schema, batch_size=batch_size)
+    with _connected(settings) as conn:
+        result = outbox.drain(conn, settings, file, limit)
+    if json_output:
+        render.emit_json(render.drain_json(result))
+    else:
+        render.print_drain(result)
 
 
 @command("doctor", "maintctl doctor --json   (the CI smoke check)")

@@ -69,8 +69,8 @@ TASKS = (
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 
-# A batch that runs into statement_timeout is tried again at half the size, down to this floor.
-MIN_BATCH_SIZE = 10
+# A batch that runs into statement_timeout is tried again at half the size, down to one row.
+MIN_BATCH_SIZE = 1
 
 
 class TaskAborted(Exception):
@@ -190,7 +190,7 @@ def run_task(
                         step = db.fetch_one(conn, task.batch_query, params, Step)
                 except BatchTimedOut as exc:
                     if batch_size <= MIN_BATCH_SIZE:
-                        message = f"{exc.message}, even at {batch_size} rows a batch"
+                        message = f"{exc.message}, even with {batch_size} row(s) per batch"
                         raise TaskError(message) from exc
                     batch_size = max(MIN_BATCH_SIZE, batch_size // 2)
                     continue

@@ -176,3 +176,23 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'UPDATE'), false) as can_update,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
+
+-- name: outbox_entries
+-- The next chunk of the storage outbox, oldest first, for drain-outbox.
+select id, run_id, upload_id, storage_path, size_bytes, deleted_at
+from maintenance.storage_outbox
+where id > %(after)s
+order by id
+limit %(limit)s;
+
+-- name: outbox_run_entries
+-- The next chunk of the files one run deleted, for --emit-paths.
+select id, run_id, upload_id, storage_path, size_bytes, deleted_at
+from maintenance.storage_outbox
+where run_id = %(run_id)s and id > %(after)s
+order by id
+limit %(limit)s;
+
+-- name: outbox_clear
+-- Removes the outbox entries a durable drain file now holds, by their exact ids.
+delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);

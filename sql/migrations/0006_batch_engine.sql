@@ -68,6 +68,7 @@ declare
   after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
   upto_at timestamptz;
   upto_id bigint;
+  more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
   select t.created_at, t.id into upto_at, upto_id
@@ -78,6 +79,9 @@ begin
   if upto_at is null then  -- fewer than a batch left: this step takes them all
     upto_at := p_cutoff;
     upto_id := 0;
+  else  -- exactly a batch left: this is the last step too
+    more := exists (select 1 from {app}.temp_uploads t
+                     where t.created_at < p_cutoff and (t.created_at, t.id) > (upto_at, upto_id));
   end if;
   begin
     perform set_config('lock_timeout', '50ms', true);
@@ -106,8 +110,7 @@ begin
     select p_run_id, gone.id, gone.storage_path, gone.size_bytes from gone;
     get diagnostics rows = row_count;
   end;
-  next_position := case when upto_at < p_cutoff
-                        then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
 end
 $$;
 
@@ -122,6 +125,7 @@ declare
   after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
   upto_at timestamptz;
   upto_id bigint;
+  more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
   select coalesce(j.finished_at, j.created_at), j.id into upto_at, upto_id
@@ -134,6 +138,11 @@ begin
   if upto_at is null then
     upto_at := p_cutoff;
     upto_id := 0;
+  else
+    more := exists (select 1 from {app}.import_jobs j
+                     where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+                       and coalesce(j.finished_at, j.created_at) < p_cutoff
+                       and (coalesce(j.finished_at, j.created_at), j.id) > (upto_at, upto_id));
   end if;
   begin
     perform set_config('lock_timeout', '50ms', true);
@@ -168,8 +177,7 @@ begin
        and coalesce(j.finished_at, j.created_at) < p_cutoff;
     get diagnostics rows = row_count;
   end;
-  next_position := case when upto_at < p_cutoff
-                        then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
 end
 $$;
 
@@ -190,12 +198,18 @@ declare
 begin
   rows := 0;
   loop
+    -- The lateral probe asks the (run_id, id) index of each candidate run whether items are
+    -- left: its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that
+    -- a sequential scan finds one soon.
     select r.id into run
       from {app}.import_runs r
+     cross join lateral (select i.id from {app}.raw_import_items i
+                          where i.run_id = r.id
+                            and i.id > case when r.id = from_run then after_id else 0 end
+                          order by i.id
+                          limit 1) as has_items
      where r.status = 'failed' and coalesce(r.finished_at, r.started_at, r.created_at) < p_cutoff
        and r.id >= from_run
-       and exists (select 1 from {app}.raw_import_items i
-                    where i.run_id = r.id and (r.id > from_run or i.id > after_id))
      order by r.id
      limit 1
      for share of r skip locked;
