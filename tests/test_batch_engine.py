@@ -310,3 +310,22 @@ def test_the_application_writes_while_a_purge_runs(cli: Cli, conn: Conn, db_url:
     assert errors == []
     assert task["rows"] == 3000
     assert ids(conn, "select id from temp_uploads") == set(written)
+
+
+def test_compaction_makes_import_jobs_smaller_after_vacuum(cli: Cli, conn: Conn) -> None:
+    conn.execute(
+        "insert into import_jobs (status, created_at, finished_at, payload, result, log) "
+        "select 'completed', now() - interval '30 days', now() - interval '30 days', "
+        "jsonb_build_object('rows', (select jsonb_agg(md5(n::text || g::text)) "
+        "                           from generate_series(1, 200) g)), "
+        "'{\"rowsImported\": 200}', repeat(md5(n::text), 300) "
+        "from generate_series(1, 300) n"
+    )
+    size = "select pg_total_relation_size('import_jobs')"
+    before = count(conn, size)
+
+    task = task_report(cli, "compact", "--batch-size", "100")
+    conn.execute("vacuum import_jobs")
+
+    assert (task["rows"], task["batches"]) == (300, 3)
+    assert count(conn, size) < before / 4
