@@ -27,8 +27,7 @@ STDOUT = "-"
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    id: int
-    run_id: int | None
+    run_id: int  # 0: deleted outside a recorded run
     upload_id: int
     storage_path: str
     size_bytes: int | None
@@ -40,7 +39,7 @@ class OutboxEntry:
             "path": self.storage_path,
             "sizeBytes": self.size_bytes,
             "uploadId": self.upload_id,
-            "runId": self.run_id,
+            "runId": self.run_id or None,
             "deletedAt": iso_timestamp(self.deleted_at),
         }
         return json.dumps(record, ensure_ascii=False) + "\n"
@@ -57,10 +56,11 @@ def _entries(
     conn: db.Connection, settings: Settings, run_id: int | None, limit: int | None = None
 ) -> Iterator[OutboxEntry]:
     """The outbox in id order (one run's entries, or all), read a chunk per short statement."""
-    after, handed = 0, 0
+    after: tuple[int, int] = (0, 0)
+    handed = 0
     while limit is None or handed < limit:
         size = settings.batch_size if limit is None else min(settings.batch_size, limit - handed)
-        params = {"run_id": run_id, "after": after, "limit": size}
+        params = {"run_id": run_id, "after_run": after[0], "after_upload": after[1], "limit": size}
         with db.transaction(conn, settings):
             if run_id is None:
                 chunk = db.fetch_all(conn, "outbox_entries", params, OutboxEntry)
@@ -70,7 +70,7 @@ def _entries(
         handed += len(chunk)
         if len(chunk) < size:
             return
-        after = chunk[-1].id
+        after = (chunk[-1].run_id, chunk[-1].upload_id)
 
 
 def write_run_paths(
@@ -106,13 +106,13 @@ def drain(conn: db.Connection, settings: Settings, target: str, limit: int | Non
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent} is not a directory")
     temporary = _temporary(path)
-    ids: list[int] = []
+    keys: list[tuple[int, int]] = []
     size_bytes = 0
     try:
         with temporary.open("x", encoding="utf-8") as out:
             for entry in _entries(conn, settings, None, limit):
                 out.write(entry.as_line())
-                ids.append(entry.id)
+                keys.append((entry.run_id, entry.upload_id))
                 size_bytes += entry.size_bytes or 0
             _make_durable(out)
         try:
@@ -122,11 +122,13 @@ def drain(conn: db.Connection, settings: Settings, target: str, limit: int | Non
     finally:
         temporary.unlink(missing_ok=True)
     _sync_directory(path.parent)
-    # The file is durable: only now do the entries leave the outbox.
-    for start in range(0, len(ids), settings.batch_size):
+    # The file is durable: only now do the entries leave the outbox, each by its exact key.
+    for start in range(0, len(keys), settings.batch_size):
+        chunk = keys[start : start + settings.batch_size]
+        handed = {"run_ids": [key[0] for key in chunk], "upload_ids": [key[1] for key in chunk]}
         with db.transaction(conn, settings):
-            db.execute(conn, "outbox_clear", {"ids": ids[start : start + settings.batch_size]})
-    return DrainResult(str(path), len(ids), size_bytes)
+            db.execute(conn, "outbox_clear", handed)
+    return DrainResult(str(path), len(keys), size_bytes)
 
 
 def _write(entries: Iterator[OutboxEntry], out: IO[str]) -> int:

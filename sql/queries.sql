@@ -178,21 +178,23 @@ select t.name is not null as present,
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
 
 -- name: outbox_entries
--- The next chunk of the storage outbox, oldest first, for drain-outbox.
-select id, run_id, upload_id, storage_path, size_bytes, deleted_at
+-- The next chunk of the storage outbox in key order, for drain-outbox.
+select run_id, upload_id, storage_path, size_bytes, deleted_at
 from maintenance.storage_outbox
-where id > %(after)s
-order by id
+where (run_id, upload_id) > (%(after_run)s, %(after_upload)s)
+order by run_id, upload_id
 limit %(limit)s;
 
 -- name: outbox_run_entries
 -- The next chunk of the files one run deleted, for --emit-paths.
-select id, run_id, upload_id, storage_path, size_bytes, deleted_at
+select run_id, upload_id, storage_path, size_bytes, deleted_at
 from maintenance.storage_outbox
-where run_id = %(run_id)s and id > %(after)s
-order by id
+where run_id = %(run_id)s and upload_id > %(after_upload)s
+order by run_id, upload_id
 limit %(limit)s;
 
 -- name: outbox_clear
--- Removes the outbox entries a durable drain file now holds, by their exact ids.
-delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);
+-- Removes the outbox entries a durable drain file now holds, by their exact keys.
+delete from maintenance.storage_outbox o
+using unnest(%(run_ids)s::bigint[], %(upload_ids)s::bigint[]) as handed (run_id, upload_id)
+where o.run_id = handed.run_id and o.upload_id = handed.upload_id;

@@ -92,7 +92,6 @@ def test_drain_hands_the_whole_outbox_over_and_clears_exactly_that(
 ) -> None:
     old = add_uploads(conn, 5, "2 days")
     assert cli("purge-temp").exit_code == 0
-    # An entry a run makes after the drain has read the outbox is not cleared by it.
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
 
     drained = cli("drain-outbox", str(first), "--limit", "3", "--json")

