@@ -71,6 +71,11 @@ TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
 MIN_BATCH_SIZE = 1
+# Each transaction is held to about this long, so that the application's writes never wait long
+# behind one: a batch that took over twice as long halves the next (down to TIMED_FLOOR rows),
+# one that took under half grows the next back towards the configured batch size.
+TARGET_BATCH_SECONDS = 0.05
+TIMED_FLOOR = 100
 
 
 class TaskAborted(Exception):
@@ -131,6 +136,15 @@ class Step:
 ProgressCallback = Callable[[TaskProgress], None]
 
 
+def next_batch_size(size: int, configured: int, seconds: float) -> int:
+    """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
+    if seconds > 2 * TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
+        return max(TIMED_FLOOR, size // 2)
+    if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
+        return min(configured, size * 2)
+    return size
+
+
 def run_task(
     conn: Connection,
     task: Task,
@@ -144,8 +158,9 @@ def run_task(
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
     The rule walks its rows in key order, one batch per short transaction (see
-    docs/performance-design.md). A batch that runs into statement_timeout is retried at half the
-    size; max runtime stops the walk between batches and counts what is left. A database error
+    docs/performance-design.md). Batches keep to TARGET_BATCH_SECONDS; one that runs into
+    statement_timeout is retried at half the size; max runtime stops the walk between batches and
+    counts what is left. `on_batch` hears of each committed batch. A database error
     fails this task only (the result says why). An interrupt or a lost connection ends the run:
     TaskAborted carries the rows committed so far and the cause.
     """
@@ -185,6 +200,7 @@ def run_task(
                     "position": db.jsonb(position),
                     "run_id": run_id,
                 }
+                batch_started = time.monotonic()
                 try:
                     with db.statement_timeouts(), db.transaction(conn, settings):
                         step = db.fetch_one(conn, task.batch_query, params, Step)
@@ -199,6 +215,9 @@ def run_task(
                 position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
+                batch_size = next_batch_size(
+                    batch_size, settings.batch_size, time.monotonic() - batch_started
+                )
                 if position is None:
                     return result("ok")
                 if deadline is not None and time.monotonic() >= deadline:

@@ -13,7 +13,14 @@ from pydantic import SecretStr
 
 from maintctl import db
 from maintctl.settings import Settings
-from maintctl.tasks import TASKS_BY_NAME, TaskProgress, run_task
+from maintctl.tasks import (
+    TARGET_BATCH_SECONDS,
+    TASKS_BY_NAME,
+    TIMED_FLOOR,
+    TaskProgress,
+    next_batch_size,
+    run_task,
+)
 from tests.conftest import Cli, table_rows
 from tests.data import Conn, add_items, add_job, add_run, count, slow_down_deletes
 
@@ -329,3 +336,28 @@ def test_compaction_makes_import_jobs_smaller_after_vacuum(cli: Cli, conn: Conn)
 
     assert (task["rows"], task["batches"]) == (300, 3)
     assert count(conn, size) < before / 4
+
+
+def test_batches_that_take_too_long_are_halved_to_keep_transactions_short(
+    cli: Cli, conn: Conn
+) -> None:
+    add_uploads(conn, 1000, "2 days")
+    # About 1 ms a row: 400 rows take 0.4 s, far over TARGET_BATCH_SECONDS (50 ms).
+    slow_down_deletes(conn, 0.001)
+
+    task = task_report(cli, "purge-temp", "--batch-size", "400")
+
+    assert task["rows"] == 1000
+    assert task["batchSize"] == TIMED_FLOOR
+    assert task["batches"] == 6  # 400, 200, then 100 at a time
+
+
+def test_thenext_batch_size_follows_the_time_the_last_one_took() -> None:
+    fast, on_target, slow = TARGET_BATCH_SECONDS / 4, TARGET_BATCH_SECONDS, 3 * TARGET_BATCH_SECONDS
+
+    assert next_batch_size(5000, 5000, slow) == 2500
+    assert next_batch_size(150, 5000, slow) == TIMED_FLOOR
+    assert next_batch_size(50, 5000, slow) == 50  # a small configured size is left alone
+    assert next_batch_size(2500, 5000, on_target) == 2500
+    assert next_batch_size(2500, 5000, fast) == 5000
+    assert next_batch_size(5000, 5000, fast) == 5000
