@@ -558,9 +558,9 @@ def drain_outbox(
     never lose one: the cleaner must treat a missing file as done."""
     from maintctl import outbox, render
 
-    settings = _settings(database_url, schema, batch_size=batch_size)
+    settings = _settings(database_url, schema)
     with _connected(settings) as conn:
-        result = outbox.drain(conn, settings, file, limit)
+        result = outbox.drain(conn, settings, file)
     if json_output:
         render.emit_json(render.drain_json(result))
     else:

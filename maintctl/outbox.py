@@ -25,24 +25,35 @@ from maintctl.settings import Settings
 STDOUT = "-"
 
 
-@dataclass(frozen=True)
-class OutboxEntry:
-    run_id: int  # 0: deleted outside a recorded run
-    upload_id: int
-    storage_path: str
-    size_bytes: int | None
-    deleted_at: datetime
+# Outbox rows read per statement; each holds up to a batch of files.
+ROWS_PER_READ = 20
 
-    def as_line(self) -> str:
-        """One JSON line for the storage cleaner."""
-        record: dict[str, Any] = {
-            "path": self.storage_path,
-            "sizeBytes": self.size_bytes,
-            "uploadId": self.upload_id,
-            "runId": self.run_id or None,
-            "deletedAt": iso_timestamp(self.deleted_at),
-        }
-        return json.dumps(record, ensure_ascii=False) + "\n"
+
+@dataclass(frozen=True)
+class OutboxBatch:
+    """One outbox row: the files of the uploads one batch deleted."""
+
+    id: int
+    run_id: int | None
+    deleted_at: datetime
+    upload_ids: list[int]
+    storage_paths: list[str]
+    size_bytes: list[int | None]
+
+    def lines(self) -> Iterator[str]:
+        """One JSON line per file, for the storage cleaner."""
+        deleted_at = iso_timestamp(self.deleted_at)
+        for upload_id, path, size in zip(
+            self.upload_ids, self.storage_paths, self.size_bytes, strict=True
+        ):
+            record: dict[str, Any] = {
+                "path": path,
+                "sizeBytes": size,
+                "uploadId": upload_id,
+                "runId": self.run_id,
+                "deletedAt": deleted_at,
+            }
+            yield json.dumps(record, ensure_ascii=False) + "\n"
 
 
 @dataclass(frozen=True)
@@ -52,39 +63,34 @@ class DrainResult:
     size_bytes: int
 
 
-def _entries(
-    conn: db.Connection, settings: Settings, run_id: int | None, limit: int | None = None
-) -> Iterator[OutboxEntry]:
-    """The outbox in id order (one run's entries, or all), read a chunk per short statement."""
-    after: tuple[int, int] = (0, 0)
-    handed = 0
-    while limit is None or handed < limit:
-        size = settings.batch_size if limit is None else min(settings.batch_size, limit - handed)
-        params = {"run_id": run_id, "after_run": after[0], "after_upload": after[1], "limit": size}
+def _batches(conn: db.Connection, settings: Settings, run_id: int | None) -> Iterator[OutboxBatch]:
+    """The outbox in id order (one run's rows, or all), a few rows per short statement."""
+    after = 0
+    while True:
+        params = {"run_id": run_id, "after": after, "limit": ROWS_PER_READ}
         with db.transaction(conn, settings):
             if run_id is None:
-                chunk = db.fetch_all(conn, "outbox_entries", params, OutboxEntry)
+                chunk = db.fetch_all(conn, "outbox_batches", params, OutboxBatch)
             else:
-                chunk = db.fetch_all(conn, "outbox_run_entries", params, OutboxEntry)
+                chunk = db.fetch_all(conn, "outbox_run_batches", params, OutboxBatch)
         yield from chunk
-        handed += len(chunk)
-        if len(chunk) < size:
+        if len(chunk) < ROWS_PER_READ:
             return
-        after = (chunk[-1].run_id, chunk[-1].upload_id)
+        after = chunk[-1].id
 
 
 def write_run_paths(
     conn: db.Connection, settings: Settings, run_id: int | None, target: str
 ) -> int:
     """Write the files deleted by one run as JSON lines to `target` ('-': stdout); how many."""
-    entries = _entries(conn, settings, run_id) if run_id is not None else iter(())
+    batches = _batches(conn, settings, run_id) if run_id is not None else iter(())
     if target == STDOUT:
-        return _write(entries, sys.stdout)
+        return _write(batches, sys.stdout)
     path = Path(target)
     temporary = _temporary(path)
     try:
         with temporary.open("x", encoding="utf-8") as out:
-            written = _write(entries, out)
+            written = _write(batches, out)
             _make_durable(out)
         temporary.replace(path)
     finally:
@@ -93,10 +99,10 @@ def write_run_paths(
     return written
 
 
-def drain(conn: db.Connection, settings: Settings, target: str, limit: int | None) -> DrainResult:
-    """Hand the outbox over: write its entries (at most `limit`) to `target`, a new file, make it
-    durable, then clear exactly the entries written. Refuses to overwrite an existing file (it
-    may be a hand-over the storage cleaner has not taken yet)."""
+def drain(conn: db.Connection, settings: Settings, target: str) -> DrainResult:
+    """Hand the outbox over: write all its files to `target`, a new file, make it durable, then
+    clear exactly the outbox rows written. Refuses to overwrite an existing file (it may be a
+    hand-over the storage cleaner has not taken yet)."""
     path = Path(target)
     if path.exists():
         raise UsageError(
@@ -106,14 +112,15 @@ def drain(conn: db.Connection, settings: Settings, target: str, limit: int | Non
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent} is not a directory")
     temporary = _temporary(path)
-    keys: list[tuple[int, int]] = []
-    size_bytes = 0
+    ids: list[int] = []
+    paths = size_bytes = 0
     try:
         with temporary.open("x", encoding="utf-8") as out:
-            for entry in _entries(conn, settings, None, limit):
-                out.write(entry.as_line())
-                keys.append((entry.run_id, entry.upload_id))
-                size_bytes += entry.size_bytes or 0
+            for batch in _batches(conn, settings, None):
+                out.writelines(batch.lines())
+                ids.append(batch.id)
+                paths += len(batch.upload_ids)
+                size_bytes += sum(size or 0 for size in batch.size_bytes)
             _make_durable(out)
         try:
             os.link(temporary, path)  # unlike rename, never replaces a file that appeared meanwhile
@@ -122,20 +129,18 @@ def drain(conn: db.Connection, settings: Settings, target: str, limit: int | Non
     finally:
         temporary.unlink(missing_ok=True)
     _sync_directory(path.parent)
-    # The file is durable: only now do the entries leave the outbox, each by its exact key.
-    for start in range(0, len(keys), settings.batch_size):
-        chunk = keys[start : start + settings.batch_size]
-        handed = {"run_ids": [key[0] for key in chunk], "upload_ids": [key[1] for key in chunk]}
+    # The file is durable: only now do its rows leave the outbox, each by its id.
+    for start in range(0, len(ids), settings.batch_size):
         with db.transaction(conn, settings):
-            db.execute(conn, "outbox_clear", handed)
-    return DrainResult(str(path), len(keys), size_bytes)
+            db.execute(conn, "outbox_clear", {"ids": ids[start : start + settings.batch_size]})
+    return DrainResult(str(path), paths, size_bytes)
 
 
-def _write(entries: Iterator[OutboxEntry], out: IO[str]) -> int:
+def _write(batches: Iterator[OutboxBatch], out: IO[str]) -> int:
     written = 0
-    for entry in entries:
-        out.write(entry.as_line())
-        written += 1
+    for batch in batches:
+        out.writelines(batch.lines())
+        written += len(batch.upload_ids)
     return written
 
 

@@ -177,24 +177,22 @@ select t.name is not null as present,
        coalesce(has_table_privilege(t.name, 'DELETE'), false) as can_delete
 from (select to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text)) as name) as t;
 
--- name: outbox_entries
--- The next chunk of the storage outbox in key order, for drain-outbox.
-select run_id, upload_id, storage_path, size_bytes, deleted_at
+-- name: outbox_batches
+-- The next outbox rows (a batch of deleted uploads each), oldest first, for drain-outbox.
+select id, run_id, deleted_at, upload_ids, storage_paths, size_bytes
 from maintenance.storage_outbox
-where (run_id, upload_id) > (%(after_run)s, %(after_upload)s)
-order by run_id, upload_id
+where id > %(after)s
+order by id
 limit %(limit)s;
 
--- name: outbox_run_entries
--- The next chunk of the files one run deleted, for --emit-paths.
-select run_id, upload_id, storage_path, size_bytes, deleted_at
+-- name: outbox_run_batches
+-- The next outbox rows of one run, for --emit-paths.
+select id, run_id, deleted_at, upload_ids, storage_paths, size_bytes
 from maintenance.storage_outbox
-where run_id = %(run_id)s and upload_id > %(after_upload)s
-order by run_id, upload_id
+where run_id = %(run_id)s and id > %(after)s
+order by run_id, id
 limit %(limit)s;
 
 -- name: outbox_clear
--- Removes the outbox entries a durable drain file now holds, by their exact keys.
-delete from maintenance.storage_outbox o
-using unnest(%(run_ids)s::bigint[], %(upload_ids)s::bigint[]) as handed (run_id, upload_id)
-where o.run_id = handed.run_id and o.upload_id = handed.upload_id;
+-- Removes the outbox rows a durable drain file now holds, by their ids.
+delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);

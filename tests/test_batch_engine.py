@@ -58,7 +58,7 @@ def test_ties_on_created_at_across_batch_edges_are_each_deleted_once(cli: Cli, c
 
     assert (task["rows"], task["batches"]) == (15, 3)
     assert ids(conn, "select id from temp_uploads") == set(fresh)
-    outbox = conn.execute("select upload_id from maintenance.storage_outbox").fetchall()
+    outbox = conn.execute("select upload_id from maintenance.storage_outbox_files").fetchall()
     assert sorted(row[0] for row in outbox) == sorted(tied + older)
 
 
@@ -143,7 +143,11 @@ def test_a_row_the_application_holds_is_skipped_not_waited_for(
     assert task["durationMs"] < 4000  # never waited MAINTCTL_LOCK_TIMEOUT (5s) for the row
     assert ids(conn, "select id from temp_uploads") == {held}
     assert (
-        count(conn, "select count(*) from maintenance.storage_outbox where upload_id = %s", [held])
+        count(
+            conn,
+            "select count(*) from maintenance.storage_outbox_files where upload_id = %s",
+            [held],
+        )
         == 0
     )
     assert task_report(cli, "purge-temp")["rows"] == 0

@@ -32,7 +32,9 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 
 def outbox(conn: Conn) -> dict[int, str]:
-    rows = conn.execute("select upload_id, storage_path from maintenance.storage_outbox").fetchall()
+    rows = conn.execute(
+        "select upload_id, storage_path from maintenance.storage_outbox_files"
+    ).fetchall()
     return {row[0]: row[1] for row in rows}
 
 
@@ -90,24 +92,24 @@ def test_a_dry_run_records_nothing(cli: Cli, conn: Conn, tmp_path: Path) -> None
 def test_drain_hands_the_whole_outbox_over_and_clears_exactly_that(
     cli: Cli, conn: Conn, tmp_path: Path
 ) -> None:
-    old = add_uploads(conn, 5, "2 days")
+    old = add_uploads(conn, 5, "3 days")
+    assert cli("purge-temp", "--batch-size", "2").exit_code == 0
+    older = add_uploads(conn, 2, "4 days")
     assert cli("purge-temp").exit_code == 0
     first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
 
-    drained = cli("drain-outbox", str(first), "--limit", "3", "--json")
-    rest = cli("drain-outbox", str(second))
+    drained = cli("drain-outbox", str(first), "--json")
+    empty = cli("drain-outbox", str(second))
 
     assert drained.exit_code == 0, drained.stderr
-    assert json.loads(drained.stdout) == {
-        "file": str(first),
-        "paths": 3,
-        "sizeBytes": sum(line["sizeBytes"] for line in lines(first)),
-    }
-    assert rest.exit_code == 0, rest.stderr
-    assert rest.stdout.startswith("wrote 2 path(s) (")
-    handed = lines(first) + lines(second)
-    assert sorted(line["uploadId"] for line in handed) == sorted(old)
+    assert json.loads(drained.stdout) == {"file": str(first), "paths": 7, "sizeBytes": 18}
+    assert {line["uploadId"]: line["path"] for line in lines(first)} == {**old, **older}
+    assert {line["runId"] for line in lines(first)} == {1, 2}
     assert outbox(conn) == {}
+    assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
+    assert empty.exit_code == 0, empty.stderr
+    assert empty.stdout.startswith("wrote 0 path(s) (0 bytes of files) to ")
+    assert second.read_text() == ""
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 
 
@@ -161,7 +163,7 @@ def test_the_pg_cron_procedure_records_files_under_its_run(conn: Conn) -> None:
 
     assert row is not None
     recorded = conn.execute(
-        "select run_id, count(*) from maintenance.storage_outbox group by run_id"
+        "select run_id, count(*) from maintenance.storage_outbox_files group by run_id"
     ).fetchall()
     assert recorded == [(row[0]["runId"], 289)]
 
