@@ -76,6 +76,9 @@ MIN_BATCH_SIZE = 1
 # one that took under half grows the next back towards the configured batch size.
 TARGET_BATCH_SECONDS = 0.05
 TIMED_FLOOR = 100
+# The first batch of a task is at most this many rows, until the time of a batch is known: one
+# batch of 5,000 bulky import jobs took several hundred milliseconds.
+FIRST_BATCH_SIZE = 1000
 
 
 class TaskAborted(Exception):
@@ -169,7 +172,7 @@ def run_task(
     started = time.monotonic()
     threshold = getattr(settings, task.threshold)
     rows = batches = 0
-    batch_size = settings.batch_size
+    batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
     remaining: int | None = None
     cutoff: datetime | None = None
 

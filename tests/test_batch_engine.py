@@ -15,6 +15,7 @@ from maintctl import db
 from maintctl.settings import Settings
 from maintctl.tasks import (
     TARGET_BATCH_SECONDS,
+    FIRST_BATCH_SIZE,
     TASKS_BY_NAME,
     TIMED_FLOOR,
     TaskProgress,
@@ -365,3 +366,20 @@ def test_thenext_batch_size_follows_the_time_the_last_one_took() -> None:
     assert next_batch_size(2500, 5000, on_target) == 2500
     assert next_batch_size(2500, 5000, fast) == 5000
     assert next_batch_size(5000, 5000, fast) == 5000
+
+
+def test_a_task_starts_with_a_small_batch_until_it_knows_how_long_one_takes(
+    db_url: str, conn: Conn
+) -> None:
+    add_uploads(conn, 2500, "2 days")
+    settings = Settings(database_url=SecretStr(db_url))  # batch size 5000
+    seen: list[TaskProgress] = []
+
+    with db.connect(settings) as maintctl:
+        result = run_task(
+            maintctl, TASKS_BY_NAME["temp"], settings, dry_run=False, on_batch=seen.append
+        )
+
+    assert result.rows == 2500
+    assert seen[0].rows == FIRST_BATCH_SIZE
+    assert len(seen) >= 2
