@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from maintctl import db
 from maintctl.settings import Settings
 from maintctl.tasks import (
-    TARGET_BATCH_SECONDS,
     FIRST_BATCH_SIZE,
+    TARGET_BATCH_SECONDS,
     TASKS_BY_NAME,
     TIMED_FLOOR,
     TaskProgress,
