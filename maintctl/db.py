@@ -4,6 +4,8 @@ and translating driver errors into maintctl's errors."""
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -154,6 +156,20 @@ def statement_timeouts() -> Iterator[None]:
         if "statement timeout" not in first_line(exc):
             raise
         raise BatchTimedOut(first_line(exc)) from exc
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (in the main thread, where Python handles
+    them): for a COMMIT and the bookkeeping of what it committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def jsonb(value: Any) -> Jsonb | None:

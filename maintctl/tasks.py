@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,7 @@ class TaskResult:
     cutoff: datetime | None
     error: str | None = None
     remaining: int | None = None  # rows still eligible when the task stopped early
-    batch_size: int | None = None  # the size of the last batch, smaller after a timeout
+    batch_size: int | None = None  # where the batch size ended, adapted to time and timeouts
 
     def as_record(self) -> dict[str, Any]:
         """The task as the JSON report and the ledger both show it."""
@@ -146,6 +147,27 @@ def next_batch_size(size: int, configured: int, seconds: float) -> int:
     if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
         return min(configured, size * 2)
     return size
+
+
+def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
+    """The size to try again after a batch of `size` rows ran into statement_timeout."""
+    if size <= MIN_BATCH_SIZE:
+        raise TaskError(f"{timeout.message}, even with {size} row(s) per batch") from timeout
+    return max(MIN_BATCH_SIZE, size // 2)
+
+
+def _step(
+    conn: Connection, settings: Settings, task: Task, params: dict[str, Any], hold: ExitStack
+) -> Step:
+    """One batch, its own transaction. From just before its COMMIT, SIGINT and SIGTERM wait in
+    `hold` until the caller has counted the batch: an interrupt in between would leave a
+    committed batch out of the ledger."""
+    from maintctl import db
+
+    with db.statement_timeouts(), db.transaction(conn, settings):
+        step = db.fetch_one(conn, task.batch_query, params, Step)
+        hold.enter_context(db.interrupts_held())
+    return step
 
 
 def run_task(
@@ -204,18 +226,15 @@ def run_task(
                     "run_id": run_id,
                 }
                 batch_started = time.monotonic()
-                try:
-                    with db.statement_timeouts(), db.transaction(conn, settings):
-                        step = db.fetch_one(conn, task.batch_query, params, Step)
-                except BatchTimedOut as exc:
-                    if batch_size <= MIN_BATCH_SIZE:
-                        message = f"{exc.message}, even with {batch_size} row(s) per batch"
-                        raise TaskError(message) from exc
-                    batch_size = max(MIN_BATCH_SIZE, batch_size // 2)
-                    continue
-                rows += step.rows
-                batches += 1
-                position = step.next_position
+                with ExitStack() as hold:
+                    try:
+                        step = _step(conn, settings, task, params, hold)
+                    except BatchTimedOut as exc:
+                        batch_size = _smaller_after_timeout(batch_size, exc)
+                        continue
+                    rows += step.rows
+                    batches += 1
+                    position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
                 batch_size = next_batch_size(

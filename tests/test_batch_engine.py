@@ -5,10 +5,14 @@ what is left, the progress hook, and purge-raw reaching items only through their
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 import psycopg
+import pytest
 from pydantic import SecretStr
 
 from maintctl import db
@@ -383,3 +387,18 @@ def test_a_task_starts_with_a_small_batch_until_it_knows_how_long_one_takes(
     assert result.rows == 2500
     assert seen[0].rows == FIRST_BATCH_SIZE
     assert len(seen) >= 2
+
+
+def test_an_interrupt_waits_until_the_commit_is_counted() -> None:
+    progress: list[str] = []
+
+    def commit_and_count() -> None:
+        with db.interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            progress.append("counted")  # not cut short: the batch's rows get counted
+
+    with pytest.raises(KeyboardInterrupt):
+        commit_and_count()
+
+    assert progress == ["counted"]
