@@ -262,6 +262,8 @@ def _run(
     deadline = _duration_flag("--max-runtime", max_runtime)
     if emit_paths == outbox.STDOUT and json_output:
         raise UsageError("--emit-paths -: stdout carries the JSON report; name a file instead")
+    if emit_paths is not None:
+        outbox.check_target(emit_paths, "--emit-paths")
     if not settings.enabled:
         report = runner.disabled_report(dry_run)
     else:

@@ -25,6 +25,17 @@ from maintctl.settings import Settings
 STDOUT = "-"
 
 
+def check_target(target: str, flag: str) -> None:
+    """Refuse, before any work, a file that cannot be created where it is asked for."""
+    if target == STDOUT:
+        return
+    directory = Path(target).parent
+    if not directory.is_dir():
+        raise UsageError(f"{flag}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create files in {directory}")
+
+
 # Outbox rows read per statement; each holds up to a batch of files.
 ROWS_PER_READ = 20
 
@@ -109,8 +120,7 @@ def drain(conn: db.Connection, settings: Settings, target: str) -> DrainResult:
             f"{target} already exists: let the storage cleaner take it first "
             "(drain-outbox never overwrites a file it may have handed over)"
         )
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent} is not a directory")
+    check_target(target, "drain-outbox")
     temporary = _temporary(path)
     ids: list[int] = []
     paths = size_bytes = 0

@@ -200,3 +200,19 @@ def _wait_for_maintctl_sessions_to_end(conn: Conn) -> None:
     deadline = time.monotonic() + 10
     while conn.execute(mine).fetchall() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_a_file_that_cannot_be_written_is_refused_before_anything_is_deleted(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    add_uploads(conn, 2, "2 days")
+    missing = tmp_path / "no-such-directory" / "paths.jsonl"
+
+    purge = cli("purge-temp", "--emit-paths", str(missing))
+    drain = cli("drain-outbox", str(missing))
+
+    assert purge.exit_code == drain.exit_code == 2
+    assert purge.stderr == (f"maintctl: error: --emit-paths: {missing.parent} is not a directory\n")
+    assert drain.stderr == f"maintctl: error: drain-outbox: {missing.parent} is not a directory\n"
+    assert count(conn, "select count(*) from temp_uploads") == 2
+    assert count(conn, "select count(*) from maintenance.runs") == 0
