@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import signal
@@ -118,6 +119,16 @@ Vacuum = Annotated[
         "--vacuum",
         help="Afterwards, VACUUM (ANALYZE) each table the run changed a lot (100,000 rows, or "
         "1,000 rows and 10% of the table); a failed VACUUM is reported, the exit code stays.",
+    ),
+]
+EmitPaths = Annotated[
+    str | None,
+    typer.Option(
+        "--emit-paths",
+        help="Write the files of the temp uploads this run deleted to FILE as JSON lines "
+        "('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
+        metavar="FILE",
+        show_default=False,
     ),
 ]
 
@@ -304,8 +315,9 @@ def _run(
     log_format: str | None = None,
     quiet: bool = False,
     metrics_file: str | None = None,
+    emit_paths: str | None = None,
 ) -> int:
-    from maintctl import db, render, runner
+    from maintctl import db, outbox, render, runner
     from maintctl.log import describe, wants_color
 
     settings = _settings(
@@ -320,6 +332,10 @@ def _run(
     )
     _log.log_format = settings.log_format
     deadline = _duration_flag("--max-runtime", max_runtime)
+    if emit_paths == outbox.STDOUT and json_output:
+        raise UsageError("--emit-paths -: stdout carries the JSON report; name a file instead")
+    if emit_paths is not None:
+        outbox.check_target(emit_paths, "--emit-paths")
     started, clock = time.time(), time.monotonic()
     _ping(settings, "start", f"maintctl {command_name} started")
     # A progress bar only for a person at a terminal (stdout and stderr): not under cron, in a
@@ -348,6 +364,8 @@ def _run(
                     on_batch=on_batch,
                     vacuum=vacuum,
                 )
+                if emit_paths is not None:
+                    outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
     except BaseException as exc:
         code = _exit_code_of(exc)
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
@@ -453,6 +471,7 @@ def run(
     quiet: Quiet = False,
     metrics_file: MetricsFile = None,
     vacuum: Vacuum = False,
+    emit_paths: EmitPaths = None,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -472,10 +491,11 @@ def run(
         quiet=quiet,
         metrics_file=metrics_file,
         vacuum=vacuum,
+        emit_paths=emit_paths,
     )
 
 
-def _task_command(task_name: str, summary: str, example: str) -> None:
+def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bool = False) -> None:
     """Register the command that runs one task alone."""
     from maintctl.tasks import TASKS_BY_NAME
 
@@ -494,6 +514,7 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
         quiet: Quiet = False,
         metrics_file: MetricsFile = None,
         vacuum: Vacuum = False,
+        emit_paths: EmitPaths = None,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -511,8 +532,13 @@ def _task_command(task_name: str, summary: str, example: str) -> None:
             log_format=log_format,
             quiet=quiet,
             metrics_file=metrics_file,
+            emit_paths=emit_paths,
         )
 
+    if not emits_paths:  # only purge-temp deletes files' rows: the others take no --emit-paths
+        signature = inspect.signature(single_task)
+        kept = [p for p in signature.parameters.values() if p.name != "emit_paths"]
+        single_task.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
     single_task.__doc__ = summary
     single_task.__name__ = task.command.replace("-", "_")
     command(task.command, example)(single_task)
@@ -525,8 +551,9 @@ _task_command(
 )
 _task_command(
     "temp",
-    "Delete temp uploads older than the TTL (24h by default).",
-    "maintctl purge-temp --older-than 2d",
+    "Delete temp uploads older than the TTL (24h by default); their files go to the outbox.",
+    "maintctl purge-temp --older-than 2d --emit-paths deleted-files.jsonl",
+    emits_paths=True,
 )
 _task_command(
     "compact",
@@ -700,6 +727,42 @@ def resume(
 ) -> None:
     """Resume maintenance after a pause."""
     _set_pause(database_url, schema, json_output, paused=False, reason=None)
+
+
+@command("drain-outbox", "maintctl drain-outbox /var/spool/maintctl/files-$(date +%s).jsonl")
+def drain_outbox(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="New file to write (never overwritten): one JSON line per file to delete.",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Hand over at most this many paths.", show_default=False
+        ),
+    ] = None,
+    batch_size: BatchSize = None,
+    debug: Debug = False,
+) -> None:
+    """Hand the storage outbox to the storage cleaner: write the files of deleted temp uploads to
+    FILE (durably), then clear exactly those from the outbox. A crash may hand a path over twice,
+    never lose one: the cleaner must treat a missing file as done."""
+    from maintctl import outbox, render
+
+    settings = _settings(database_url, schema)
+    with _connected(settings) as conn:
+        result = outbox.drain(conn, settings, file)
+    if json_output:
+        render.emit_json(render.drain_json(result))
+    else:
+        render.print_drain(result)
 
 
 @command("doctor", "maintctl doctor --json   (the CI smoke check)")

@@ -4,6 +4,8 @@ and translating driver errors into maintctl's errors."""
 from __future__ import annotations
 
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -15,8 +17,10 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow, class_row
+from psycopg.types.json import Jsonb
 
 from maintctl.errors import (
+    BatchTimedOut,
     Busy,
     ConfigError,
     DatabaseUnavailable,
@@ -148,6 +152,38 @@ def transaction(conn: Connection, settings: Settings) -> Iterator[None]:
             },
         )
         yield
+
+
+@contextmanager
+def statement_timeouts() -> Iterator[None]:
+    """Around a transaction: a statement that ran into statement_timeout raises BatchTimedOut
+    (after the rollback), so that the caller can try a smaller batch. A cancel for any other
+    reason (an operator's pg_cancel_backend) stays an error."""
+    try:
+        yield
+    except pg_errors.QueryCanceled as exc:
+        if "statement timeout" not in first_line(exc):
+            raise
+        raise BatchTimedOut(first_line(exc)) from exc
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (in the main thread, where Python handles
+    them): for a COMMIT and the bookkeeping of what it committed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """A value sent as jsonb; None stays SQL null."""
+    return None if value is None else Jsonb(value)
 
 
 def fetch_one(conn: Connection, name: str, params: Mapping[str, Any], row: type[Row]) -> Row:

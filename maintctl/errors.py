@@ -83,5 +83,9 @@ class TaskError(MaintctlError):
     exit_code = ExitCode.TASK_FAILED
 
 
+class BatchTimedOut(TaskError):
+    """A batch ran longer than MAINTCTL_STATEMENT_TIMEOUT."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so that psycopg cancels the running statement."""

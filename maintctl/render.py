@@ -22,6 +22,7 @@ from maintctl.durations import format_duration, iso_timestamp
 from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
+from maintctl.outbox import DrainResult
 from maintctl.runner import RunReport
 from maintctl.status import Check, StatusReport
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
@@ -121,6 +122,10 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
     }
 
 
+def drain_json(result: DrainResult) -> dict[str, Any]:
+    return {"file": result.file, "paths": result.paths, "sizeBytes": result.size_bytes}
+
+
 def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
     return {
         "healthy": all(check.ok for check in checks),
@@ -140,9 +145,13 @@ def print_run(report: RunReport) -> None:
         return
     title = "Dry run: what a run would touch now" if report.dry_run else f"Run {report.run_id}"
     table = Table(title=title, title_justify="left")
-    for column in ("Task", "Status", "Rows", "Batches", "Cutoff (UTC)", "Took"):
+    columns = ["Task", "Status", "Rows", "Batches", "Cutoff (UTC)", "Took"]
+    stopped_early = any(result.remaining is not None for result in report.tasks)
+    if stopped_early:
+        columns.append("Left")  # what --max-runtime left for the next run
+    for column in columns:
         table.add_column(
-            column, justify="right" if column in ("Rows", "Batches", "Took") else "left"
+            column, justify="left" if column in ("Task", "Status", "Cutoff (UTC)") else "right"
         )
     for result in report.tasks:
         status = result.status if result.error is None else f"{result.status}: {result.error}"
@@ -154,6 +163,7 @@ def print_run(report: RunReport) -> None:
             "-" if report.dry_run else str(result.batches),
             f"{result.cutoff.astimezone(UTC):%Y-%m-%d %H:%M}" if result.cutoff else "-",
             _took(result.duration_ms),
+            *([f"{result.remaining:,}" if result.remaining is not None else "-"] * stopped_early),
         )
     out.print(table)
     for vacuumed in report.vacuum or []:
@@ -310,6 +320,13 @@ def print_migrate(result: MigrateResult) -> None:
 
 def print_pause(state: PauseState) -> None:
     console().print(escape(pause_sentence(state)) if state.paused else "maintenance resumed")
+
+
+def print_drain(result: DrainResult) -> None:
+    console().print(
+        f"wrote {result.paths:,} path(s) ({result.size_bytes:,} bytes of files) to "
+        f"{escape(result.file)} and cleared them from the storage outbox"
+    )
 
 
 def print_doctor(checks: Sequence[Check]) -> None:

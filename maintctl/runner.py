@@ -147,6 +147,7 @@ def _run_tasks(
             settings,
             dry_run=report.dry_run,
             deadline=deadline,
+            run_id=report.run_id,
             on_batch=on_batch,
             heartbeat=heartbeat,
         )

@@ -53,16 +53,20 @@ class Migration:
         return NO_TRANSACTION_MARK not in self.text
 
     def statements(self) -> list[str]:
-        """The statements of a no-transaction migration, one by one (they are all one-liners or
-        simple multi-line statements ending with `;` at the end of a line)."""
-        body = "\n".join(
-            line for line in self.text.splitlines() if not line.lstrip().startswith("--")
-        )
-        return [
-            statement.strip()
-            for statement in re.split(r";\s*$", body, flags=re.MULTILINE)
-            if statement.strip()
-        ]
+        """The statements of a no-transaction migration, one by one: each ends with `;` at the end
+        of a line, outside any $$-quoted function body."""
+        statements, current, in_body = [], [], False
+        for line in self.text.splitlines():
+            if not in_body and line.lstrip().startswith("--"):
+                continue
+            current.append(line)
+            in_body ^= line.count("$$") % 2 == 1
+            if not in_body and line.rstrip().endswith(";"):
+                statements.append("\n".join(current).strip().removesuffix(";").strip())
+                current = []
+        if "\n".join(current).strip():
+            statements.append("\n".join(current).strip())
+        return statements
 
 
 @cache

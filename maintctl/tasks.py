@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import DatabaseUnavailable, LeaseLost, TaskError
+from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -28,7 +29,7 @@ class Task:
     name: str  # as the JSON and the ledger name it
     command: str  # the CLI command that runs it alone
     threshold: str  # the Settings field of its threshold
-    batch_query: str
+    batch_query: str  # one step of the walk: rows touched and where the next step starts
     count_query: str
     json_key: str  # the total's key in the JSON report
 
@@ -38,7 +39,7 @@ TASKS = (
         "stuck",
         "stuck",
         "stuck_after",
-        "mark_stuck_runs_batch",
+        "mark_stuck_runs_step",
         "count_stuck_runs",
         "stuckRunsMarked",
     ),
@@ -46,7 +47,7 @@ TASKS = (
         "temp",
         "purge-temp",
         "temp_upload_ttl",
-        "purge_temp_uploads_batch",
+        "purge_temp_uploads_step",
         "count_old_temp_uploads",
         "tempUploadsPurged",
     ),
@@ -54,7 +55,7 @@ TASKS = (
         "compact",
         "compact",
         "compact_after",
-        "compact_import_jobs_batch",
+        "compact_import_jobs_step",
         "count_old_import_jobs",
         "importJobsCompacted",
     ),
@@ -62,7 +63,7 @@ TASKS = (
         "raw",
         "purge-raw",
         "raw_items_ttl",
-        "purge_raw_items_batch",
+        "purge_raw_items_step",
         "count_old_raw_items",
         "rawItemsPurged",
     ),
@@ -70,17 +71,16 @@ TASKS = (
 TASKS_BY_NAME = {task.name: task for task in TASKS}
 
 
-@dataclass(frozen=True)
-class TaskProgress:
-    """Where a task stands after each committed batch, for a progress display."""
-
-    task: str
-    rows: int  # rows done so far
-    batches: int
-    total: int | None  # rows eligible when the task started, when known
-
-
-ProgressCallback = Callable[[TaskProgress], None]
+# A batch that runs into statement_timeout is tried again at half the size, down to one row.
+MIN_BATCH_SIZE = 1
+# Each transaction is held to about this long, so that the application's writes never wait long
+# behind one: a batch that took over twice as long halves the next (down to TIMED_FLOOR rows),
+# one that took under half grows the next back towards the configured batch size.
+TARGET_BATCH_SECONDS = 0.05
+TIMED_FLOOR = 100
+# The first batch of a task is at most this many rows, until the time of a batch is known: one
+# batch of 5,000 bulky import jobs took several hundred milliseconds.
+FIRST_BATCH_SIZE = 1000
 
 
 class TaskAborted(Exception):
@@ -101,6 +101,8 @@ class TaskResult:
     duration_ms: int
     cutoff: datetime | None
     error: str | None = None
+    remaining: int | None = None  # rows still eligible when the task stopped early
+    batch_size: int | None = None  # where the batch size ended, adapted to time and timeouts
 
     def as_record(self) -> dict[str, Any]:
         """The task as the JSON report and the ledger both show it."""
@@ -112,7 +114,70 @@ class TaskResult:
             "durationMs": self.duration_ms,
             "cutoff": iso_timestamp(self.cutoff) if self.cutoff else None,
             "error": self.error,
+            "remaining": self.remaining,
+            "batchSize": self.batch_size,
         }
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """Where a task stands after each committed batch, for a progress display."""
+
+    task: str
+    rows: int  # touched so far
+    batches: int
+    total: int | None  # eligible when the task started (counted only when someone listens)
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one batch did, and where the walk goes on (None: nothing left)."""
+
+    rows: int
+    next_position: dict[str, Any] | None
+
+
+ProgressCallback = Callable[[TaskProgress], None]
+
+
+def next_batch_size(size: int, configured: int, seconds: float) -> int:
+    """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
+    if seconds > 2 * TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
+        return max(TIMED_FLOOR, size // 2)
+    if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
+        return min(configured, size * 2)
+    return size
+
+
+def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
+    """The size to try again after a batch of `size` rows ran into statement_timeout."""
+    if size <= MIN_BATCH_SIZE:
+        raise TaskError(f"{timeout.message}, even with {size} row(s) per batch") from timeout
+    return max(MIN_BATCH_SIZE, size // 2)
+
+
+def _step(
+    conn: Connection,
+    settings: Settings,
+    task: Task,
+    params: dict[str, Any],
+    hold: ExitStack,
+    heartbeat: Heartbeat | None,
+) -> Step:
+    """One batch, its own transaction, the run lease renewed at its start and end. From just
+    before its COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch:
+    an interrupt in between would leave a committed batch out of the ledger."""
+    from maintctl import db
+
+    with db.statement_timeouts(), db.transaction(conn, settings):
+        if heartbeat is not None:
+            heartbeat.beat(conn)
+        step = db.fetch_one(conn, task.batch_query, params, Step)
+        if heartbeat is not None:
+            heartbeat.beat(conn)
+        hold.enter_context(db.interrupts_held())
+    return step
 
 
 def run_task(
@@ -122,15 +187,19 @@ def run_task(
     *,
     dry_run: bool,
     deadline: float | None = None,
+    run_id: int | None = None,
     on_batch: ProgressCallback | None = None,
     heartbeat: Heartbeat | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
-    `on_batch`, when given, is called after each committed batch (and after a pre-step such as
-    dropping whole partitions) with the rows done so far and the rows eligible at the start.
-    The run's `heartbeat` beats inside each transaction: a real run's batch renews the run lease
-    at its start (which also keeps the lease row locked while the batch works) and at its end.
+    The rule walks its rows in key order, one batch per short transaction (see
+    docs/performance-design.md). Batches keep to TARGET_BATCH_SECONDS; one that runs into
+    statement_timeout is retried at half the size; max runtime stops the walk between batches and
+    counts what is left. A pre-step (PRE_STEPS) may first drop whole partitions. `on_batch` hears
+    of each committed batch, with the rows eligible at the start. The run's `heartbeat` beats
+    inside each transaction: a real run's batch renews the run lease at its start (which also
+    keeps the lease row locked while the batch works) and at its end.
 
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
@@ -140,12 +209,20 @@ def run_task(
     started = time.monotonic()
     threshold = getattr(settings, task.threshold)
     rows = batches = 0
-    total: int | None = None
+    batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
+    remaining: int | None = None
     cutoff: datetime | None = None
 
     def result(status: str, error: str | None = None) -> TaskResult:
         elapsed = int((time.monotonic() - started) * 1000)
-        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error)
+        size = None if dry_run else batch_size
+        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error, remaining, size)
+
+    def count_eligible() -> int:
+        with db.transaction(conn, settings):
+            if heartbeat is not None:
+                heartbeat.beat(conn)
+            return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
 
     if deadline is not None and time.monotonic() >= deadline:
         return result("not_run", "max runtime reached before this task started")
@@ -153,35 +230,38 @@ def run_task(
         with db.task_errors(conn):
             cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
             if dry_run:
-                with db.transaction(conn, settings):
-                    if heartbeat is not None:
-                        heartbeat.beat(conn)
-                    rows = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+                rows = count_eligible()
                 return result("ok")
-            if on_batch is not None:  # a count only for whoever watches: a terminal
-                with db.transaction(conn, settings):
-                    total = int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
-            pre_step = PRE_STEPS.get(task.name)
-            if pre_step is not None:
-                rows += pre_step(conn, settings, cutoff)
-                if on_batch is not None:
-                    on_batch(TaskProgress(task.name, rows, batches, total))
-            params = {"cutoff": cutoff, "threshold": threshold, "batch_size": settings.batch_size}
+            total = count_eligible() if on_batch is not None else None
+            rows = _pre_step(conn, settings, task, cutoff, run_id)
+            position: dict[str, Any] | None = None
             while True:
-                with db.transaction(conn, settings):
-                    if heartbeat is not None:
-                        heartbeat.beat(conn)
-                    touched = int(db.fetch_value(conn, task.batch_query, params))
-                    if heartbeat is not None:
-                        heartbeat.beat(conn)
-                rows += touched
-                batches += 1
+                params = {
+                    "cutoff": cutoff,
+                    "threshold": threshold,
+                    "batch_size": batch_size,
+                    "position": db.jsonb(position),
+                    "run_id": run_id,
+                }
+                batch_started = time.monotonic()
+                with ExitStack() as hold:
+                    try:
+                        step = _step(conn, settings, task, params, hold, heartbeat)
+                    except BatchTimedOut as exc:
+                        batch_size = _smaller_after_timeout(batch_size, exc)
+                        continue
+                    rows += step.rows
+                    batches += 1
+                    position = step.next_position
                 if on_batch is not None:
-                    on_batch(TaskProgress(task.name, rows, batches, total))
-                # A short batch means the rule found nothing more it could lock.
-                if touched < settings.batch_size:
+                    on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
+                batch_size = next_batch_size(
+                    batch_size, settings.batch_size, time.monotonic() - batch_started
+                )
+                if position is None:
                     return result("ok")
                 if deadline is not None and time.monotonic() >= deadline:
+                    remaining = count_eligible()
                     return result("stopped", "max runtime reached; the next run carries on")
     except TaskError as exc:
         return result("failed", exc.message)
@@ -204,11 +284,15 @@ class ExpiredPartition:
     has_default: bool  # the parent has a DEFAULT partition: no CONCURRENTLY
 
 
-def drop_expired_temp_partitions(conn: Connection, settings: Settings, cutoff: datetime) -> int:
+def drop_expired_temp_partitions(
+    conn: Connection, settings: Settings, cutoff: datetime, run_id: int | None
+) -> int:
     """When temp_uploads is range-partitioned by created_at, drop the partitions whose whole range
     lies before the cutoff at once, and return how many rows they held (counted exactly, after the
-    detach, so no row can arrive meanwhile). The batch loop then deletes through the parent, which
-    prunes to the one partition that straddles the cutoff. The DEFAULT partition is never dropped.
+    detach, so no row can arrive meanwhile). Their files go to the storage outbox in the
+    transaction that drops them, as the batch loop's deletes do. The batch loop then deletes
+    through the parent, which prunes to the one partition that straddles the cutoff. The DEFAULT
+    partition is never dropped.
 
     The detach is CONCURRENTLY where PostgreSQL allows it (no DEFAULT partition), which cannot run
     in a transaction block; else a plain DETACH in a short transaction under lock_timeout. When a
@@ -248,6 +332,9 @@ def drop_expired_temp_partitions(conn: Connection, settings: Settings, cutoff: d
                     f"partition {found.partition} holds {held.fresh} rows newer than the cutoff; "
                     "it was detached but not dropped"
                 )
+            db.execute_composed(
+                conn, "outbox_detached_partition", names, {"run_id": run_id, "chunk": 5000}
+            )
             db.execute_composed(conn, "drop_partition", names)
         dropped += held.rows
     return dropped
@@ -260,6 +347,14 @@ class Held:
 
 
 # Steps a task takes before its batch loop, by task name.
-PRE_STEPS: dict[str, Callable[[Connection, Settings, datetime], int]] = {
+PRE_STEPS: dict[str, Callable[[Connection, Settings, datetime, int | None], int]] = {
     "temp": drop_expired_temp_partitions,
 }
+
+
+def _pre_step(
+    conn: Connection, settings: Settings, task: Task, cutoff: datetime, run_id: int | None
+) -> int:
+    """The rows the task's pre-step (if it has one) removed before the batch loop."""
+    pre_step = PRE_STEPS.get(task.name)
+    return pre_step(conn, settings, cutoff, run_id) if pre_step is not None else 0

@@ -55,21 +55,26 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
 -- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
 select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
 
--- name: mark_stuck_runs_batch
+-- name: mark_stuck_runs_step
 -- One batch of the stuck rule.
-select maintenance.mark_stuck_runs_batch(%(cutoff)s, %(threshold)s::interval, %(batch_size)s) as rows;
+select rows, next_position
+from maintenance.mark_stuck_runs_step(%(cutoff)s, %(threshold)s::interval, %(batch_size)s);
 
--- name: purge_temp_uploads_batch
--- One batch of the temp rule.
-select maintenance.purge_temp_uploads_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: purge_temp_uploads_step
+-- One batch of the temp rule, from where the walk stands; the files go to the storage outbox.
+select rows, next_position
+from maintenance.purge_temp_uploads_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb,
+                                         %(run_id)s::bigint);
 
--- name: compact_import_jobs_batch
--- One batch of the compact rule.
-select maintenance.compact_import_jobs_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: compact_import_jobs_step
+-- One batch of the compact rule, from where the walk stands.
+select rows, next_position
+from maintenance.compact_import_jobs_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
 
--- name: purge_raw_items_batch
--- One batch of the raw rule.
-select maintenance.purge_raw_items_batch(%(cutoff)s, %(batch_size)s) as rows;
+-- name: purge_raw_items_step
+-- One batch of the raw rule, from where the walk stands.
+select rows, next_position
+from maintenance.purge_raw_items_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
 
 -- name: count_stuck_runs
 -- What the stuck rule would touch now (dry run).
@@ -248,6 +253,16 @@ alter table {parent} detach partition {partition};
 select count(*) as rows, count(*) filter (where created_at >= %(cutoff)s) as fresh
 from {partition};
 
+-- name: outbox_detached_partition
+-- The files of a detached temp_uploads partition about to be dropped, into the storage outbox in
+-- rows of %(chunk)s uploads, as the batch loop's deletes record theirs.
+insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+select %(run_id)s::bigint, array_agg(id order by id), array_agg(storage_path order by id),
+       array_agg(size_bytes order by id)
+from (select id, storage_path, size_bytes, (row_number() over (order by id) - 1) / %(chunk)s as chunk
+      from {partition}) as files
+group by chunk;
+
 -- name: drop_partition
 -- Drops a detached partition whose rows are all past the TTL.
 drop table {partition};
@@ -273,3 +288,23 @@ from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::
 -- The port the server listens on and the server session (backend) serving this transaction, for
 -- doctor's pooler check.
 select current_setting('port')::integer as port, pg_backend_pid() as backend_pid;
+
+-- name: outbox_batches
+-- The next outbox rows (a batch of deleted uploads each), oldest first, for drain-outbox.
+select id, run_id, deleted_at, upload_ids, storage_paths, size_bytes
+from maintenance.storage_outbox
+where id > %(after)s
+order by id
+limit %(limit)s;
+
+-- name: outbox_run_batches
+-- The next outbox rows of one run, for --emit-paths.
+select id, run_id, deleted_at, upload_ids, storage_paths, size_bytes
+from maintenance.storage_outbox
+where run_id = %(run_id)s and id > %(after)s
+order by run_id, id
+limit %(limit)s;
+
+-- name: outbox_clear
+-- Removes the outbox rows a durable drain file now holds, by their ids.
+delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);

@@ -47,11 +47,11 @@ def test_migrate_adds_compacted_at_and_the_indexes(conn: Conn) -> None:
     ).fetchall()
     assert column == 1
     assert indexes == [
-        ("maintctl_import_jobs_compactable", True),
+        ("maintctl_import_jobs_compactable_key", True),
         ("maintctl_import_runs_failed", True),
         ("maintctl_import_runs_processing", True),
-        ("maintctl_raw_import_items_run_id", True),
-        ("maintctl_temp_uploads_created_at", True),
+        ("maintctl_raw_import_items_run_id_id", True),
+        ("maintctl_temp_uploads_created_at_id", True),
     ]
 
 

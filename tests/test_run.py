@@ -32,7 +32,17 @@ RUN_KEYS = [
     "durationMs",
     "tasks",
 ]
-TASK_KEYS = ["task", "status", "rows", "batches", "durationMs", "cutoff", "error"]
+TASK_KEYS = [
+    "task",
+    "status",
+    "rows",
+    "batches",
+    "durationMs",
+    "cutoff",
+    "error",
+    "remaining",
+    "batchSize",
+]
 SAMPLE_TOTALS = {
     "stuckRunsMarked": 15,
     "tempUploadsPurged": 289,

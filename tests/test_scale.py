@@ -253,6 +253,12 @@ def test_whole_partitions_past_the_ttl_are_dropped_and_the_straddling_one_is_tri
     expected = count(
         conn, "select count(*) from temp_uploads where created_at < now() - '1d'::interval"
     )
+    old_paths = {
+        path
+        for (path,) in conn.execute(
+            "select storage_path from temp_uploads where created_at < now() - '1d'::interval"
+        )
+    }
     # Expired: every day that ended before the cutoff (and only those).
     expired = {
         name
@@ -276,6 +282,12 @@ def test_whole_partitions_past_the_ttl_are_dropped_and_the_straddling_one_is_tri
     assert remaining.isdisjoint(expired)  # dropped, not emptied
     assert set(names) - expired <= remaining
     assert ("temp_uploads_default" in remaining) is with_default
+    # Dropped or deleted, every file went to the storage outbox, once, under this run.
+    outbox = conn.execute(
+        "select storage_path, run_id from maintenance.storage_outbox_files"
+    ).fetchall()
+    assert sorted(path for path, _ in outbox) == sorted(old_paths)
+    assert {run_id for _, run_id in outbox} == {document["runId"]}
     assert (
         count(conn, "select count(*) from temp_uploads where created_at < now() - '1d'::interval")
         == 0

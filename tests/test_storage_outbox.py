@@ -1,0 +1,218 @@
+"""The storage outbox: every deleted upload's file is recorded by the statement that deletes the
+row, --emit-paths reports a run's files, drain-outbox hands them over durably, and a process
+killed at any point loses no path and lists none whose row survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Cli
+from tests.data import Conn, count, load_sample, slow_down_deletes
+
+
+def add_uploads(conn: Conn, how_many: int, age: str) -> dict[int, str]:
+    rows = conn.execute(
+        "insert into temp_uploads (created_at, storage_path, size_bytes) "
+        "select now() - %s::interval - n * interval '1 second', 'bucket/' || n || '.csv', n "
+        "from generate_series(1, %s) n returning id, storage_path",
+        [age, how_many],
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def outbox(conn: Conn) -> dict[int, str]:
+    rows = conn.execute(
+        "select upload_id, storage_path from maintenance.storage_outbox_files"
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def surviving(conn: Conn) -> dict[int, str]:
+    rows = conn.execute("select id, storage_path from temp_uploads").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def test_purge_temp_emits_the_paths_it_deleted_and_keeps_them_in_the_outbox(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    old = add_uploads(conn, 7, "2 days")
+    fresh = add_uploads(conn, 2, "1 hour")
+    target = tmp_path / "deleted.jsonl"
+
+    result = cli("purge-temp", "--batch-size", "3", "--emit-paths", str(target), "--json")
+
+    assert result.exit_code == 0, result.stderr
+    run_id = json.loads(result.stdout)["runId"]
+    emitted = lines(target)
+    assert {line["uploadId"]: line["path"] for line in emitted} == old
+    assert {line["runId"] for line in emitted} == {run_id}
+    assert all(line["sizeBytes"] > 0 and line["deletedAt"].endswith("Z") for line in emitted)
+    assert outbox(conn) == old
+    assert surviving(conn) == fresh
+
+
+def test_emit_paths_on_stdout_and_not_with_json(cli: Cli, conn: Conn) -> None:
+    old = add_uploads(conn, 2, "2 days")
+
+    refused = cli("purge-temp", "--emit-paths", "-", "--json")
+    printed = cli("run", "--emit-paths", "-")
+
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        "maintctl: error: --emit-paths -: stdout carries the JSON report; name a file instead\n"
+    )
+    assert printed.exit_code == 0, printed.stderr
+    paths = [json.loads(line)["path"] for line in printed.stdout.splitlines() if line[:1] == "{"]
+    assert sorted(paths) == sorted(old.values())
+
+
+def test_a_dry_run_records_nothing(cli: Cli, conn: Conn, tmp_path: Path) -> None:
+    add_uploads(conn, 3, "2 days")
+    target = tmp_path / "none.jsonl"
+
+    result = cli("purge-temp", "--dry-run", "--emit-paths", str(target), "--json")
+
+    assert json.loads(result.stdout)["tempUploadsPurged"] == 3
+    assert target.read_text() == ""
+    assert outbox(conn) == {}
+    assert count(conn, "select count(*) from temp_uploads") == 3
+
+
+def test_drain_hands_the_whole_outbox_over_and_clears_exactly_that(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    old = add_uploads(conn, 5, "3 days")
+    assert cli("purge-temp", "--batch-size", "2").exit_code == 0
+    older = add_uploads(conn, 2, "4 days")
+    assert cli("purge-temp").exit_code == 0
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+
+    drained = cli("drain-outbox", str(first), "--json")
+    empty = cli("drain-outbox", str(second))
+
+    assert drained.exit_code == 0, drained.stderr
+    assert json.loads(drained.stdout) == {"file": str(first), "paths": 7, "sizeBytes": 18}
+    assert {line["uploadId"]: line["path"] for line in lines(first)} == {**old, **older}
+    assert {line["runId"] for line in lines(first)} == {1, 2}
+    assert outbox(conn) == {}
+    assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
+    assert empty.exit_code == 0, empty.stderr
+    assert empty.stdout.startswith("wrote 0 path(s) (0 bytes of files) to ")
+    assert second.read_text() == ""
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_drain_never_overwrites_a_file_and_then_clears_nothing(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    old = add_uploads(conn, 2, "2 days")
+    assert cli("purge-temp").exit_code == 0
+    target = tmp_path / "handover.jsonl"
+    target.write_text("not yet taken by the storage cleaner\n")
+
+    result = cli("drain-outbox", str(target))
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"maintctl: error: {target} already exists: let the storage cleaner take it first "
+        "(drain-outbox never overwrites a file it may have handed over)\n"
+    )
+    assert target.read_text() == "not yet taken by the storage cleaner\n"
+    assert outbox(conn) == old
+
+
+def test_a_drain_that_fails_after_the_file_is_durable_hands_the_paths_over_again(
+    cli: Cli, conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    old = add_uploads(conn, 3, "2 days")
+    assert cli("purge-temp").exit_code == 0
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    with psycopg.connect(db_url) as other:
+        # Clearing the outbox cannot happen now: the drain fails after writing its file.
+        other.execute("lock table maintenance.storage_outbox in exclusive mode")
+
+        failed = cli("drain-outbox", str(first), env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
+
+        other.rollback()
+    again = cli("drain-outbox", str(second))
+
+    assert failed.exit_code != 0
+    assert {line["uploadId"] for line in lines(first)} == set(old)  # handed over...
+    assert {line["uploadId"] for line in lines(second)} == set(old)  # ...and again, not lost
+    assert again.exit_code == 0
+    assert outbox(conn) == {}
+
+
+def test_the_pg_cron_procedure_records_files_under_its_run(conn: Conn) -> None:
+    load_sample(conn)
+
+    row = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+    assert row is not None
+    recorded = conn.execute(
+        "select run_id, count(*) from maintenance.storage_outbox_files group by run_id"
+    ).fetchall()
+    assert recorded == [(row[0]["runId"], 289)]
+
+
+def test_a_purge_killed_at_any_moment_loses_no_path_and_lists_no_surviving_row(
+    conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    original = add_uploads(conn, 400, "2 days")
+    slow_down_deletes(conn, 0.01)
+    env = {**os.environ, "MAINTCTL_DATABASE_URL": db_url}
+    command = [sys.executable, "-m", "maintctl", "purge-temp", "--batch-size", "7"]
+
+    for kill_after in (0.8, 1.2, 1.0):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, cwd=tmp_path)
+        time.sleep(kill_after)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        _wait_for_maintctl_sessions_to_end(conn)
+
+        listed, left = outbox(conn), surviving(conn)
+        assert listed.keys() & left.keys() == set()
+        assert {**listed, **left} == original
+    assert 0 < len(outbox(conn)) < len(original)
+
+
+def _wait_for_maintctl_sessions_to_end(conn: Conn) -> None:
+    """The server notices a killed client when its statement ends; end that session now."""
+    mine = (
+        "select pid from pg_stat_activity where datname = current_database() "
+        "and application_name = 'maintctl'"
+    )
+    for (pid,) in conn.execute(mine).fetchall():
+        conn.execute("select pg_terminate_backend(%s, 5000)", [pid])
+    deadline = time.monotonic() + 10
+    while conn.execute(mine).fetchall() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_file_that_cannot_be_written_is_refused_before_anything_is_deleted(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    add_uploads(conn, 2, "2 days")
+    missing = tmp_path / "no-such-directory" / "paths.jsonl"
+
+    purge = cli("purge-temp", "--emit-paths", str(missing))
+    drain = cli("drain-outbox", str(missing))
+
+    assert purge.exit_code == drain.exit_code == 2
+    assert purge.stderr == (f"maintctl: error: --emit-paths: {missing.parent} is not a directory\n")
+    assert drain.stderr == f"maintctl: error: drain-outbox: {missing.parent} is not a directory\n"
+    assert count(conn, "select count(*) from temp_uploads") == 2
+    assert count(conn, "select count(*) from maintenance.runs") == 0
