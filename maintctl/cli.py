@@ -536,7 +536,7 @@ def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bo
         )
 
     if not emits_paths:  # only purge-temp deletes files' rows: the others take no --emit-paths
-        signature = inspect.signature(single_task)
+        signature = inspect.signature(single_task, eval_str=True)
         kept = [p for p in signature.parameters.values() if p.name != "emit_paths"]
         single_task.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
     single_task.__doc__ = summary
