@@ -42,8 +42,8 @@ def describe(event: str, fields: dict[str, Any]) -> str:
     """The human sentence of an event."""
     if event == "connected":
         return f"connected to {fields['target']} (PostgreSQL {fields['serverVersion']})"
-    if event == "lock_taken":
-        return "run lock taken"
+    if event == "lease_taken":
+        return "run lease taken"
     if event == "run_started":
         kind = "dry run" if fields.get("dryRun") else "run"
         return f"{kind} {fields['runId']} started ({fields['command']})"

@@ -65,7 +65,7 @@ def run_maintenance(
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
-    lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lock taken,
+    lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lease taken,
     run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
     are vacuumed afterwards.
     """
@@ -97,7 +97,7 @@ def run_maintenance(
     deadline = clock + max_runtime.total_seconds() if max_runtime else None
     try:
         if not dry_run:
-            say("lock_taken")
+            say("lease_taken")
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
         _run_tasks(
             conn,

@@ -14,7 +14,7 @@ from tests.conftest import Cli
 from tests.data import Conn, load_sample
 from tests.test_commands import maintctl_command
 
-EVENTS = ["connected", "lock_taken", "run_started", *["task_done"] * 4, "run_finished"]
+EVENTS = ["connected", "lease_taken", "run_started", *["task_done"] * 4, "run_finished"]
 
 
 def test_text_log_is_one_line_per_step_on_stderr(cli: Cli, conn: Conn) -> None:
@@ -29,7 +29,7 @@ def test_text_log_is_one_line_per_step_on_stderr(cli: Cli, conn: Conn) -> None:
     assert all(line.startswith("maintctl: ") for line in lines)
     assert lines[0].startswith("maintctl: connected to ")
     assert "(PostgreSQL " in lines[0]
-    assert lines[1] == "maintctl: run lock taken"
+    assert lines[1] == "maintctl: run lease taken"
     assert lines[2] == f"maintctl: run {document['runId']} started (run)"
     assert lines[3].startswith("maintctl: stuck: ok, 15 rows in 1 batch(es), ")
     assert lines[4].startswith("maintctl: temp: ok, 289 rows in 1 batch(es), ")
