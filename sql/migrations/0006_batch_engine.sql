@@ -317,8 +317,11 @@ begin
 end
 $$;
 
--- The whole of `maintctl run` for pg_cron, as 0004 defined it (the run lease), now stepping with
--- the functions above (the same ones the CLI calls). Its outbox rows carry its ledger id.
+-- The whole of `maintctl run` for pg_cron, stepping with the functions above (the same ones the
+-- CLI calls) under the run lease of 0004, for the CLI's default 60 s (its arguments stay as 0002
+-- had them). A cancel (or the CALL's statement_timeout) inside a batch records the run as
+-- interrupted and releases the lease before the error reaches the caller. Its outbox rows carry
+-- its ledger id.
 create or replace procedure maintenance.run_maintenance_cleanup(
   stuck_after interval default interval '24 hours',
   temp_upload_ttl interval default interval '24 hours',
