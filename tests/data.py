@@ -9,6 +9,24 @@ from psycopg import sql
 
 Conn = psycopg.Connection[Any]
 
+# maintctl's own objects, as their owner would grant them to a second role.
+MAINTENANCE_GRANTS = (
+    "grant usage on schema maintenance to {}",
+    "grant select, insert, update, delete on all tables in schema maintenance to {}",
+    "grant execute on all routines in schema maintenance to {}",
+)
+# On the application's tables, exactly what README, "Privileges", lists.
+APPLICATION_GRANTS = (
+    "grant select, update on import_runs, import_jobs to {}",
+    "grant select, update, delete on temp_uploads, raw_import_items to {}",
+)
+
+
+def grant(conn: Conn, role: sql.Identifier, *grants: str) -> None:
+    """Each `grant ... to {}` statement, for the role."""
+    for statement in grants:
+        conn.execute(sql.SQL(statement).format(role))
+
 
 def add_run(conn: Conn, status: str, **ages: str | None) -> int:
     """An import run; each age is an interval before now(), e.g. created='25 hours'."""

@@ -20,7 +20,16 @@ from typer.testing import CliRunner
 
 from maintctl.cli import app
 from tests.conftest import Cli, CliResult
-from tests.data import Conn, count, load_sample, set_database_default, slow_down_deletes
+from tests.data import (
+    APPLICATION_GRANTS,
+    MAINTENANCE_GRANTS,
+    Conn,
+    count,
+    grant,
+    load_sample,
+    set_database_default,
+    slow_down_deletes,
+)
 
 
 def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn) -> None:
@@ -240,16 +249,7 @@ def test_the_privileges_the_readme_lists_are_enough_and_doctor_names_a_missing_o
 ) -> None:
     load_sample(conn)
     with login_role(conn, db_url) as (role, url):
-        # maintctl's own objects, as their owner would grant them to a second role...
-        for grant in (
-            "grant usage on schema maintenance to {}",
-            "grant select, insert, update, delete on all tables in schema maintenance to {}",
-            "grant execute on all routines in schema maintenance to {}",
-            # ...and on the application's tables exactly what README, "Privileges", lists.
-            "grant select, update on import_runs, import_jobs to {}",
-            "grant select, update, delete on temp_uploads, raw_import_items to {}",
-        ):
-            conn.execute(sql.SQL(grant).format(role))
+        grant(conn, role, *MAINTENANCE_GRANTS, *APPLICATION_GRANTS)
 
         healthy = as_role(url, "doctor")
         ran = as_role(url, "run", "--json")

@@ -10,11 +10,10 @@ import subprocess
 from typing import Any
 
 import pytest
-from psycopg import sql
 
 from maintctl.sqlfiles import migrations
 from tests.conftest import Cli
-from tests.data import Conn, count, load_sample
+from tests.data import MAINTENANCE_GRANTS, Conn, count, grant, load_sample
 from tests.test_commands import as_role, login_role, maintctl_command
 
 
@@ -62,15 +61,14 @@ def test_a_role_lacking_a_privilege_exits_77_naming_it_and_the_task(
 ) -> None:
     load_sample(conn)
     with login_role(conn, db_url) as (role, url):
-        for grant in (
-            "grant usage on schema maintenance to {}",
-            "grant select, insert, update, delete on all tables in schema maintenance to {}",
-            "grant execute on all routines in schema maintenance to {}",
+        grant(
+            conn,
+            role,
+            *MAINTENANCE_GRANTS,
             "grant select on import_runs to {}",  # no UPDATE: stuck and raw cannot lock runs
             "grant select, update on import_jobs to {}",
             "grant select, update, delete on temp_uploads, raw_import_items to {}",
-        ):
-            conn.execute(sql.SQL(grant).format(role))
+        )
 
         result = as_role(url, "doctor", "--json")
 

@@ -14,13 +14,20 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
-from typer.testing import CliRunner
 
-from maintctl.cli import app
 from tests.conftest import Cli, table_rows
-from tests.data import Conn, add_job, add_run, add_temp_upload, count, slow_down_deletes
-from tests.test_commands import maintctl_command
+from tests.data import (
+    APPLICATION_GRANTS,
+    MAINTENANCE_GRANTS,
+    Conn,
+    add_job,
+    add_run,
+    add_temp_upload,
+    count,
+    grant,
+    slow_down_deletes,
+)
+from tests.test_commands import as_role, login_role, maintctl_command
 from tests.test_logs import run_on_terminals
 
 APP_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
@@ -99,25 +106,9 @@ def test_a_vacuum_postgresql_refuses_is_reported_and_the_run_still_succeeds(
     db_url: str, conn: Conn
 ) -> None:
     add_old_temp_uploads(conn, 2000)
-    name = f"maintctl_vacuum_role_{os.getpid()}"
-    role = sql.Identifier(name)
-    conn.execute(sql.SQL("create role {} login").format(role))
-    try:
-        for grant in (
-            "grant usage on schema maintenance to {}",
-            "grant select, insert, update, delete on all tables in schema maintenance to {}",
-            "grant execute on all routines in schema maintenance to {}",
-            "grant select, update on import_runs, import_jobs to {}",
-            "grant select, update, delete on temp_uploads, raw_import_items to {}",
-        ):
-            conn.execute(sql.SQL(grant).format(role))
-        url = make_conninfo(db_url, user=name)
-        result = CliRunner().invoke(
-            app, ["purge-temp", "--vacuum", "--json"], env={"MAINTCTL_DATABASE_URL": url}
-        )
-    finally:
-        conn.execute(sql.SQL("drop owned by {}").format(role))
-        conn.execute(sql.SQL("drop role {}").format(role))
+    with login_role(conn, db_url) as (role, url):
+        grant(conn, role, *MAINTENANCE_GRANTS, *APPLICATION_GRANTS)
+        result = as_role(url, "purge-temp", "--vacuum", "--json")
 
     # The rows are gone and the run succeeded; the VACUUM that PostgreSQL skipped (the role
     # does not own the table) is in the JSON and on stderr.
