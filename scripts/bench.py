@@ -490,6 +490,15 @@ def single_purge(
     }
 
 
+def check_outbox(url: str, who: str, rows: int) -> None:
+    """Both sides did the same work: the outbox lists a file for every upload deleted."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(OUTBOX_FILES).fetchone()
+    files = int(row[0]) if row is not None else 0
+    if files != rows:
+        raise RuntimeError(f"{who} deleted {rows} uploads but the outbox lists {files} files")
+
+
 def bench_purge(
     maintctl_url: str, outbox_url: str, plain_url: str, idle_seconds: float
 ) -> dict[str, Any]:
@@ -512,15 +521,10 @@ def bench_purge(
         **sampler.summary(),
         "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
     }
+    check_outbox(maintctl_url, "maintctl purge-temp", task["rows"])
     say("purge-temp: one DELETE writing the same storage outbox ...")
     outbox_side = single_purge(outbox_url, DELETE_TEMP_WITH_OUTBOX, run_ids, idle_seconds)
-    with psycopg.connect(outbox_url) as conn:
-        row = conn.execute(OUTBOX_FILES).fetchone()
-    if row is None or int(row[0]) != outbox_side["rows"]:
-        raise RuntimeError(
-            f"the single DELETE with outbox deleted {outbox_side['rows']} uploads "
-            f"but the outbox lists {row[0] if row else None} files"
-        )
+    check_outbox(outbox_url, "the single DELETE with outbox", outbox_side["rows"])
     say("purge-temp: one plain DELETE, no outbox ...")
     plain_side = single_purge(plain_url, PLAIN_DELETE_TEMP, run_ids, idle_seconds)
     maintctl_rate = maintctl_side["rowsPerSecond"]
