@@ -5,7 +5,9 @@ TTL, in time order; 500,000 import_jobs with bulky payload, result and log; 1,00
 raw_import_items; 100,000 runs of which 100 are stuck), migrates it with the real `maintctl
 migrate`, then measures on copies of it (CREATE DATABASE ... TEMPLATE):
 
-1. `maintctl purge-temp` against one plain DELETE of the same rows (rows/s, ratio);
+1. `maintctl purge-temp` against one DELETE of the same rows that writes the same storage outbox
+   (rows/s, the judged ratio: the same guarantee), and against one plain DELETE without the outbox
+   (for information), each on its own copy;
 2. the longest transaction maintctl held (pg_stat_activity sampled every few milliseconds);
 3. p50/p99 latency of a concurrent application writer: idle, during each purge;
 4. `maintctl compact` against one plain UPDATE to the same target state, and the size of
@@ -142,6 +144,22 @@ lateral (select case when n %% 20 < 16 then 'completed' when n %% 20 < 18 then '
 
 # The single statements maintctl is compared with: the same rows, the same target state.
 PLAIN_DELETE_TEMP = "delete from temp_uploads where created_at < now() - interval '24 hours'"
+# purge-temp's fair alternative: maintctl writes each deleted upload's file to the storage outbox
+# in the statement that deletes it (0006's purge_temp_uploads_step), so a single statement with the
+# same guarantee does too: the same columns, the same arrays, and one outbox row for the whole
+# delete (the cheapest shape a single statement can have; maintctl writes one per batch, with its
+# run's id). It returns how many uploads went, which the bench checks against the outbox.
+DELETE_TEMP_WITH_OUTBOX = """
+with gone as (
+  delete from temp_uploads t where t.created_at < now() - interval '24 hours'
+  returning t.id, t.storage_path, t.size_bytes
+)
+insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+select null, array_agg(gone.id), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+  from gone having count(*) > 0
+returning cardinality(upload_ids)
+"""
+OUTBOX_FILES = "select coalesce(sum(cardinality(upload_ids)), 0) from maintenance.storage_outbox"
 PLAIN_COMPACT = """
 update import_jobs
    set result = maintenance.import_job_summary(status, result, payload, log),
@@ -444,17 +462,52 @@ def prepare(url: str) -> None:
 
 
 def plain_statement(url: str, statement: str) -> tuple[int, float]:
+    """The rows the statement changed (or the count it returns, for a CTE), and its seconds."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set statement_timeout = 0")
         started = time.perf_counter()
         cursor = conn.execute(statement)
-        return cursor.rowcount, time.perf_counter() - started
+        if cursor.description is None:
+            rows = cursor.rowcount
+        else:
+            row = cursor.fetchone()
+            rows = int(row[0]) if row is not None else 0
+        return rows, time.perf_counter() - started
 
 
-def bench_purge(maintctl_url: str, plain_url: str, idle_seconds: float) -> dict[str, Any]:
+def single_purge(
+    url: str, statement: str, run_ids: list[int], idle_seconds: float
+) -> dict[str, Any]:
+    """One single statement of purge-temp on its own copy, with the writer idle then during it."""
+    prepare(url)
+    with observed(url, run_ids, idle_seconds, sample=False) as (writer, _):
+        rows, seconds = plain_statement(url, statement)
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rowsPerSecond": round(rows / seconds),
+        "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
+    }
+
+
+def check_outbox(url: str, who: str, rows: int) -> None:
+    """Both sides did the same work: the outbox lists a file for every upload deleted."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(OUTBOX_FILES).fetchone()
+    files = int(row[0]) if row is not None else 0
+    if files != rows:
+        raise RuntimeError(f"{who} deleted {rows} uploads but the outbox lists {files} files")
+
+
+def bench_purge(
+    maintctl_url: str, outbox_url: str, plain_url: str, idle_seconds: float
+) -> dict[str, Any]:
+    """maintctl's purge-temp, the single DELETE that writes the same outbox (the comparison the
+    target judges: the same guarantee) and the plain DELETE without it (for information), each on
+    its own copy, each after its own prepare() (CHECKPOINT is server-wide: the one before a side
+    must come after the side before it)."""
     run_ids = recent_processing_runs(maintctl_url)
     prepare(maintctl_url)
-    prepare(plain_url)
     say("purge-temp: maintctl ...")
     with observed(maintctl_url, run_ids, idle_seconds, sample=True) as (writer, sampler):
         task = task_of(run := maintctl(maintctl_url, "purge-temp"))
@@ -468,21 +521,26 @@ def bench_purge(maintctl_url: str, plain_url: str, idle_seconds: float) -> dict[
         **sampler.summary(),
         "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
     }
-    say("purge-temp: one plain DELETE ...")
-    with observed(plain_url, run_ids, idle_seconds, sample=False) as (writer, _):
-        rows, seconds = plain_statement(plain_url, PLAIN_DELETE_TEMP)
-    plain_side = {
-        "rows": rows,
-        "seconds": round(seconds, 2),
-        "rowsPerSecond": round(rows / seconds),
-        "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
-    }
+    check_outbox(maintctl_url, "maintctl purge-temp", task["rows"])
+    say("purge-temp: one DELETE writing the same storage outbox ...")
+    outbox_side = single_purge(outbox_url, DELETE_TEMP_WITH_OUTBOX, run_ids, idle_seconds)
+    check_outbox(outbox_url, "the single DELETE with outbox", outbox_side["rows"])
+    say("purge-temp: one plain DELETE, no outbox ...")
+    plain_side = single_purge(plain_url, PLAIN_DELETE_TEMP, run_ids, idle_seconds)
+    maintctl_rate = maintctl_side["rowsPerSecond"]
+    wall_rate = task["rows"] / run.seconds
     return {
         "maintctl": maintctl_side,
+        "deleteWithOutbox": outbox_side,
         "plainDelete": plain_side,
-        "ratio": round(maintctl_side["rowsPerSecond"] / plain_side["rowsPerSecond"], 3),
-        # The same ratio with maintctl's whole process (start-up, migrations check, ledger).
-        "wallRatio": round((task["rows"] / run.seconds) / (rows / seconds), 3),
+        # The judged ratio: against the single statement doing the same work (DELETE + outbox).
+        "ratio": round(maintctl_rate / outbox_side["rowsPerSecond"], 3),
+        # For information: against a DELETE that records no file (the outbox's cost included).
+        "ratioVsPlainDelete": round(maintctl_rate / plain_side["rowsPerSecond"], 3),
+        # The outbox's cost to a single statement: its rows/s without it over with it.
+        "outboxCostFactor": round(plain_side["rowsPerSecond"] / outbox_side["rowsPerSecond"], 2),
+        # The judged ratio with maintctl's whole process (start-up, migrations check, ledger).
+        "wallRatio": round(wall_rate / outbox_side["rowsPerSecond"], 3),
     }
 
 
@@ -536,6 +594,7 @@ def bench_compact(maintctl_url: str, plain_url: str) -> dict[str, Any]:
 
 
 def bench_raw(maintctl_url: str, plain_url: str) -> dict[str, Any]:
+    prepare(maintctl_url)
     say("purge-raw: maintctl ...")
     sampler = TransactionSampler(maintctl_url)
     sampler.start()
@@ -544,6 +603,8 @@ def bench_raw(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     finally:
         sampler.stopped.set()
         sampler.join()
+    prepare(plain_url)
+    say("purge-raw: one plain DELETE ...")
     rows, seconds = plain_statement(plain_url, PLAIN_DELETE_RAW)
     rate = task["rows"] / max(task["durationMs"] / 1000, 1e-9)
     return {
@@ -642,7 +703,7 @@ def judge(figures: dict[str, Any]) -> list[Target]:
     )
     idle = purge["maintctl"]["writer"]["idle"]["p99Ms"]
     during = purge["maintctl"]["writer"]["during"]["p99Ms"]
-    during_plain = purge["plainDelete"]["writer"]["during"]["p99Ms"]
+    during_single = purge["deleteWithOutbox"]["writer"]["during"]["p99Ms"]
     size = compact["importJobsSize"]
     stored_before, stored_after = size["before"]["storedBytes"], size["afterVacuum"]["storedBytes"]
     small, large = figures["status"]["small"], figures["status"]["large"]
@@ -651,8 +712,8 @@ def judge(figures: dict[str, Any]) -> list[Target]:
     return [
         Target(
             "purge throughput",
-            f">= {PURGE_RATIO_TARGET}x the single DELETE",
-            f"{purge['ratio']}x",
+            f">= {PURGE_RATIO_TARGET}x the single statement doing the same work (DELETE + outbox)",
+            f"{purge['ratio']}x ({purge['ratioVsPlainDelete']}x a plain DELETE without outbox)",
             purge["ratio"] >= PURGE_RATIO_TARGET,
         ),
         Target(
@@ -663,13 +724,13 @@ def judge(figures: dict[str, Any]) -> list[Target]:
         ),
         Target(
             "writer p99 during maintctl's purge",
-            f"<= {WRITER_P99_FACTOR}x idle p99 and < p99 during the single DELETE",
-            f"{during} ms (idle {idle} ms, single DELETE {during_plain} ms)",
+            f"<= {WRITER_P99_FACTOR}x idle p99 and < p99 during the single DELETE + outbox",
+            f"{during} ms (idle {idle} ms, single DELETE + outbox {during_single} ms)",
             during is not None
             and idle is not None
-            and during_plain is not None
+            and during_single is not None
             and during <= WRITER_P99_FACTOR * idle
-            and during < during_plain,
+            and during < during_single,
         ),
         Target(
             "compaction throughput",
@@ -727,17 +788,24 @@ def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{size[when][key] / 1e6:,.0f}" for when in ("before", "after", "afterVacuum")
         )
 
+    single, plain = purge["deleteWithOutbox"], purge["plainDelete"]
     return [
-        ("purge-temp throughput", rate(purge["maintctl"]), rate(purge["plainDelete"])),
-        ("purge-temp ratio", f"{purge['ratio']}x", "1x"),
+        ("purge-temp throughput (vs DELETE + outbox)", rate(purge["maintctl"]), rate(single)),
+        ("purge-temp ratio (same work: DELETE + outbox)", f"{purge['ratio']}x", "1x"),
+        (
+            "purge-temp vs a plain DELETE, no outbox",
+            f"{purge['ratioVsPlainDelete']}x",
+            f"{rate(plain)}: {purge['outboxCostFactor']}x the rows/s of DELETE + outbox",
+        ),
         (
             "longest transaction",
             f"{purge['maintctl']['longestTransactionMs']} ms over "
             f"{purge['maintctl']['transactionsSeen']} transactions",
-            f"{purge['plainDelete']['seconds'] * 1000:,.0f} ms (one)",
+            f"{single['seconds'] * 1000:,.0f} ms (one)",
         ),
         ("writer idle", f"p50 {idle['p50Ms']} ms, p99 {idle['p99Ms']} ms", ""),
-        ("writer during purge", writer(purge["maintctl"]), writer(purge["plainDelete"])),
+        ("writer during purge (vs DELETE + outbox)", writer(purge["maintctl"]), writer(single)),
+        ("writer during a plain DELETE, no outbox", "", writer(plain)),
         ("compact throughput", rate(compact["maintctl"]), rate(compact["plainUpdate"])),
         ("compact ratio", f"{compact['ratio']}x", "1x"),
         ("compact longest transaction", f"{compact['maintctl']['longestTransactionMs']} ms", ""),
@@ -839,9 +907,11 @@ def run_bench(server: Server, scale: float, repeat: int, idle_seconds: float) ->
         figures["build"] = build(server, base, scale)
         maintctl_url = database("maintctl", template=base)
         plain_url = database("plain", template=base)
+        outbox_url = database("outbox", template=base)
         say("status at full scale with a backlog ...")
         large_backlog = time_status(maintctl_url, repeat)
-        figures["purgeTemp"] = bench_purge(maintctl_url, plain_url, idle_seconds)
+        figures["purgeTemp"] = bench_purge(maintctl_url, outbox_url, plain_url, idle_seconds)
+        server.drop(f"{PREFIX}_outbox")  # used only for purge-temp
         figures["purgeRaw"] = bench_raw(maintctl_url, plain_url)
         figures["compact"] = bench_compact(maintctl_url, plain_url)
         say("status at full scale, nothing eligible ...")
