@@ -21,24 +21,23 @@ as $$
     select from {app}.temp_uploads where created_at < p_cutoff limit p_limit) as found
 $$;
 
+-- Always through the rule's partial index (0006's maintctl_import_jobs_compactable_key), which
+-- holds only the jobs still to compact: right after a run compacted a backlog, before autovacuum
+-- analyzes the table again, the statistics still show that backlog and the planner would read the
+-- whole table instead (181 ms at 2,000,000 jobs, against under a millisecond through the index).
 create function maintenance.count_old_import_jobs(p_cutoff timestamptz, p_limit bigint)
 returns bigint
-language sql stable set search_path = pg_catalog, pg_temp
+language sql stable set search_path = pg_catalog, pg_temp set enable_seqscan = off
 as $$
   select count(*) from (
     select from {app}.import_jobs
     where status in ('completed', 'failed', 'cancelled')
       and compacted_at is null
       and coalesce(finished_at, created_at) < p_cutoff
-    -- In the order of the rule's index: with statistics that still describe a backlog compacted
-    -- since (the day's run, before autovacuum analyzes again), the planner would rather read the
-    -- whole table, hoping to stop early; the index answers at once.
-    order by coalesce(finished_at, created_at), id
     limit p_limit) as found
 $$;
 
--- The exact count (dry runs, --exact, the view) the same way: 0002's plain count read the whole
--- table when the statistics still described a backlog compacted since.
+-- The exact count (dry runs, `status --exact`, the view) the same way.
 create or replace function maintenance.count_old_import_jobs(p_cutoff timestamptz) returns bigint
 language sql stable set search_path = pg_catalog, pg_temp
 as $$
