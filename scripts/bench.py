@@ -475,6 +475,35 @@ def plain_statement(url: str, statement: str) -> tuple[int, float]:
         return rows, time.perf_counter() - started
 
 
+def statement_side(rows: int, seconds: float) -> dict[str, Any]:
+    """The figures of one single statement."""
+    return {"rows": rows, "seconds": round(seconds, 2), "rowsPerSecond": round(rows / seconds)}
+
+
+def maintctl_side(task: dict[str, Any], run: CliRun, sampler: TransactionSampler) -> dict[str, Any]:
+    """The figures of one maintctl task: its own rows and time, its process, its transactions."""
+    return {
+        "rows": task["rows"],
+        "batches": task["batches"],
+        "taskSeconds": task["durationMs"] / 1000,
+        "wallSeconds": round(run.seconds, 2),
+        "rowsPerSecond": round(task["rows"] / max(task["durationMs"] / 1000, 1e-9)),
+        **sampler.summary(),
+    }
+
+
+def sampled_task(url: str, command: str) -> dict[str, Any]:
+    """The figures of `maintctl COMMAND`, its transactions sampled."""
+    sampler = TransactionSampler(url)
+    sampler.start()
+    try:
+        task = task_of(run := maintctl(url, command))
+    finally:
+        sampler.stopped.set()
+        sampler.join()
+    return maintctl_side(task, run, sampler)
+
+
 def single_purge(
     url: str, statement: str, run_ids: list[int], idle_seconds: float
 ) -> dict[str, Any]:
@@ -483,9 +512,7 @@ def single_purge(
     with observed(url, run_ids, idle_seconds, sample=False) as (writer, _):
         rows, seconds = plain_statement(url, statement)
     return {
-        "rows": rows,
-        "seconds": round(seconds, 2),
-        "rowsPerSecond": round(rows / seconds),
+        **statement_side(rows, seconds),
         "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
     }
 
@@ -512,13 +539,8 @@ def bench_purge(
     with observed(maintctl_url, run_ids, idle_seconds, sample=True) as (writer, sampler):
         task = task_of(run := maintctl(maintctl_url, "purge-temp"))
     assert sampler is not None
-    maintctl_side = {
-        "rows": task["rows"],
-        "batches": task["batches"],
-        "taskSeconds": task["durationMs"] / 1000,
-        "wallSeconds": round(run.seconds, 2),
-        "rowsPerSecond": round(task["rows"] / max(task["durationMs"] / 1000, 1e-9)),
-        **sampler.summary(),
+    maintctl_purge = {
+        **maintctl_side(task, run, sampler),
         "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
     }
     check_outbox(maintctl_url, "maintctl purge-temp", task["rows"])
@@ -527,10 +549,10 @@ def bench_purge(
     check_outbox(outbox_url, "the single DELETE with outbox", outbox_side["rows"])
     say("purge-temp: one plain DELETE, no outbox ...")
     plain_side = single_purge(plain_url, PLAIN_DELETE_TEMP, run_ids, idle_seconds)
-    maintctl_rate = maintctl_side["rowsPerSecond"]
+    maintctl_rate = maintctl_purge["rowsPerSecond"]
     wall_rate = task["rows"] / run.seconds
     return {
-        "maintctl": maintctl_side,
+        "maintctl": maintctl_purge,
         "deleteWithOutbox": outbox_side,
         "plainDelete": plain_side,
         # The judged ratio: against the single statement doing the same work (DELETE + outbox).
@@ -555,13 +577,7 @@ def bench_compact(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     before = jobs_size(maintctl_url)
     prepare(maintctl_url)
     say("compact: maintctl ...")
-    sampler = TransactionSampler(maintctl_url)
-    sampler.start()
-    try:
-        task = task_of(run := maintctl(maintctl_url, "compact"))
-    finally:
-        sampler.stopped.set()
-        sampler.join()
+    maintctl_compact = sampled_task(maintctl_url, "compact")
     after = jobs_size(maintctl_url)
     say("compact: VACUUM import_jobs ...")
     with psycopg.connect(maintctl_url, autocommit=True) as conn:
@@ -572,22 +588,11 @@ def bench_compact(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     prepare(plain_url)
     say("compact: one plain UPDATE ...")
     rows, seconds = plain_statement(plain_url, PLAIN_COMPACT)
-    rate = task["rows"] / max(task["durationMs"] / 1000, 1e-9)
+    plain_update = statement_side(rows, seconds)
     return {
-        "maintctl": {
-            "rows": task["rows"],
-            "batches": task["batches"],
-            "taskSeconds": task["durationMs"] / 1000,
-            "wallSeconds": round(run.seconds, 2),
-            "rowsPerSecond": round(rate),
-            **sampler.summary(),
-        },
-        "plainUpdate": {
-            "rows": rows,
-            "seconds": round(seconds, 2),
-            "rowsPerSecond": round(rows / seconds),
-        },
-        "ratio": round(rate / (rows / seconds), 3),
+        "maintctl": maintctl_compact,
+        "plainUpdate": plain_update,
+        "ratio": round(maintctl_compact["rowsPerSecond"] / plain_update["rowsPerSecond"], 3),
         "importJobsSize": {"before": before, "after": after, "afterVacuum": after_vacuum},
         "vacuumSeconds": round(vacuum_seconds, 1),
     }
@@ -596,32 +601,17 @@ def bench_compact(maintctl_url: str, plain_url: str) -> dict[str, Any]:
 def bench_raw(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     prepare(maintctl_url)
     say("purge-raw: maintctl ...")
-    sampler = TransactionSampler(maintctl_url)
-    sampler.start()
-    try:
-        task = task_of(run := maintctl(maintctl_url, "purge-raw"))
-    finally:
-        sampler.stopped.set()
-        sampler.join()
+    maintctl_raw = sampled_task(maintctl_url, "purge-raw")
     prepare(plain_url)
     say("purge-raw: one plain DELETE ...")
     rows, seconds = plain_statement(plain_url, PLAIN_DELETE_RAW)
-    rate = task["rows"] / max(task["durationMs"] / 1000, 1e-9)
+    plain_delete = statement_side(rows, seconds)
     return {
-        "maintctl": {
-            "rows": task["rows"],
-            "batches": task["batches"],
-            "taskSeconds": task["durationMs"] / 1000,
-            "wallSeconds": round(run.seconds, 2),
-            "rowsPerSecond": round(rate),
-            **sampler.summary(),
-        },
-        "plainDelete": {
-            "rows": rows,
-            "seconds": round(seconds, 2),
-            "rowsPerSecond": round(rows / seconds),
-        },
-        "ratio": round(rate / (rows / seconds), 3) if rows else None,
+        "maintctl": maintctl_raw,
+        "plainDelete": plain_delete,
+        "ratio": round(maintctl_raw["rowsPerSecond"] / plain_delete["rowsPerSecond"], 3)
+        if rows
+        else None,
     }
 
 
