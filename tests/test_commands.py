@@ -108,14 +108,7 @@ def maintctl_command() -> list[str]:
 
 def test_maintctl_runs_as_a_real_process_like_cron(db_url: str, conn: Conn) -> None:
     load_sample(conn)
-    completed = subprocess.run(
-        [*maintctl_command(), "run", "--json", "--quiet"],
-        env=cron_environment(db_url),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    completed = run_like_cron(db_url, "run", "--json", "--quiet")
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr == ""
@@ -156,6 +149,20 @@ def test_an_internal_error_is_one_line_and_exit_70_unless_debug(cli: Cli, conn: 
 def cron_environment(db_url: str) -> dict[str, str]:
     """What cron gives a job: no terminal, a minimal PATH, no HOME."""
     return {"PATH": "/usr/bin:/bin", "MAINTCTL_DATABASE_URL": db_url}
+
+
+def run_like_cron(
+    db_url: str, *args: str, wrapper: tuple[str, ...] = (), timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`maintctl ARGS` as its own process, as cron runs it (behind `wrapper`, e.g. faketime)."""
+    return subprocess.run(
+        [*wrapper, *maintctl_command(), *args],
+        env=cron_environment(db_url),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
 
 
 def start_slow_purge(
@@ -325,12 +332,6 @@ def test_a_terminated_session_exits_69_and_the_next_run_finishes(db_url: str, co
     assert row[0] == "failed"
     assert "lost the connection" in row[1][0]
     conn.execute("drop trigger slow on temp_uploads")
-    finished = subprocess.run(
-        [*maintctl_command(), "purge-temp"],
-        env=cron_environment(db_url),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    finished = run_like_cron(db_url, "purge-temp")
     assert finished.returncode == 0, finished.stderr
     assert count(conn, "select count(*) from temp_uploads") == 0

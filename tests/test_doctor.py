@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from maintctl.sqlfiles import migrations
 from tests.conftest import Cli
 from tests.data import MAINTENANCE_GRANTS, Conn, count, grant, load_sample
-from tests.test_commands import as_role, login_role, maintctl_command
+from tests.test_commands import as_role, login_role, run_like_cron
 
 
 def checks(stdout: str) -> list[dict[str, Any]]:
@@ -118,23 +117,10 @@ def test_healthy_doctor_changes_nothing_and_every_line_is_ok(cli: Cli, conn: Con
 def test_a_host_clock_far_from_the_database_is_a_warning(
     db_url: str, offset: str, side: str, exit_code: int
 ) -> None:
-    env = {"PATH": "/usr/bin:/bin", "MAINTCTL_DATABASE_URL": db_url}
-    skewed = subprocess.run(
-        ["faketime", "-f", offset, *maintctl_command(), "doctor", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
+    skewed = run_like_cron(
+        db_url, "doctor", "--json", wrapper=("faketime", "-f", offset), timeout=60
     )
-    plain = subprocess.run(
-        [*maintctl_command(), "doctor", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    plain = run_like_cron(db_url, "doctor", "--json", timeout=60)
 
     assert skewed.returncode == exit_code, skewed.stderr
     clock = next(check for check in checks(skewed.stdout) if check["check"] == "clock")

@@ -4,7 +4,6 @@ yet, the application holding locks, and a worker finishing a run while maintctl 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import psycopg
@@ -13,7 +12,7 @@ from tests.conftest import Cli
 from tests.data import Conn, add_run, count, load_sample, slow_down_deletes
 from tests.pooler import free_port
 from tests.private_server import PrivateServer
-from tests.test_commands import cron_environment, maintctl_command
+from tests.test_commands import run_like_cron
 from tests.test_guard import launch
 
 
@@ -59,14 +58,7 @@ def test_a_server_restart_mid_run_exits_69_in_one_line_and_the_next_run_finishes
         assert ledger[0] == "failed"
         assert "lost the connection" in ledger[1][0]
         conn.execute("drop trigger slow on temp_uploads")
-        finished = subprocess.run(
-            [*maintctl_command(), "purge-temp", "--json"],
-            env=cron_environment(url),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        finished = run_like_cron(url, "purge-temp", "--json", timeout=60)
         assert finished.returncode == 0, finished.stderr
         assert json.loads(finished.stdout)["tempUploadsPurged"] == remaining
         assert count(conn, "select count(*) from temp_uploads") == 0
@@ -75,14 +67,7 @@ def test_a_server_restart_mid_run_exits_69_in_one_line_and_the_next_run_finishes
 def test_failing_to_connect_is_retried_for_about_10_seconds_then_exits_69() -> None:
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/imports"  # nothing listens there
     started = time.monotonic()
-    completed = subprocess.run(
-        [*maintctl_command(), "run"],
-        env=cron_environment(url),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    completed = run_like_cron(url, "run", timeout=60)
     elapsed = time.monotonic() - started
 
     assert completed.returncode == 69
