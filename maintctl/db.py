@@ -187,8 +187,18 @@ def jsonb(value: Any) -> Jsonb | None:
 
 
 def fetch_one(conn: Connection, name: str, params: Mapping[str, Any], row: type[Row]) -> Row:
+    return _fetch_one(conn, name, query(name), params, row)
+
+
+def _fetch_one(
+    conn: Connection,
+    name: str,
+    statement: str | sql.Composed,
+    params: Mapping[str, Any],
+    row: type[Row],
+) -> Row:
     with conn.cursor(row_factory=class_row(row)) as cur:
-        found = cur.execute(query(name), params).fetchone()
+        found = cur.execute(statement, params).fetchone()
     if found is None:
         raise MaintctlError(f"query {name} returned no row")
     return found
@@ -229,7 +239,11 @@ def execute_composed(
     params: Mapping[str, Any] | None = None,
 ) -> None:
     """A named statement whose {placeholders} are identifiers (DDL, VACUUM)."""
-    conn.execute(sql.SQL(query(name)).format(**identifiers), params or {})
+    conn.execute(_composed(name, identifiers), params or {})
+
+
+def _composed(name: str, identifiers: Mapping[str, sql.Composable]) -> sql.Composed:
+    return sql.SQL(query(name)).format(**identifiers)
 
 
 def fetch_composed(
@@ -240,12 +254,7 @@ def fetch_composed(
     row: type[Row],
 ) -> Row:
     """One row of a named query whose {placeholders} are identifiers."""
-    statement = sql.SQL(query(name)).format(**identifiers)
-    with conn.cursor(row_factory=class_row(row)) as cur:
-        found = cur.execute(statement, params).fetchone()
-    if found is None:
-        raise MaintctlError(f"query {name} returned no row")
-    return found
+    return _fetch_one(conn, name, _composed(name, identifiers), params, row)
 
 
 def vacuum(conn: Connection, table: sql.Composable) -> str | None:
