@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from maintctl.durable import fsync_file, sync_directory
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -170,8 +172,7 @@ def write_atomically(path: Path, registry: CollectorRegistry) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            fsync_file(out)
         os.chmod(temporary, 0o644)  # mkstemp makes it 0600; the exporter runs as another user
         os.replace(temporary, path)
     except BaseException:
@@ -179,8 +180,4 @@ def write_atomically(path: Path, registry: CollectorRegistry) -> None:
             os.unlink(temporary)
         raise
     with suppress(OSError):  # the rename itself survives a crash once the directory is synced
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(directory)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from maintctl import db
+from maintctl.durable import fsync_file, sync_directory
 from maintctl.durations import iso_timestamp
 from maintctl.errors import UsageError
 from maintctl.settings import Settings
@@ -102,11 +103,11 @@ def write_run_paths(
     try:
         with temporary.open("x", encoding="utf-8") as out:
             written = _write(batches, out)
-            _make_durable(out)
+            fsync_file(out)
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     return written
 
 
@@ -131,14 +132,14 @@ def drain(conn: db.Connection, settings: Settings, target: str) -> DrainResult:
                 ids.append(batch.id)
                 paths += len(batch.upload_ids)
                 size_bytes += sum(size or 0 for size in batch.size_bytes)
-            _make_durable(out)
+            fsync_file(out)
         try:
             os.link(temporary, path)  # unlike rename, never replaces a file that appeared meanwhile
         except FileExistsError:
             raise UsageError(f"{target} appeared while draining; nothing was cleared") from None
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     # The file is durable: only now do its rows leave the outbox, each by its id.
     for start in range(0, len(ids), settings.batch_size):
         with db.transaction(conn, settings):
@@ -156,17 +157,3 @@ def _write(batches: Iterator[OutboxBatch], out: IO[str]) -> int:
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _make_durable(out: IO[str]) -> None:
-    out.flush()
-    os.fsync(out.fileno())
-
-
-def _sync_directory(directory: Path) -> None:
-    """The new name itself survives a power loss only once its directory is synced."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
