@@ -229,6 +229,7 @@ _FLAG_NAMES = {
     "batch_size": "--batch-size",
     "log_format": "--log-format",
     "metrics_file": "--metrics-file",
+    "public_dashboard": "--public-dashboard",
 }
 
 
@@ -373,16 +374,7 @@ def _run(
         raise
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
-    finished = {
-        "runId": report.run_id,
-        "command": command_name,
-        "status": "skipped" if report.skipped else ("failed" if report.errors else "succeeded"),
-        "skipped": report.skipped,
-        "rows": sum(result.rows for result in report.tasks),
-        "durationMs": report.duration_ms,
-        "exitCode": int(report.exit_code),
-        "dryRun": dry_run,
-    }
+    finished = _run_finished(report, command_name)
     if refusal is None:
         _log("run_finished", "error" if report.errors else "info", **finished)
     if json_output:
@@ -396,6 +388,20 @@ def _run(
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
+
+
+def _run_finished(report: runner.RunReport, command_name: str) -> dict[str, Any]:
+    """The fields of the run_finished step line (and of the healthcheck ping's summary)."""
+    return {
+        "runId": report.run_id,
+        "command": command_name,
+        "status": "skipped" if report.skipped else ("failed" if report.errors else "succeeded"),
+        "skipped": report.skipped,
+        "rows": sum(result.rows for result in report.tasks),
+        "durationMs": report.duration_ms,
+        "exitCode": int(report.exit_code),
+        "dryRun": report.dry_run,
+    }
 
 
 def _ping(settings: Settings, suffix: str, body: str) -> None:
@@ -905,6 +911,45 @@ def grant(
         render.emit_json(render.grant_json(result))
     else:
         render.print_grant(result)
+
+
+@command(
+    "serve",
+    'maintctl serve --port 8080   (then: curl -H "x-cron-secret: $S" '
+    "localhost:8080/api/admin/maintenance)",
+)
+def serve(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8080,
+    public_dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--public-dashboard",
+            help="Show the dashboard and /metrics without the secret "
+            "[env: MAINTCTL_PUBLIC_DASHBOARD].",
+        ),
+    ] = False,
+    log_format: LogFormat = None,
+    debug: Debug = False,
+) -> None:
+    """Serve the HTTP trigger (GET or POST /api/admin/maintenance runs `maintctl run`, secret
+    MAINTCTL_CRON_SECRET), /metrics, /healthz, /readyz and a dashboard at /."""
+    from maintctl import web
+    from maintctl.tasks import TASKS
+
+    settings = _settings(
+        database_url,
+        schema,
+        tasks=TASKS,
+        log_format=log_format,
+        public_dashboard=public_dashboard or None,
+    )
+    _log.log_format = settings.log_format
+    if settings.cron_secret is None:
+        _log.warning("MAINTCTL_CRON_SECRET is not set: /api/admin/maintenance answers 500")
+    web.serve(settings, host, port)
 
 
 def main() -> None:

@@ -224,15 +224,8 @@ def print_status(status: StatusReport) -> None:
     table.add_column("What")
     table.add_column("Threshold")
     table.add_column("Rows", justify="right")
-    counts = status.counts
-    for label, threshold, rows in (
-        ("Runs stuck in processing", "stuckAfter", counts.stuck_runs),
-        ("Old temp uploads", "tempUploadTtl", counts.old_temp_uploads),
-        ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
-        ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
-    ):
-        at_limit = status.count_limit is not None and rows >= status.count_limit
-        table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
+    for _, label, threshold, rows in status.waiting():
+        table.add_row(label, threshold, f"{rows:,}" + ("+" if status.at_limit(rows) else ""))
     out.print(table)
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BeforeValidator,
     Field,
     SecretStr,
@@ -84,6 +85,13 @@ class Settings(BaseSettings):
     metrics_file: Path | None = None
     healthcheck_url: SecretStr | None = None
     healthcheck_timeout: Duration = timedelta(seconds=10)
+    # maintctl serve (README, "HTTP trigger and dashboard"). Vercel sends its own CRON_SECRET as
+    # `Authorization: Bearer`, so that name is read when MAINTCTL_CRON_SECRET is set nowhere.
+    cron_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MAINTCTL_CRON_SECRET", "CRON_SECRET")
+    )
+    serve_max_runtime: Duration = timedelta(seconds=50)
+    public_dashboard: bool = False
 
     @field_validator("healthcheck_url")
     @classmethod

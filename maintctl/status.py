@@ -49,6 +49,30 @@ class StatusReport:
     def exit_code(self) -> ExitCode:
         return ExitCode.TASK_FAILED if self.stale else ExitCode.OK
 
+    def waiting(self) -> list[tuple[str, str, str, int]]:
+        """(task, what, threshold, rows) for each rule, in the order of a run."""
+        counts = self.counts
+        return [
+            ("stuck", "Runs stuck in processing", self.thresholds["stuckAfter"], counts.stuck_runs),
+            ("temp", "Old temp uploads", self.thresholds["tempUploadTtl"], counts.old_temp_uploads),
+            (
+                "compact",
+                "Import jobs to compact",
+                self.thresholds["compactAfter"],
+                counts.old_import_jobs,
+            ),
+            (
+                "raw",
+                "Raw items of failed runs",
+                self.thresholds["rawItemsTtl"],
+                counts.old_raw_items,
+            ),
+        ]
+
+    def at_limit(self, rows: int) -> bool:
+        """Whether a count stopped at the limit (at least that many rows wait)."""
+        return self.count_limit is not None and rows >= self.count_limit
+
 
 def get_status(
     conn: db.Connection,

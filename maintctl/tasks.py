@@ -8,6 +8,7 @@ only where a task runs: `maintctl --help` stays fast.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
+from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError, Terminated
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -81,6 +82,9 @@ TIMED_FLOOR = 100
 # The first batch of a task is at most this many rows, until the time of a batch is known: one
 # batch of 5,000 bulky import jobs took several hundred milliseconds.
 FIRST_BATCH_SIZE = 1000
+# Set to end every task between two batches as SIGTERM would (maintctl serve's shutdown: its run
+# works in a thread, where no signal arrives).
+stop_requested = threading.Event()
 
 
 class TaskAborted(Exception):
@@ -165,11 +169,14 @@ def _step(
     hold: ExitStack,
     heartbeat: Heartbeat | None,
 ) -> Step:
-    """One batch, its own transaction, the run lease renewed at its start and end. From just
+    """One batch, its own transaction, the run lease renewed at its start and end; none once a
+    stop is requested (`stop_requested`, as SIGTERM). From just
     before its COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch:
     an interrupt in between would leave a committed batch out of the ledger."""
     from maintctl import db
 
+    if stop_requested.is_set():
+        raise Terminated
     with db.statement_timeouts(), db.transaction(conn, settings):
         if heartbeat is not None:
             heartbeat.beat(conn)
