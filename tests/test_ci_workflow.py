@@ -57,8 +57,8 @@ def test_the_workflow_mirrors_ci_run() -> None:
 
     for target in set(re.findall(r"\bmake (\w+)", script)):
         assert any(f"make {target}" in command for command in commands), target
-    packages = set(re.findall(r"missing\+=\((\w+)\)", script))
-    assert packages == {"pgbouncer", "faketime", "prometheus"}
+    packages = set(re.findall(r"missing\+=\(([\w-]+)\)", script))
+    assert packages == {"pgbouncer", "faketime", "prometheus", "chromium"}
     installs = [command for command in commands if "apt-get install" in command]
     assert len(installs) == 2, "both test jobs install them"
     for install in installs:

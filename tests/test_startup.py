@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-HEAVY = ("psycopg", "pydantic", "pydantic_settings", "rich", "prometheus_client")
+HEAVY = (
+    "psycopg",
+    "pydantic",
+    "pydantic_settings",
+    "rich",
+    "prometheus_client",
+    "starlette",
+    "uvicorn",
+)
 
 PROBE = """
 import json, sys
@@ -47,6 +55,10 @@ def test_a_command_help_loads_neither_the_driver_nor_rich() -> None:
     # Typer (0.29) itself coerces a command's parameters through pydantic, so a command's --help
     # loads pydantic; maintctl's own heavy imports still wait for a command that runs.
     assert loaded_after("purge-temp", "--help") == ["pydantic"]
+
+
+def test_serve_help_loads_neither_starlette_nor_uvicorn() -> None:
+    assert loaded_after("serve", "--help") == ["pydantic"]
 
 
 def test_the_probe_sees_a_heavy_import() -> None:
