@@ -93,8 +93,10 @@ def _run_once(settings: Settings) -> RunReport:
         cli._monitor(settings, "run", started, clock, cli._exit_code_of(exc), None, message)
         raise
     finished = cli._run_finished(report, "run")
-    if report.exit_code == ExitCode.OK and not report.skipped:
+    if report.exit_code == ExitCode.OK or not report.skipped:
         cli._log("run_finished", "error" if report.errors else "info", **finished)
+    else:  # refused: disabled or paused
+        cli._log.error(report.skipped)
     summary = report.skipped or describe("run_finished", finished)
     cli._monitor(settings, "run", started, clock, int(report.exit_code), report, summary)
     return report

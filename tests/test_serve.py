@@ -107,6 +107,8 @@ def test_paused_answers_503_saying_who_and_why(server: Server, cli: Cli, conn: C
     assert answer.json()["skipped"].startswith("maintenance is paused since ")
     assert answer.json()["skipped"].endswith(": restoring a backup (maintctl resume)")
     assert snapshot(conn) == before
+    _, output = server.stop()
+    assert "maintctl: error: maintenance is paused since " in output, "the server log says so"
 
 
 @pytest.fixture
