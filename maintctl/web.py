@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import html
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from maintctl.errors import ExitCode, MaintctlError
+from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.settings import Settings
 
 if TYPE_CHECKING:
@@ -525,7 +526,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
     next batch (the ledger says interrupted) and answers before the server exits."""
     import uvicorn
 
-    from maintctl import tasks
+    from maintctl import cli, tasks
 
     class StoppingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -535,14 +536,24 @@ def serve(settings: Settings, host: str, port: int) -> None:
     config = uvicorn.Config(
         create_app(settings), host=host, port=port, lifespan="off", log_level="info"
     )
+    # Bound here, not by uvicorn (which exits 1 with its own message): a port in use or a host
+    # that does not resolve is one line and exit 78, like any setting maintctl cannot use.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]
+        raise ConfigError(f"--host/--port: cannot listen on {host}:{port}: {reason}") from None
     # uvicorn hands the signal that stopped it back to the handler it found, once it has shut
     # down: ignored here, so that a server stopped on purpose exits 0.
     previous = {
         signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGTERM, signal.SIGINT)
     }
+    cli._log("listening", message=f"listening on http://{host}:{port} (stop with SIGTERM)")
     try:
-        StoppingServer(config).run()
+        StoppingServer(config).run(sockets=[listener])
     finally:
+        listener.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

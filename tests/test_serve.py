@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from maintctl.web import IN_PROGRESS, ROUTE
 from tests.conftest import Cli, _create_database, _drop_database, make_cli, unique_name
 from tests.data import Conn, count, load_sample, slow_down_deletes, snapshot
-from tests.serving import SECRET, Answer, Server, serving
+from tests.serving import SECRET, Answer, Server, free_port, request, serving
+from tests.test_commands import cron_environment
 
 
 @pytest.fixture
@@ -327,3 +331,52 @@ def test_the_secret_is_never_logged_or_echoed(db_url: str, conn: Conn) -> None:
     for answer in answers:
         assert SECRET not in answer.text
         assert SECRET not in str(answer.headers)
+
+
+def test_a_port_in_use_or_a_bad_setting_is_one_line_and_exit_78(cli: Cli) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        in_use = cli("serve", "--port", str(port), env={"MAINTCTL_CRON_SECRET": SECRET})
+    bad = cli("serve", env={"MAINTCTL_CRON_SECRET": SECRET, "MAINTCTL_SERVE_MAX_RUNTIME": "0s"})
+
+    assert in_use.exit_code == 78
+    assert in_use.stderr == (
+        f"maintctl: error: --host/--port: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use\n"
+    )
+    assert bad.exit_code == 78
+    assert bad.stderr.startswith("maintctl: error: MAINTCTL_SERVE_MAX_RUNTIME: ")
+    assert bad.stderr.count("\n") == 1
+
+
+def test_the_asgi_app_in_another_server_reads_its_settings_from_the_environment(
+    db_url: str, conn: Conn
+) -> None:
+    load_sample(conn)
+    port = free_port()
+    env = {**cron_environment(db_url), "MAINTCTL_CRON_SECRET": SECRET}
+    command = [sys.executable, "-m", "uvicorn", "maintctl.web:app", "--port", str(port)]
+    answers = []
+    for extra in ({"MAINTCTL_BATCH_SIZE": "0"}, {}):
+        with subprocess.Popen(
+            command, env={**env, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as host:
+            try:
+                url = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        request(url + "/healthz", headers={})
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, "uvicorn never answered"
+                        time.sleep(0.1)
+                answers.append(request(url + ROUTE, headers={"x-cron-secret": SECRET}))
+            finally:
+                host.terminate()
+
+    refused, ran = answers
+    assert refused.status == 500
+    assert refused.json()["error"].startswith("MAINTCTL_BATCH_SIZE: ")
+    assert ran.status == 200
+    assert ran.json()["tempUploadsPurged"] == 289
