@@ -218,6 +218,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             report = await run_in_threadpool(state.run, settings)
         except MaintctlError as exc:
             return _error(HTTP_STATUS.get(exc.exit_code, 500), exc.message)
+        except Exception as exc:  # a bug: one line in the log and the answer, as the CLI's exit 70
+            from maintctl.cli import _log
+
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            _log.error(message)
+            return _error(500, message)
         except KeyboardInterrupt:
             return _error(
                 503,
@@ -345,6 +351,11 @@ svg { width: 100%; height: auto; display: block; } svg text { font-size: 11px; f
 .legend span { display: inline-block; margin-right: 12px; }
 .legend i { display: inline-block; width: 10px; height: 10px; margin-right: 4px; }
 form { display: flex; gap: 8px; flex-wrap: wrap; } input { font: inherit; padding: 6px; }
+td.what { white-space: normal; }
+@media (max-width: 600px) {
+  body { font-size: 14px; padding: 8px; } th, td { padding: 3px 4px; }
+  svg text { font-size: 22px; }
+}
 """
 # One colour per task, in the order of a run.
 TASK_COLORS = ("#0969da", "#8250df", "#1a7f37", "#bf8700")
@@ -403,7 +414,7 @@ def dashboard_html(status: StatusReport, runs: list[RunRecord], max_runtime: tim
 
     task_names = [task.name for task in TASKS]
     waiting = "".join(
-        f"<tr><td>{_e(label)}</td><td>{_e(threshold)}</td>"
+        f"<tr><td class=what>{_e(label)}</td><td>{_e(threshold)}</td>"
         f"<td class=n>{rows:,}{'+' if status.at_limit(rows) else ''}</td></tr>"
         for _, label, threshold, rows in status.waiting()
     )
@@ -493,7 +504,7 @@ def bar_chart(
     parts = [
         f'<svg id="{chart_id}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="{_e(unit)} per run">',
-        f'<text x="4" y="14">{top:,} {_e(unit)}</text>',
+        f'<text x="4" y="20">{top:,} {_e(unit)}</text>',
         f'<text x="4" y="{height - bottom}">0</text>',
         f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
         'stroke="currentColor" stroke-opacity=".4"/>',
