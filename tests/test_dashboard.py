@@ -78,6 +78,7 @@ def test_public_dashboard_shows_the_data_without_the_secret(db_url: str, conn: C
         r"<td class=what>Old temp uploads</td><td>1d</td><td class=n>289</td>", page.text
     )
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert not re.search(r"\b(src|href)=", page.text), "the page loads nothing else"
 
 
 def test_the_dashboard_shows_the_pause_and_the_last_runs(db_url: str, conn: Conn) -> None:

@@ -23,6 +23,7 @@ from tests.conftest import Cli, _create_database, _drop_database, make_cli, uniq
 from tests.data import Conn, count, load_sample, slow_down_deletes, snapshot
 from tests.serving import SECRET, Answer, Server, free_port, request, serving
 from tests.test_commands import cron_environment
+from tests.test_monitoring import Monitor, monitor  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -380,3 +381,23 @@ def test_the_asgi_app_in_another_server_reads_its_settings_from_the_environment(
     assert refused.json()["error"].startswith("MAINTCTL_BATCH_SIZE: ")
     assert ran.status == 200
     assert ran.json()["tempUploadsPurged"] == 289
+
+
+def test_a_run_over_http_pings_the_healthcheck_and_writes_the_metrics_file(
+    db_url: str,
+    conn: Conn,
+    monitor: Monitor,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    load_sample(conn)
+    metrics_file = tmp_path / "maintctl.prom"
+    env = {"MAINTCTL_HEALTHCHECK_URL": monitor.url, "MAINTCTL_METRICS_FILE": str(metrics_file)}
+    with serving(db_url, env=env) as server:
+        answer = server.get(ROUTE, x_cron_secret=SECRET)
+
+    assert answer.status == 200
+    assert monitor.paths() == ["/ping/0b5e1d2c/start", "/ping/0b5e1d2c"]
+    assert monitor.pings[1][1].startswith(f"run {answer.json()['runId']} succeeded in ")
+    assert monitor.pings[1][1].endswith("764 rows (exit 0)")
+    written = families(metrics_file.read_text())
+    assert written["maintctl_task_rows"][(("command", "run"), ("task", "temp"))] == 289
