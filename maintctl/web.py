@@ -93,12 +93,14 @@ def _run_once(settings: Settings) -> RunReport:
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
         cli._monitor(settings, "run", started, clock, cli._exit_code_of(exc), None, message)
         raise
+    # As `maintctl run` says it: a refused run (disabled, paused) as an error, else how it ended.
+    refusal = report.skipped if report.exit_code != ExitCode.OK else None
     finished = cli._run_finished(report, "run")
-    if report.exit_code == ExitCode.OK or not report.skipped:
+    if refusal is None:
         cli._log("run_finished", "error" if report.errors else "info", **finished)
-    else:  # refused: disabled or paused
-        cli._log.error(report.skipped)
-    summary = report.skipped or describe("run_finished", finished)
+    else:
+        cli._log.error(refusal)
+    summary = refusal or describe("run_finished", finished)
     cli._monitor(settings, "run", started, clock, int(report.exit_code), report, summary)
     return report
 
