@@ -474,7 +474,7 @@ def run(
     emit_paths: EmitPaths = None,
     debug: Debug = False,
 ) -> int:
-    """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
+    """Run every task in order: stuck, purge-temp, compact, purge-raw."""
     from maintctl.tasks import TASKS
 
     return _run(
@@ -495,11 +495,8 @@ def run(
     )
 
 
-def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bool = False) -> None:
+def _task_command(task: Task) -> None:
     """Register the command that runs one task alone."""
-    from maintctl.tasks import TASKS_BY_NAME
-
-    task = TASKS_BY_NAME[task_name]
 
     def single_task(
         database_url: DatabaseUrl = None,
@@ -535,36 +532,23 @@ def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bo
             emit_paths=emit_paths,
         )
 
-    if not emits_paths:  # only purge-temp deletes files' rows: the others take no --emit-paths
+    if not task.emits_paths:  # only a rule whose rows have files takes --emit-paths
         signature = inspect.signature(single_task, eval_str=True)
         kept = [p for p in signature.parameters.values() if p.name != "emit_paths"]
         single_task.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
-    single_task.__doc__ = summary
+    single_task.__doc__ = task.summary
     single_task.__name__ = task.command.replace("-", "_")
-    command(task.command, example)(single_task)
+    command(task.command, task.example)(single_task)
 
 
-_task_command(
-    "stuck",
-    "Mark runs stuck in processing (no heartbeat for 24h by default) as failed.",
-    "maintctl stuck --older-than 36h --dry-run",
-)
-_task_command(
-    "temp",
-    "Delete temp uploads older than the TTL (24h by default); their files go to the outbox.",
-    "maintctl purge-temp --older-than 2d --emit-paths deleted-files.jsonl",
-    emits_paths=True,
-)
-_task_command(
-    "compact",
-    "Compact finished import jobs older than 7 days: drop payload and log, summarise result.",
-    "maintctl compact --older-than 14d --batch-size 1000",
-)
-_task_command(
-    "raw",
-    "Delete raw items of runs that failed more than 30 days ago (the runs stay).",
-    "maintctl purge-raw --dry-run --json",
-)
+def _task_commands() -> None:
+    from maintctl.rules import RULES
+
+    for rule in RULES:
+        _task_command(rule)
+
+
+_task_commands()
 
 
 @command("status", "maintctl status --max-age 26h   (exit 1 when no successful run in 26h)")

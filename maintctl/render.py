@@ -23,7 +23,9 @@ from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
+from maintctl.rules import RULES
 from maintctl.runner import RunReport
+from maintctl.settings import camel
 from maintctl.status import Check, StatusReport
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
 
@@ -94,12 +96,8 @@ def pause_json(state: PauseState) -> dict[str, Any]:
 
 
 def status_json(status: StatusReport) -> dict[str, Any]:
-    counts = status.counts
     document: dict[str, Any] = {
-        "stuckRuns": counts.stuck_runs,
-        "oldTempUploads": counts.old_temp_uploads,
-        "oldRawItems": counts.old_raw_items,
-        "oldImportJobs": counts.old_import_jobs,
+        **{rule.count_key: status.counts[rule.name] for rule in RULES},
         "paused": status.pause.paused,
         "pause": pause_json(status.pause) if status.pause.paused else None,
         "thresholds": status.thresholds,
@@ -119,6 +117,7 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
         "applied": result.applied,
         "alreadyApplied": result.already_applied,
         "appSchema": result.app_schema,
+        "rulesInstalled": result.rules_installed,
     }
 
 
@@ -224,13 +223,8 @@ def print_status(status: StatusReport) -> None:
     table.add_column("What")
     table.add_column("Threshold")
     table.add_column("Rows", justify="right")
-    counts = status.counts
-    for label, threshold, rows in (
-        ("Runs stuck in processing", "stuckAfter", counts.stuck_runs),
-        ("Old temp uploads", "tempUploadTtl", counts.old_temp_uploads),
-        ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
-        ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
-    ):
+    for rule in RULES:
+        label, threshold, rows = rule.label, camel(rule.threshold), status.counts[rule.name]
         at_limit = status.count_limit is not None and rows >= status.count_limit
         table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
@@ -273,7 +267,7 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     table = Table(
         title="Maintenance runs, newest first",
         title_justify="left",
-        caption="rows: stuck/temp/compact/raw",
+        caption="rows: " + "/".join(rule.name for rule in RULES),
         caption_justify="left",
     )
     table.add_column("#", justify="right")
@@ -304,9 +298,11 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
 
 def print_migrate(result: MigrateResult) -> None:
     out = console()
-    if result.applied:
-        for name in result.applied:
-            out.print(f"applied {name}")
+    for name in result.applied:
+        out.print(f"applied {name}")
+    if result.rules_installed:
+        out.print("installed the rules' steps, counts and indexes, generated from the policy")
+    if result.applied or result.rules_installed:
         out.print(
             f"maintenance schema is up to date ({len(result.applied)} applied now, "
             f"{result.already_applied} before) for application schema {result.app_schema!r}"
@@ -356,6 +352,6 @@ def print_grant(result: GrantResult) -> None:
     else:
         console().print(
             f"granted role {escape(result.role)} what maintctl run, status, doctor and history "
-            f"need: schema maintenance, and in schema {escape(result.app_schema)} the four "
-            "application tables"
+            f"need: schema maintenance, and in schema {escape(result.app_schema)} "
+            f"{escape(', '.join(result.tables))}"
         )

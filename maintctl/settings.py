@@ -14,14 +14,19 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from maintctl.durations import format_duration, parse_duration
 from maintctl.errors import ConfigError, UsageError
+from maintctl.rules import RULES, PolicyValue
 
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
-THRESHOLDS = ("stuck_after", "temp_upload_ttl", "compact_after", "raw_items_ttl")
+THRESHOLDS = tuple(rule.threshold for rule in RULES)
 # PostgreSQL keeps lock_timeout and statement_timeout as milliseconds in a 32-bit integer, and
 # libpq's connect_timeout in seconds: a longer timeout would fail at the server, not here.
 MAX_TIMEOUT = timedelta(milliseconds=2**31 - 1)
@@ -66,6 +71,8 @@ class Settings(BaseSettings):
     app_schema: str = Field(
         default="public", min_length=1, max_length=63, validation_alias="MAINTCTL_SCHEMA"
     )
+    # The zone in which the application writes timestamp-without-time-zone columns (policy file).
+    naive_time_zone: str = Field(default="UTC", min_length=1)
     enabled: bool = True
     stuck_after: Duration = timedelta(hours=24)
     temp_upload_ttl: Duration = timedelta(hours=24)
@@ -84,6 +91,28 @@ class Settings(BaseSettings):
     metrics_file: Path | None = None
     healthcheck_url: SecretStr | None = None
     healthcheck_timeout: Duration = timedelta(seconds=10)
+    # The [rules.NAME] tables of the policy file: the application's own table and column names
+    # (maintctl.policy; the thresholds, older_than, go to the fields above).
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value: Any) -> dict[str, dict[str, Any]]:
+        from maintctl.policy import validate_rules
+
+        return validate_rules(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, environment, .env, then the policy file (maintctl.toml), then the defaults."""
+        return (init_settings, env_settings, dotenv_settings, PolicyFileSource(settings_cls))
 
     @field_validator("healthcheck_url")
     @classmethod
@@ -102,10 +131,37 @@ class Settings(BaseSettings):
 
     def thresholds_text(self) -> dict[str, str]:
         """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}."""
-        return {_camel(name): format_duration(value) for name, value in self.thresholds().items()}
+        return {camel(name): format_duration(value) for name, value in self.thresholds().items()}
+
+    def rule_names(self) -> dict[str, dict[str, PolicyValue]]:
+        """The table and column names the policy gives each rule (the rest: its defaults)."""
+        return {
+            rule: {
+                key: tuple(value) if isinstance(value, list | tuple) else value
+                for key, value in keys.items()
+                if key != "enabled"
+            }
+            for rule, keys in self.rules.items()
+        }
+
+    def rule_enabled(self, rule: str) -> bool:
+        return bool(self.rules.get(rule, {}).get("enabled", True))
 
 
-def _camel(name: str) -> str:
+class PolicyFileSource(PydanticBaseSettingsSource):
+    """The policy file as a source of settings, below the environment and .env."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        from maintctl import policy
+
+        found = policy.load()
+        return policy.settings_values(found) if found is not None else {}
+
+
+def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
 

@@ -1,6 +1,6 @@
-"""The four maintenance tasks. Each rule itself is SQL (`sql/migrations/0002_rules.sql`); a task
-takes the rule's cutoff from the database clock once and applies the rule in batches, each batch
-its own short transaction.
+"""The batch loop that applies a rule (maintctl/rules/; its SQL is generated from
+`sql/rules/<name>.sql`): a task takes the rule's cutoff from the database clock once and applies the
+rule in batches, each batch its own short transaction.
 
 The CLI reads the task list to build its commands, so this module imports the database layer
 only where a task runs: `maintctl --help` stays fast.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
 from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
+from maintctl.rules import RULES, RULES_BY_NAME, Rule
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -24,51 +25,29 @@ if TYPE_CHECKING:
     from maintctl.settings import Settings
 
 
+# A task is a rule (maintctl/rules/) being applied: the rules are the task list, in run order.
+Task = Rule
+TASKS: tuple[Task, ...] = RULES
+TASKS_BY_NAME = RULES_BY_NAME
+
+
+def count_rule(
+    conn: Connection, rule: Rule, cutoff: datetime | None, limit: int | None = None
+) -> int:
+    """What the rule would touch now at this cutoff, up to `limit` rows (None: all): the one count
+    of each rule, for the dry run, `status` and the view alike."""
+    from psycopg import sql
+
+    from maintctl import db
+
+    count = {"count": sql.Identifier("maintenance", rule.count_function)}
+    row = db.fetch_composed(conn, "rule_count", count, {"cutoff": cutoff, "limit": limit}, Count)
+    return row.rows
+
+
 @dataclass(frozen=True)
-class Task:
-    name: str  # as the JSON and the ledger name it
-    command: str  # the CLI command that runs it alone
-    threshold: str  # the Settings field of its threshold
-    batch_query: str  # one step of the walk: rows touched and where the next step starts
-    count_query: str
-    json_key: str  # the total's key in the JSON report
-
-
-TASKS = (
-    Task(
-        "stuck",
-        "stuck",
-        "stuck_after",
-        "mark_stuck_runs_step",
-        "count_stuck_runs",
-        "stuckRunsMarked",
-    ),
-    Task(
-        "temp",
-        "purge-temp",
-        "temp_upload_ttl",
-        "purge_temp_uploads_step",
-        "count_old_temp_uploads",
-        "tempUploadsPurged",
-    ),
-    Task(
-        "compact",
-        "compact",
-        "compact_after",
-        "compact_import_jobs_step",
-        "count_old_import_jobs",
-        "importJobsCompacted",
-    ),
-    Task(
-        "raw",
-        "purge-raw",
-        "raw_items_ttl",
-        "purge_raw_items_step",
-        "count_old_raw_items",
-        "rawItemsPurged",
-    ),
-)
-TASKS_BY_NAME = {task.name: task for task in TASKS}
+class Count:
+    rows: int
 
 
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
@@ -173,7 +152,7 @@ def _step(
     with db.statement_timeouts(), db.transaction(conn, settings):
         if heartbeat is not None:
             heartbeat.beat(conn)
-        step = db.fetch_one(conn, task.batch_query, params, Step)
+        step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
         if heartbeat is not None:
             heartbeat.beat(conn)
         hold.enter_context(db.interrupts_held())
@@ -222,7 +201,7 @@ def run_task(
         with db.transaction(conn, settings):
             if heartbeat is not None:
                 heartbeat.beat(conn)
-            return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+            return count_rule(conn, task, cutoff)
 
     if deadline is not None and time.monotonic() >= deadline:
         return result("not_run", "max runtime reached before this task started")
@@ -299,15 +278,28 @@ def drop_expired_temp_partitions(
     detach times out, the remaining partitions are left to the batch loop; a CONCURRENTLY detach
     left pending is finished (FINALIZE) by the next run.
     """
-    from maintctl import db
+    from psycopg import sql
 
-    params = {"schema": settings.app_schema, "cutoff": cutoff}
+    from maintctl import db
+    from maintctl.rules.generate import column_names, policy_of, table_name
+
+    rule = RULES_BY_NAME["temp"]
+    policy = policy_of(settings)
+    table = table_name(rule, rule.tables[0], policy)
+    columns = {key: column_names(rule, key, policy)[0] for key in rule.columns}
+    params = {
+        "schema": settings.app_schema,
+        "table": table,
+        "created_at": columns["created_at"],
+        "cutoff": cutoff,
+    }
     expired = db.fetch_all(conn, "expired_temp_uploads_partitions", params, ExpiredPartition)
     dropped = 0
     for found in expired:
         names = {
-            "parent": db.identifier(settings.app_schema, "temp_uploads"),
+            "parent": db.identifier(settings.app_schema, table),
             "partition": db.identifier(found.partition_schema, found.partition),
+            **{key: sql.Identifier(name) for key, name in columns.items()},
         }
         if found.detach_pending:
             detached = db.try_outside_transaction(conn, settings, "finalize_detach", names)

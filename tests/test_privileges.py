@@ -146,7 +146,7 @@ def test_grant_is_idempotent_and_revoke_takes_back_exactly_what_it_gave(
     assert "table public.import_runs DELETE" not in once
     assert "table maintenance.schema_migrations SELECT" in once
     assert "table maintenance.schema_migrations INSERT" not in once
-    assert any(line.startswith("routine maintenance.mark_stuck_runs_batch") for line in once)
+    assert any(line.startswith("routine maintenance.mark_stuck_runs_step") for line in once)
     assert revoked.exit_code == 0, revoked.stderr
     assert revoked.stdout == f"revoked maintctl's privileges from role {runner_role}\n"
     assert after == before == ["table public.reports SELECT"]

@@ -1,0 +1,167 @@
+"""The policy file, maintctl.toml: the application's own table and column names for each rule, and
+its thresholds (DESIGN.md, "The policy file").
+
+Found as `--config FILE`, else `MAINTCTL_CONFIG`, else `./maintctl.toml` when present. Parsed with
+tomllib, validated by the settings' own pydantic model (maintctl.settings.Settings: its `rules`
+field, whose per-rule models are built here from each rule's definition), and below the
+environment and `.env` in precedence: flags, environment, `.env`, the file, the defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
+
+from maintctl.errors import ConfigError
+from maintctl.rules import RULES, RULES_BY_NAME, Rule
+
+DEFAULT_FILE = "maintctl.toml"
+CONFIG_VARIABLE = "MAINTCTL_CONFIG"
+# The keys of the file outside [rules.*]: what they set in the settings.
+TOP_LEVEL = {"schema": "app_schema", "naive_time_zone": "naive_time_zone"}
+# The threshold of a rule in its table.
+THRESHOLD_KEY = "older_than"
+
+# The --config flag of the command being run (None: not given).
+config_flag: ContextVar[str | None] = ContextVar("config_flag", default=None)
+
+
+@dataclass(frozen=True)
+class PolicyFile:
+    path: Path
+    found_by: str  # --config, MAINTCTL_CONFIG or ./maintctl.toml
+    document: dict[str, Any]
+
+
+def find() -> tuple[Path, str] | None:
+    """Where the policy file is, and how it was found; None when there is none."""
+    flag = config_flag.get()
+    if flag is not None:
+        return Path(flag), "--config"
+    variable = os.environ.get(CONFIG_VARIABLE)
+    if variable:
+        return Path(variable), CONFIG_VARIABLE
+    default = Path(DEFAULT_FILE)
+    return (default, f"./{DEFAULT_FILE}") if default.is_file() else None
+
+
+def load() -> PolicyFile | None:
+    """The policy file, parsed; a file that cannot be read or parsed is a configuration error."""
+    found = find()
+    if found is None:
+        return None
+    path, found_by = found
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{found_by}: cannot read {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return PolicyFile(path, found_by, document)
+
+
+def nearest(name: str, known: Iterable[str]) -> str:
+    """` (did you mean X?)` for the known name closest to `name`, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# --- the models: one per rule, built from its definition ----------------------------------------
+
+
+def policy_keys(rule: Rule) -> dict[str, Any]:
+    """The keys a rule's [rules.NAME] table may hold, each with its default."""
+    keys: dict[str, Any] = {"enabled": True}
+    if any(table.source is None for table in rule.tables):
+        keys["table"] = next(t.default for t in rule.tables if t.source is None)
+    for key, column in rule.columns.items():
+        if column.source is None:
+            keys[key] = column.default
+    for key, value in rule.values.items():
+        if value.source is None:
+            keys[key] = value.default
+    return keys
+
+
+def _name(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("a name cannot be empty")
+    if isinstance(value, str) and len(value.encode()) > 63:
+        raise ValueError(f"{value!r} is longer than PostgreSQL's 63 bytes for a name")
+    return value
+
+
+_Name = Annotated[str, AfterValidator(_name)]
+
+
+def _rule_model(rule: Rule) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for key, default in policy_keys(rule).items():
+        if isinstance(default, bool):
+            fields[key] = (bool, default)
+        elif isinstance(default, tuple):
+            fields[key] = (tuple[_Name, ...], default)
+        else:
+            fields[key] = (_Name, default)
+    return create_model(
+        f"{rule.name.title()}Policy",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        **fields,
+    )
+
+
+RULE_MODELS: dict[str, type[BaseModel]] = {rule.name: _rule_model(rule) for rule in RULES}
+
+
+def validate_rules(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The [rules] tables of the file, each validated by its rule's model (unknown keys refused)."""
+    if not isinstance(value, Mapping):
+        raise ValueError("[rules] must be a table of rule tables")
+    validated = {}
+    for name, table in value.items():
+        if name not in RULE_MODELS:
+            raise ValueError(f"rules.{name}: no such rule{nearest(name, RULE_MODELS)}")
+        model = RULE_MODELS[name]
+        if not isinstance(table, Mapping):
+            raise ValueError(f"rules.{name} must be a table")
+        unknown = [key for key in table if key not in model.model_fields]
+        if unknown:
+            raise ValueError(
+                f"rules.{name}.{unknown[0]}: unknown key{nearest(unknown[0], model.model_fields)}"
+            )
+        validated[name] = model.model_validate(dict(table)).model_dump(exclude_unset=True)
+    return validated
+
+
+def settings_values(file: PolicyFile) -> dict[str, Any]:
+    """What the file sets, as Settings fields: the top-level keys, each rule's threshold, and
+    the rules' names. An unknown key is refused, naming it and the nearest known one."""
+    document = file.document
+    known = {*TOP_LEVEL, "rules"}
+    values: dict[str, Any] = {}
+    for key in document:
+        if key not in known:
+            raise ConfigError(f"{file.path}: unknown key {key}{nearest(key, known)}")
+    for key, field in TOP_LEVEL.items():
+        if key in document:
+            values[field] = document[key]
+    rules: dict[str, dict[str, Any]] = {}
+    for name, given in (document.get("rules") or {}).items():
+        if not isinstance(given, Mapping):
+            rules[name] = given  # refused by the model, naming it
+            continue
+        rule = RULES_BY_NAME.get(name)
+        if rule is not None and THRESHOLD_KEY in given:
+            values[rule.threshold] = given[THRESHOLD_KEY]
+        rules[name] = {key: value for key, value in given.items() if key != THRESHOLD_KEY}
+    if "rules" in document:
+        values["rules"] = rules
+    return values
