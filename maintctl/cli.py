@@ -63,6 +63,16 @@ JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+ConfigFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="The policy file (table and column names, thresholds) [env: MAINTCTL_CONFIG; "
+        "default: ./maintctl.toml when present].",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Count what would be touched now; change nothing.")
 ]
@@ -185,6 +195,9 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
     def register(function: Command) -> Command:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> None:
+            from maintctl.policy import config_flag
+
+            config_flag.set(kwargs.pop("config", None))
             debug = bool(kwargs.get("debug"))
             # The driver's own warnings (a rollback that failed after an interrupt, say) would
             # add lines to the one-line error; --debug shows them.
@@ -215,6 +228,17 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
+        # Every command takes --config: the policy file its settings read.
+        signature = inspect.signature(function, eval_str=True)
+        parameters = list(signature.parameters.values())
+        config = inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile
+        )
+        at = next((i for i, p in enumerate(parameters) if p.name == "debug"), len(parameters))
+        parameters.insert(at, config)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+        )
         app.command(name, epilog=f"Example: {example}")(wrapper)
         return function
 
@@ -859,6 +883,25 @@ def cron(
         except OSError as exc:
             raise UsageError(f"--output-dir: cannot write {target}: {exc.strerror}") from None
         typer.echo(f"wrote {target}")
+
+
+@command("config", "maintctl config --config /etc/maintctl.toml --json")
+def config(
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Show the policy as resolved: each rule's table, columns and threshold, and where each
+    value came from (flag, environment, .env, the policy file, or the default)."""
+    from maintctl import render
+    from maintctl.policy import describe
+
+    settings = _settings(None, schema)
+    report = describe(settings, {"app_schema": schema})
+    if json_output:
+        render.emit_json(render.config_json(report))
+    else:
+        render.print_config(report)
 
 
 @command("grant", "maintctl grant maintctl_runner   (as the owner, after migrate)")

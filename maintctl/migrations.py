@@ -10,7 +10,7 @@ from psycopg import sql
 
 from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated
-from maintctl.rules.install import ensure_current
+from maintctl.rules.install import check_rule_columns, ensure_current
 from maintctl.rules.install import install as install_rules
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
@@ -105,6 +105,7 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
             f"maintctl needs PostgreSQL 15 or newer; this server is {server.server_version}"
         )
     check_app_schema(conn, settings)
+    check_rule_columns(conn, settings)
     pooler.refuse_for_migrate(conn, settings)
     _wait_for_lock(conn)
     try:

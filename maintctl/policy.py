@@ -30,6 +30,8 @@ TOP_LEVEL = {"schema": "app_schema", "naive_time_zone": "naive_time_zone"}
 # The threshold of a rule in its table.
 THRESHOLD_KEY = "older_than"
 
+FROM_FILE = "file"
+
 # The --config flag of the command being run (None: not given).
 config_flag: ContextVar[str | None] = ContextVar("config_flag", default=None)
 
@@ -66,6 +68,18 @@ def load() -> PolicyFile | None:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return PolicyFile(path, found_by, document)
+
+
+def file_key(field: str) -> str | None:
+    """The key of the policy file that sets a Settings field (None: [rules], named in the
+    message itself)."""
+    for key, target in TOP_LEVEL.items():
+        if target == field:
+            return key
+    for rule in RULES:
+        if rule.threshold == field:
+            return f"rules.{rule.name}.{THRESHOLD_KEY}"
+    return None
 
 
 def nearest(name: str, known: Iterable[str]) -> str:
@@ -165,3 +179,58 @@ def settings_values(file: PolicyFile) -> dict[str, Any]:
     if "rules" in document:
         values["rules"] = rules
     return values
+
+
+# --- maintctl config: each resolved value and where it came from ---------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    key: str  # as the policy file names it: schema, rules.stuck.table, rules.temp.older_than
+    value: Any  # as the file would write it
+    source: str  # flag, environment (NAME), .env (NAME), file, default
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    file: str | None
+    found_by: str | None
+    values: tuple[Resolved, ...]
+
+
+def describe(settings: Any, flags: Mapping[str, Any]) -> ConfigReport:
+    """Every value of the policy as `settings` (maintctl.settings.Settings) resolved it."""
+    from maintctl.durations import format_duration
+    from maintctl.settings import env_name, value_origin
+
+    given = {name: value for name, value in flags.items() if value is not None}
+
+    def origin(field: str) -> str:
+        found = value_origin(field, given)
+        return f"{found} ({env_name(field)})" if found in ("environment", ".env") else found
+
+    values = [
+        Resolved(key, getattr(settings, field), origin(field)) for key, field in TOP_LEVEL.items()
+    ]
+    for rule in RULES:
+        set_in_file = settings.rules.get(rule.name, {})
+        for key, default in policy_keys(rule).items():
+            value = set_in_file.get(key, default)
+            shown = list(value) if isinstance(value, tuple | list) else value
+            values.append(
+                Resolved(
+                    f"rules.{rule.name}.{key}", shown, "file" if key in set_in_file else "default"
+                )
+            )
+        threshold = getattr(settings, rule.threshold)
+        values.append(
+            Resolved(
+                f"rules.{rule.name}.{THRESHOLD_KEY}",
+                format_duration(threshold),
+                origin(rule.threshold),
+            )
+        )
+    found = load()
+    return ConfigReport(
+        str(found.path) if found else None, found.found_by if found else None, tuple(values)
+    )

@@ -23,6 +23,7 @@ from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
+from maintctl.policy import ConfigReport
 from maintctl.rules import RULES
 from maintctl.runner import RunReport
 from maintctl.settings import camel
@@ -119,6 +120,38 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
         "appSchema": result.app_schema,
         "rulesInstalled": result.rules_installed,
     }
+
+
+def config_json(report: ConfigReport) -> dict[str, Any]:
+    return {
+        "file": report.file,
+        "foundBy": report.found_by,
+        "values": {
+            item.key: {"value": item.value, "source": item.source} for item in report.values
+        },
+    }
+
+
+def print_config(report: ConfigReport) -> None:
+    out = console()
+    if report.file is None:
+        out.print("No policy file (--config, MAINTCTL_CONFIG or ./maintctl.toml): the defaults.")
+    else:
+        out.print(f"Policy file: {escape(report.file)} (from {escape(report.found_by or '?')})")
+    table = Table(title="Resolved policy", title_justify="left")
+    table.add_column("Key", no_wrap=True)
+    table.add_column("Value")
+    table.add_column("From")
+    for item in report.values:
+        value = (
+            ", ".join(item.value)
+            if isinstance(item.value, list)
+            else json.dumps(item.value)
+            if isinstance(item.value, bool)
+            else str(item.value)
+        )
+        table.add_row(item.key, escape(value), item.source)
+    out.print(table)
 
 
 def drain_json(result: DrainResult) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -166,6 +167,60 @@ def camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+# MAINTCTL_* variables that are not settings but are maintctl's all the same: the policy file's,
+# the test suite's (tests/conftest.py) and the bench's (scripts/bench.py).
+OTHER_VARIABLES = (
+    "MAINTCTL_CONFIG",
+    "MAINTCTL_TEST_DSN",
+    "MAINTCTL_TEST_SERVER",
+    "MAINTCTL_BENCH_DSN",
+    "MAINTCTL_BENCH_SCALE",
+    "MAINTCTL_BENCH_OUTPUT",
+)
+# Fields that no variable sets (the policy file's tables).
+FILE_ONLY = ("rules",)
+
+
+def known_variables() -> tuple[str, ...]:
+    fields = [env_name(field) for field in Settings.model_fields if field not in FILE_ONLY]
+    return (*[name for name in fields if name.startswith("MAINTCTL_")], *OTHER_VARIABLES)
+
+
+def _dotenv() -> dict[str, str | None]:
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
+def refuse_unknown_variables() -> None:
+    """An unknown MAINTCTL_* variable, in the environment or .env, is a typo until shown
+    otherwise: exit 78 naming it and the nearest known name."""
+    from maintctl.policy import nearest
+
+    known = known_variables()
+    for where, names in (("", list(os.environ)), (".env: ", list(_dotenv()))):
+        for name in names:
+            if name.upper().startswith("MAINTCTL_") and name.upper() not in known:
+                raise ConfigError(f"{where}unknown variable {name}{nearest(name.upper(), known)}")
+
+
+def value_origin(field: str, flags: dict[str, Any]) -> str:
+    """Where a setting's value comes from: flag, environment, .env, file or default."""
+    from maintctl import policy
+
+    if field in flags:
+        return "flag"
+    name = env_name(field)
+    if name in os.environ:
+        return "environment"
+    if name in _dotenv():
+        return ".env"
+    found = policy.load()
+    if found is not None and field in policy.settings_values(found):
+        return policy.FROM_FILE
+    return "default"
+
+
 def env_name(field: str) -> str:
     """The environment variable behind a setting, as messages name it."""
     special = {"app_schema": "MAINTCTL_SCHEMA", "fallback_database_url": "DATABASE_URL"}
@@ -186,11 +241,20 @@ def load_settings(
     The thresholds named in `floor` (those of the tasks about to run) are refused under an hour
     unless `force`.
     """
+    from maintctl import policy
+
     given = {name: value for name, value in flags.items() if value is not None}
+    refuse_unknown_variables()
 
     def fail(field: str, reason: str) -> Exception:
         if field in given:
             return UsageError(f"{flag_names.get(field, field)}: {reason}")
+        origin = value_origin(field, given)
+        if origin == policy.FROM_FILE:
+            found = policy.load()
+            where = f"{found.path}: " if found is not None else ""
+            key = policy.file_key(field)
+            return ConfigError(f"{where}{key + ': ' if key else ''}{reason}")
         return ConfigError(f"{env_name(field)}: {reason}")
 
     try:

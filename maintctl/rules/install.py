@@ -58,6 +58,19 @@ def ensure_current(conn: db.Connection, settings: Settings) -> None:
         )
 
 
+def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
+    """Refuse (exit 78) a policy that names a table or column the application schema lacks,
+    before migrate changes anything."""
+    policy = policy_of(settings)
+    missing = missing_columns(conn, policy, with_added=False)
+    if missing:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, missing: "
+            + ", ".join(missing)
+            + " (see maintctl config)"
+        )
+
+
 def install(conn: db.Connection, settings: Settings) -> bool:
     """Install what the policy generates, unless it is already installed; True when it was.
 
