@@ -173,12 +173,55 @@ def settings_values(file: PolicyFile) -> dict[str, Any]:
             rules[name] = given  # refused by the model, naming it
             continue
         rule = RULES_BY_NAME.get(name)
-        if rule is not None and THRESHOLD_KEY in given:
-            values[rule.threshold] = given[THRESHOLD_KEY]
         rules[name] = {key: value for key, value in given.items() if key != THRESHOLD_KEY}
+        if rule is None or THRESHOLD_KEY not in given:
+            continue
+        threshold = given[THRESHOLD_KEY]
+        if isinstance(threshold, Mapping):
+            rules[name].update(_per_status(file, rule, threshold, given))
+            values.setdefault("thresholds_by_status", {})[name] = dict(threshold)
+            threshold = min(threshold.values(), key=_parsed) if threshold else threshold
+        values[rule.threshold] = threshold
     if "rules" in document:
         values["rules"] = rules
     return values
+
+
+def _parsed(value: Any) -> Any:
+    from maintctl.durations import parse_duration
+
+    try:
+        return parse_duration(value) if isinstance(value, str) else value
+    except ValueError:
+        return value  # refused, naming it, by the settings' own validation
+
+
+def _per_status(
+    file: PolicyFile, rule: Rule, threshold: Mapping[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The statuses a threshold per status names, as the rule's status list."""
+    where = f"{file.path}: rules.{rule.name}.{THRESHOLD_KEY}"
+    if rule.per_status is None:
+        raise ConfigError(f"{where}: one duration for this rule, not one per status")
+    if not threshold:
+        raise ConfigError(f"{where}: name at least one status")
+    statuses = list(threshold)
+    listed = given.get(rule.per_status)
+    if listed is not None and sorted(listed) != sorted(statuses):
+        raise ConfigError(
+            f"{where}: names the statuses {', '.join(statuses)}, "
+            f"rules.{rule.name}.{rule.per_status} {', '.join(listed)}; give one of the two"
+        )
+    from maintctl.durations import parse_duration
+
+    for status, value in threshold.items():
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not a duration")
+            parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{status}: {exc}") from None
+    return {rule.per_status: statuses}
 
 
 # --- maintctl config: each resolved value and where it came from ---------------------------

@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from maintctl.durations import format_duration, parse_duration
 from maintctl.errors import ConfigError, UsageError
-from maintctl.rules import RULES, PolicyValue
+from maintctl.rules import RULES, RULES_BY_NAME, PolicyValue
 
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # The [rules.NAME] tables of the policy file: the application's own table and column names
     # (maintctl.policy; the thresholds, older_than, go to the fields above).
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A threshold per status, by rule (older_than = { completed = "7d", failed = "30d" } in the
+    # policy file, for a rule with per_status); the rule's own threshold is then the shortest.
+    thresholds_by_status: dict[str, dict[str, Duration]] = Field(default_factory=dict)
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -130,9 +133,19 @@ class Settings(BaseSettings):
     def thresholds(self) -> dict[str, timedelta]:
         return {name: getattr(self, name) for name in THRESHOLDS}
 
-    def thresholds_text(self) -> dict[str, str]:
-        """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}."""
-        return {camel(name): format_duration(value) for name, value in self.thresholds().items()}
+    def thresholds_text(self) -> dict[str, Any]:
+        """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}, and
+        {"compactAfterByStatus": {"failed": "30d", ...}} for a threshold per status."""
+        shown: dict[str, Any] = {
+            camel(name): format_duration(value) for name, value in self.thresholds().items()
+        }
+        for rule in RULES:
+            by_status = self.thresholds_by_status.get(rule.name)
+            if by_status:
+                shown[camel(rule.threshold) + "ByStatus"] = {
+                    status: format_duration(value) for status, value in by_status.items()
+                }
+        return shown
 
     def rule_names(self) -> dict[str, dict[str, PolicyValue]]:
         """The table and column names the policy gives each rule (the rest: its defaults)."""
@@ -178,7 +191,7 @@ OTHER_VARIABLES = (
     "MAINTCTL_BENCH_OUTPUT",
 )
 # Fields that no variable sets (the policy file's tables).
-FILE_ONLY = ("rules",)
+FILE_ONLY = ("rules", "thresholds_by_status")
 
 
 def known_variables() -> tuple[str, ...]:
@@ -268,6 +281,20 @@ def load_settings(
         )
         reason = str(error["msg"]).removeprefix("Value error, ")
         raise fail(field, reason) from None
+    # A threshold given above the file (flag, environment, .env) is the rule's, for every status.
+    overridden = [
+        rule.name
+        for rule in RULES
+        if rule.name in settings.thresholds_by_status
+        and value_origin(rule.threshold, given) != policy.FROM_FILE
+    ]
+    if overridden:
+        kept = {
+            name: by_status
+            for name, by_status in settings.thresholds_by_status.items()
+            if name not in overridden
+        }
+        settings = settings.model_copy(update={"thresholds_by_status": kept})
     if not force:
         for field in floor:
             value = getattr(settings, field)
@@ -277,4 +304,12 @@ def load_settings(
                     f"{format_duration(value)} is under the 1h floor "
                     "(add --force if you really mean it)",
                 )
+        for name, by_status in settings.thresholds_by_status.items():
+            for status, value in by_status.items():
+                if value < THRESHOLD_FLOOR and RULES_BY_NAME[name].threshold in floor:
+                    raise fail(
+                        RULES_BY_NAME[name].threshold,
+                        f"{status}: {format_duration(value)} is under the 1h floor "
+                        "(add --force if you really mean it)",
+                    )
     return settings

@@ -15,7 +15,7 @@ from maintctl.rules.generate import all_needs, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
-from maintctl.tasks import count_rule, run_task
+from maintctl.tasks import count_rule, rule_cutoffs, run_task
 
 # Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
 # millions of index entries on every poll (sql/migrations/0007_status_counts.sql).
@@ -61,9 +61,8 @@ def get_status(
     with db.transaction(conn, settings):
         counts = {}
         for rule in RULES:
-            threshold = getattr(settings, rule.threshold)
-            cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
-            counts[rule.name] = count_rule(conn, rule, cutoff, limit)
+            cutoff, cutoffs = rule_cutoffs(conn, settings, rule)
+            counts[rule.name] = count_rule(conn, rule, cutoff, limit, cutoffs)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
             counts=counts,

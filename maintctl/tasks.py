@@ -32,17 +32,40 @@ TASKS_BY_NAME = RULES_BY_NAME
 
 
 def count_rule(
-    conn: Connection, rule: Rule, cutoff: datetime | None, limit: int | None = None
+    conn: Connection,
+    rule: Rule,
+    cutoff: datetime | None,
+    limit: int | None = None,
+    cutoffs: dict[str, str] | None = None,
 ) -> int:
-    """What the rule would touch now at this cutoff, up to `limit` rows (None: all): the one count
-    of each rule, for the dry run, `status` and the view alike."""
+    """What the rule would touch now at this cutoff (and per-status `cutoffs`), up to `limit` rows
+    (None: all): the one count of each rule, for the dry run, `status` and the view alike."""
     from psycopg import sql
 
     from maintctl import db
 
     count = {"count": sql.Identifier("maintenance", rule.count_function)}
-    row = db.fetch_composed(conn, "rule_count", count, {"cutoff": cutoff, "limit": limit}, Count)
-    return row.rows
+    params = {"cutoff": cutoff, "limit": limit, "cutoffs": db.jsonb(cutoffs)}
+    return db.fetch_composed(conn, "rule_count", count, params, Count).rows
+
+
+def rule_cutoffs(
+    conn: Connection, settings: Settings, rule: Rule
+) -> tuple[datetime, dict[str, str] | None]:
+    """The rule's cutoff by the database clock, and with a threshold per status each status's
+    (the cutoff is then the latest of them, which bounds the walk), all at one moment."""
+    from maintctl import db
+
+    by_status = settings.thresholds_by_status.get(rule.name) or {}
+    with db.transaction(conn, settings):
+        cutoff = db.fetch_value(conn, "cutoff", {"threshold": getattr(settings, rule.threshold)})
+        cutoffs = {
+            status: db.fetch_value(conn, "cutoff", {"threshold": threshold})
+            for status, threshold in by_status.items()
+        }
+    if not cutoffs:
+        return cutoff, None
+    return max(cutoffs.values()), {status: moment.isoformat() for status, moment in cutoffs.items()}
 
 
 @dataclass(frozen=True)
@@ -191,6 +214,7 @@ def run_task(
     batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
     remaining: int | None = None
     cutoff: datetime | None = None
+    cutoffs: dict[str, str] | None = None
 
     def result(status: str, error: str | None = None) -> TaskResult:
         elapsed = int((time.monotonic() - started) * 1000)
@@ -201,13 +225,13 @@ def run_task(
         with db.transaction(conn, settings):
             if heartbeat is not None:
                 heartbeat.beat(conn)
-            return count_rule(conn, task, cutoff)
+            return count_rule(conn, task, cutoff, cutoffs=cutoffs)
 
     if deadline is not None and time.monotonic() >= deadline:
         return result("not_run", "max runtime reached before this task started")
     try:
         with db.task_errors(conn):
-            cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
+            cutoff, cutoffs = rule_cutoffs(conn, settings, task)
             if dry_run:
                 rows = count_eligible()
                 return result("ok")
@@ -221,6 +245,7 @@ def run_task(
                     "batch_size": batch_size,
                     "position": db.jsonb(position),
                     "run_id": run_id,
+                    "cutoffs": db.jsonb(cutoffs),
                 }
                 batch_started = time.monotonic()
                 with ExitStack() as hold:

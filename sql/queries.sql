@@ -302,11 +302,12 @@ comment on index {index} is {comment};
 -- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql).
 select rows, next_position
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
-                           %(position)s::jsonb, %(run_id)s::bigint);
+                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb);
 
 -- name: rule_count
--- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function.
-select {count}(%(cutoff)s, %(limit)s::bigint) as rows;
+-- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;
+-- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
+select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
 
 -- name: grant_table
 -- What the rules do to one application table, for `maintctl grant`.

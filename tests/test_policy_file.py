@@ -440,3 +440,66 @@ def test_a_missing_config_file_named_by_the_flag_exits_78(cli: Cli) -> None:
 
     assert result.exit_code == 78
     assert result.stderr.startswith("maintctl: error: --config: cannot read nowhere.toml")
+
+
+# --- a threshold per status ---------------------------------------------------------------
+
+
+def add_job(conn: Conn, status: str, ended: str) -> int:
+    row = conn.execute(
+        "insert into import_jobs (status, created_at, finished_at, payload, log) "
+        "values (%s, now() - '60 days'::interval, now() - %s::interval, '{}', 'x') returning id",
+        [status, ended],
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def compacted(conn: Conn) -> list[int]:
+    rows = conn.execute("select id from import_jobs where compacted_at is not null order by id")
+    return [row[0] for row in rows.fetchall()]
+
+
+PER_STATUS = """
+[rules.compact]
+older_than = { completed = "7d", failed = "30d" }
+"""
+
+
+def test_compaction_keeps_each_status_for_its_own_threshold(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PER_STATUS)
+    done_past = add_job(conn, "completed", "7 days 1 minute")
+    add_job(conn, "completed", "6 days 23 hours")
+    add_job(conn, "failed", "29 days 23 hours")  # past 7d, inside failed's 30d
+    failed_past = add_job(conn, "failed", "30 days 1 minute")
+    add_job(conn, "cancelled", "40 days")  # no longer a status the rule compacts
+    assert cli("migrate").exit_code == 0  # the statuses changed: the steps are generated anew
+
+    dry = json.loads(cli("compact", "--dry-run", "--json").stdout)
+    status = json.loads(cli("status", "--json").stdout)
+    real = json.loads(cli("compact", "--json").stdout)
+    again = json.loads(cli("compact", "--json").stdout)
+
+    assert dry["importJobsCompacted"] == real["importJobsCompacted"] == 2
+    assert status["oldImportJobs"] == 2
+    assert status["thresholds"]["compactAfterByStatus"] == {"completed": "7d", "failed": "30d"}
+    assert again["importJobsCompacted"] == 0
+    assert compacted(conn) == [done_past, failed_past]
+
+
+def test_a_threshold_from_the_environment_is_every_status_s(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PER_STATUS)
+    assert cli("migrate").exit_code == 0
+    add_job(conn, "completed", "10 days")
+    add_job(conn, "failed", "10 days")
+
+    result = cli("compact", "--json", env={"MAINTCTL_COMPACT_AFTER": "9d"})
+
+    assert json.loads(result.stdout)["importJobsCompacted"] == 2
+    overridden = cli("status", "--json", env={"MAINTCTL_COMPACT_AFTER": "9d"})
+    assert "compactAfterByStatus" not in json.loads(overridden.stdout)["thresholds"]
+    assert "compactAfterByStatus" in json.loads(cli("status", "--json").stdout)["thresholds"]

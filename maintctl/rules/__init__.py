@@ -70,6 +70,9 @@ class Rule:
     changes: str  # the role of the table it changes (for --vacuum)
     values: Mapping[str, Value] = field(default_factory=dict)
     emits_paths: bool = False  # its deleted rows' files go to the storage outbox (--emit-paths)
+    # The value key (a list of statuses) that a threshold per status gives, when older_than may be
+    # a table of status = duration: the rule then applies to exactly those statuses.
+    per_status: str | None = None
 
     @property
     def template(self) -> str:

@@ -29,4 +29,5 @@ RULE = Rule(
     },
     values={"finished": Value(("completed", "failed", "cancelled"))},
     changes="jobs",
+    per_status="finished",
 )

@@ -234,7 +234,8 @@ def runner_placeholders() -> dict[str, sql.Composable]:
         sql.SQL(
             "{keyword} p_rule = {name} then\n"
             "    select s.rows, s.next_position into rows, next_position\n"
-            "      from {step}(p_cutoff, p_threshold, p_batch_size, p_position, p_run_id) as s;"
+            "      from {step}(p_cutoff, p_threshold, p_batch_size, p_position, p_run_id,\n"
+            "                  p_cutoffs) as s;"
         ).format(
             keyword=sql.SQL("if" if position == 0 else "elsif"),
             name=sql.Literal(rule.name),
@@ -243,7 +244,17 @@ def runner_placeholders() -> dict[str, sql.Composable]:
         for position, rule in enumerate(RULES)
     )
     thresholds = [sql.Identifier(rule.threshold) for rule in RULES]
+    count_wrappers = sql.SQL("\n\n").join(
+        sql.SQL(
+            "create or replace function {count}(p_cutoff timestamptz, p_limit bigint)\n"
+            "returns bigint\n"
+            "language sql stable set search_path = pg_catalog, pg_temp\n"
+            "as $$ select {count}(p_cutoff, p_limit, null) $$;"
+        ).format(count=sql.Identifier("maintenance", rule.count_function))
+        for rule in RULES
+    )
     return {
+        "count_wrappers": count_wrappers,
         "step_dispatch": dispatch,
         "threshold_parameters": sql.SQL(",\n  ").join(
             sql.SQL("{} interval default {}").format(name, _interval(_default_threshold(rule)))

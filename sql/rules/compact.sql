@@ -17,7 +17,8 @@ on {jobs} (({ended_at}), {key})
 -- Always through the rule's partial index, which holds only the jobs still to compact: right after
 -- a run compacted a backlog, before autovacuum analyzes the table again, the statistics still show
 -- that backlog and the planner would read the whole table instead.
-create or replace function maintenance.count_old_import_jobs(p_cutoff timestamptz, p_limit bigint)
+create or replace function maintenance.count_old_import_jobs(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
 returns bigint
 language sql stable set search_path = pg_catalog, pg_temp set enable_seqscan = off
 as $$
@@ -26,13 +27,15 @@ as $$
     where {j.status_column} in ({finished})
       and {j.compacted_at} is null
       and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
     limit p_limit) as found
 $$;
 
--- The same walk as temp's, over (ended_at, key) in the partial index.
+-- The same walk as temp's, over (ended_at, key) in the partial index. With a threshold per status,
+-- p_cutoffs holds each status's cutoff and p_cutoff the latest of them, which bounds the walk.
 create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -47,6 +50,7 @@ begin
     from {jobs} j
    where {j.status_column} in ({finished}) and {j.compacted_at} is null
      and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
      and ({j.ended_at}, {j.key}) > (after_at, after_id)
    order by {j.ended_at}, {j.key}
   offset p_batch_size - 1 limit 1;
@@ -57,6 +61,7 @@ begin
     more := exists (select 1 from {jobs} j
                      where {j.status_column} in ({finished}) and {j.compacted_at} is null
                        and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
                        and ({j.ended_at}, {j.key}) > (upto_at, upto_id));
   end if;
   begin
@@ -68,6 +73,7 @@ begin
            {compacted_at} = now()
      where {j.status_column} in ({finished}) and {j.compacted_at} is null
        and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
        and ({j.ended_at}, {j.key}) > (after_at, after_id)
        and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
     get diagnostics rows = row_count;
@@ -77,6 +83,7 @@ begin
       select {j.key} as key from {jobs} j
        where {j.status_column} in ({finished}) and {j.compacted_at} is null
          and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
          and ({j.ended_at}, {j.key}) > (after_at, after_id)
          and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
       for update skip locked
@@ -89,7 +96,8 @@ begin
       from picked
      where {j.key} = picked.key
        and {j.status_column} in ({finished}) and {j.compacted_at} is null
-       and {j.ended_at} < p_cutoff;
+       and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
     get diagnostics rows = row_count;
   end;
   next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
@@ -111,7 +119,8 @@ begin
   perform maintenance.check_cleanup_arguments(array[compact_after], batch_size, force);
   loop
     select * into step
-      from maintenance.compact_import_jobs_step(cutoff, compact_after, batch_size, position, null);
+      from maintenance.compact_import_jobs_step(cutoff, compact_after, batch_size, position, null,
+                                                null);
     total := total + step.rows;
     position := step.next_position;
     exit when position is null;

@@ -12,7 +12,8 @@ on {items} ({run_column}, {key});
 -- Through the failed runs (their partial index), then each run's items (the (run, key) index). The
 -- runs are looked up on their own (materialized): under a LIMIT the planner would rather read
 -- every run, hoping to stop early, which with nothing to count reads them all.
-create or replace function maintenance.count_old_raw_items(p_cutoff timestamptz, p_limit bigint)
+create or replace function maintenance.count_old_raw_items(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
 returns bigint
 language sql stable set search_path = pg_catalog, pg_temp
 as $$
@@ -30,7 +31,7 @@ $$;
 -- cannot be re-queued while its items go.
 create or replace function maintenance.purge_raw_items_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare

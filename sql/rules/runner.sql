@@ -8,7 +8,7 @@
 -- batch starts (null: the walk is done).
 create or replace function maintenance.rule_step(
   p_rule text, p_cutoff timestamptz, p_threshold interval, p_batch_size integer,
-  p_position jsonb, p_run_id bigint, out rows integer, out next_position jsonb)
+  p_position jsonb, p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 begin
@@ -18,6 +18,9 @@ begin
   end if;
 end
 $$;
+
+-- Each rule's count with no per-status cutoffs, as maintenance_status and pending_counts call them.
+{count_wrappers}
 
 -- The whole of `maintctl run` for pg_cron: `call maintenance.run_maintenance_cleanup();`. Each batch
 -- is committed on its own, so it must be called outside an explicit transaction (inside one, its
@@ -113,7 +116,8 @@ begin
             using errcode = 'lock_not_available';
         end if;
         select s.rows, s.next_position into n, position
-          from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id) as s;
+          from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
+                                     null) as s;
         perform maintenance.renew_run_lease(ledger_id, lease);
         batches := batches + 1;
         total := total + n;

@@ -8,7 +8,8 @@
 on {runs} (({last_seen})) where {status_column} in ({running});
 
 -- section: functions
-create or replace function maintenance.count_stuck_runs(p_cutoff timestamptz, p_limit bigint)
+create or replace function maintenance.count_stuck_runs(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
 returns bigint
 language sql stable set search_path = pg_catalog, pg_temp
 as $$
@@ -23,7 +24,7 @@ $$;
 -- finished or heartbeated meanwhile is left alone.
 create or replace function maintenance.mark_stuck_runs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 begin

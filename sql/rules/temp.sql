@@ -7,7 +7,8 @@
 on {uploads} ({created_at}, {key});
 
 -- section: functions
-create or replace function maintenance.count_old_temp_uploads(p_cutoff timestamptz, p_limit bigint)
+create or replace function maintenance.count_old_temp_uploads(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
 returns bigint
 language sql stable set search_path = pg_catalog, pg_temp
 as $$
@@ -25,7 +26,7 @@ $$;
 -- which the next run picks up. The short wait is undone when the subtransaction ends either way.
 create or replace function maintenance.purge_temp_uploads_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
