@@ -355,6 +355,7 @@ def _run(
         **(thresholds or {}),
     )
     _log.log_format = settings.log_format
+    tasks = _enabled(settings, tasks, command_name)
     deadline = _duration_flag("--max-runtime", max_runtime)
     if emit_paths == outbox.STDOUT and json_output:
         raise UsageError("--emit-paths -: stdout carries the JSON report; name a file instead")
@@ -420,6 +421,19 @@ def _run(
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
+
+
+def _enabled(settings: Settings, tasks: tuple[Task, ...], command_name: str) -> tuple[Task, ...]:
+    """The tasks the policy applies: `run` leaves out a rule turned off (enabled = false); the
+    rule's own command refuses."""
+    from maintctl.errors import ConfigError
+
+    off = [task for task in tasks if not settings.rule_enabled(task.name)]
+    if off and command_name != "run":
+        raise ConfigError(
+            f"rule {off[0].name} is turned off in the policy file (rules.{off[0].name}.enabled)"
+        )
+    return tuple(task for task in tasks if task not in off)
 
 
 def _ping(settings: Settings, suffix: str, body: str) -> None:

@@ -98,7 +98,7 @@ def pause_json(state: PauseState) -> dict[str, Any]:
 
 def status_json(status: StatusReport) -> dict[str, Any]:
     document: dict[str, Any] = {
-        **{rule.count_key: status.counts[rule.name] for rule in RULES},
+        **{rule.count_key: status.counts.get(rule.name) for rule in RULES},
         "paused": status.pause.paused,
         "pause": pause_json(status.pause) if status.pause.paused else None,
         "thresholds": status.thresholds,
@@ -256,7 +256,7 @@ def print_status(status: StatusReport) -> None:
     table.add_column("What")
     table.add_column("Threshold")
     table.add_column("Rows", justify="right")
-    for rule in RULES:
+    for rule in [rule for rule in RULES if rule.name in status.counts]:
         label, threshold, rows = rule.label, camel(rule.threshold), status.counts[rule.name]
         at_limit = status.count_limit is not None and rows >= status.count_limit
         table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))

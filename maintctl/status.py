@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
-from maintctl.rules import RULES
 from maintctl.rules.generate import all_needs, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
@@ -22,7 +21,8 @@ from maintctl.tasks import count_rule, rule_cutoffs, run_task
 STATUS_COUNT_LIMIT = 100_000
 
 
-# What each rule would touch now, by rule name, in the rules' order.
+# What each rule would touch now, by rule name, in the rules' order (a rule the policy turns off
+# has none).
 PendingCounts = dict[str, int]
 
 
@@ -60,7 +60,7 @@ def get_status(
     limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
         counts = {}
-        for rule in RULES:
+        for rule in policy_of(settings).rules:
             cutoff, cutoffs = rule_cutoffs(conn, settings, rule)
             counts[rule.name] = count_rule(conn, rule, cutoff, limit, cutoffs)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
@@ -137,7 +137,7 @@ def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
 def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     """One line per task: the privileges its rule needs on each table it touches."""
     checks = []
-    for rule in RULES:
+    for rule in policy_of(settings).rules:
         held, lacking = [], []
         for need in [n for n in all_needs(policy_of(settings)) if n.rule == rule.name]:
             found = _privileges(conn, settings, need.table)
@@ -178,7 +178,7 @@ def check_pause(conn: db.Connection, settings: Settings) -> list[Check]:
 
 
 def check_dry_run(conn: db.Connection, settings: Settings) -> list[Check]:
-    results = [run_task(conn, rule, settings, dry_run=True) for rule in RULES]
+    results = [run_task(conn, rule, settings, dry_run=True) for rule in policy_of(settings).rules]
     failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
     if failures:
         raise ConfigError("; ".join(failures))

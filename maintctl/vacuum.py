@@ -19,7 +19,6 @@ from typing import Any
 
 from maintctl import db
 from maintctl.errors import DatabaseUnavailable, MaintctlError
-from maintctl.rules import RULES
 from maintctl.rules.generate import policy_of, table_name
 from maintctl.settings import Settings
 from maintctl.tasks import TaskResult
@@ -32,7 +31,7 @@ VACUUM_ALWAYS_ROWS = 100_000
 def task_tables(settings: Settings) -> dict[str, str]:
     """The table each task changes, by task name."""
     policy = policy_of(settings)
-    return {rule.name: table_name(rule, rule.table(rule.changes), policy) for rule in RULES}
+    return {rule.name: table_name(rule, rule.table(rule.changes), policy) for rule in policy.rules}
 
 
 @dataclass(frozen=True)

@@ -503,3 +503,31 @@ def test_a_threshold_from_the_environment_is_every_status_s(
     overridden = cli("status", "--json", env={"MAINTCTL_COMPACT_AFTER": "9d"})
     assert "compactAfterByStatus" not in json.loads(overridden.stdout)["thresholds"]
     assert "compactAfterByStatus" in json.loads(cli("status", "--json").stdout)["thresholds"]
+
+
+def test_a_rule_turned_off_is_neither_installed_nor_run_nor_counted(
+    bare_cli: Cli, bare_db_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute("drop table temp_uploads")  # this application has no temp uploads
+    (tmp_path / "maintctl.toml").write_text("[rules.temp]\nenabled = false\n")
+
+    migrated = bare_cli("migrate")
+    doctor = bare_cli("doctor")
+    run = json.loads(bare_cli("run", "--json").stdout)
+    status = json.loads(bare_cli("status", "--json").stdout)
+    alone = bare_cli("purge-temp")
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        summary = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+    assert migrated.exit_code == 0, migrated.stderr
+    assert doctor.exit_code == 0, doctor.stdout
+    assert [task["task"] for task in run["tasks"]] == ["stuck", "compact", "raw"]
+    assert run["tempUploadsPurged"] == 0
+    assert status["oldTempUploads"] is None
+    assert alone.exit_code == 78
+    assert alone.stderr == (
+        "maintctl: error: rule temp is turned off in the policy file (rules.temp.enabled)\n"
+    )
+    assert summary is not None
+    assert [task["task"] for task in summary[0]["tasks"]] == ["stuck", "compact", "raw"]

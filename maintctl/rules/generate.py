@@ -41,13 +41,25 @@ class Policy:
 
     schema: str
     names: tuple[tuple[str, tuple[tuple[str, PolicyValue], ...]], ...] = ()
+    disabled: tuple[str, ...] = ()  # rules the policy turns off (enabled = false)
 
     @classmethod
-    def of(cls, schema: str, names: Mapping[str, Mapping[str, PolicyValue]]) -> Policy:
+    def of(
+        cls,
+        schema: str,
+        names: Mapping[str, Mapping[str, PolicyValue]],
+        disabled: tuple[str, ...] = (),
+    ) -> Policy:
         return cls(
             schema,
             tuple(sorted((rule, tuple(sorted(keys.items()))) for rule, keys in names.items())),
+            disabled,
         )
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The rules this policy applies, in run order."""
+        return tuple(rule for rule in RULES if rule.name not in self.disabled)
 
     def given(self, rule: str, key: str) -> PolicyValue | None:
         for name, keys in self.names:
@@ -58,7 +70,8 @@ class Policy:
 
 def policy_of(settings: Any) -> Policy:
     """The policy of the settings (maintctl.settings.Settings)."""
-    return Policy.of(settings.app_schema, settings.rule_names())
+    disabled = tuple(rule.name for rule in RULES if not settings.rule_enabled(rule.name))
+    return Policy.of(settings.app_schema, settings.rule_names(), disabled)
 
 
 # --- resolving a rule's names ------------------------------------------------------------------
@@ -129,7 +142,7 @@ def needs(rule: Rule, policy: Policy) -> list[TableNeeds]:
 
 
 def all_needs(policy: Policy) -> list[TableNeeds]:
-    return [need for rule in RULES for need in needs(rule, policy)]
+    return [need for rule in policy.rules for need in needs(rule, policy)]
 
 
 # --- templates -----------------------------------------------------------------------------
@@ -226,8 +239,9 @@ def _column_placeholders(
     )
 
 
-def runner_placeholders() -> dict[str, sql.Composable]:
-    """The placeholders of runner.sql, each built from the list of rules."""
+def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
+    """The placeholders of runner.sql, each built from the list of rules. The procedure takes a
+    threshold for every rule (its signature stays), and steps the rules the policy applies."""
     from maintctl.settings import camel
 
     dispatch = sql.SQL("\n  ").join(
@@ -241,7 +255,7 @@ def runner_placeholders() -> dict[str, sql.Composable]:
             name=sql.Literal(rule.name),
             step=sql.Identifier("maintenance", rule.step_function),
         )
-        for position, rule in enumerate(RULES)
+        for position, rule in enumerate(policy.rules)
     )
     thresholds = [sql.Identifier(rule.threshold) for rule in RULES]
     count_wrappers = sql.SQL("\n\n").join(
@@ -251,7 +265,7 @@ def runner_placeholders() -> dict[str, sql.Composable]:
             "language sql stable set search_path = pg_catalog, pg_temp\n"
             "as $$ select {count}(p_cutoff, p_limit, null) $$;"
         ).format(count=sql.Identifier("maintenance", rule.count_function))
-        for rule in RULES
+        for rule in policy.rules
     )
     return {
         "count_wrappers": count_wrappers,
@@ -267,7 +281,7 @@ def runner_placeholders() -> dict[str, sql.Composable]:
             )
             for name, rule in zip(thresholds, RULES, strict=True)
         ),
-        "rule_names": _literals(tuple(rule.name for rule in RULES)),
+        "rule_names": _literals(tuple(rule.name for rule in policy.rules)),
         "threshold_of_task": sql.SQL("case task {} end").format(
             sql.SQL(" ").join(
                 sql.SQL("when {} then {}").format(sql.Literal(rule.name), name)
@@ -316,7 +330,7 @@ def installation(policy: Policy) -> Installation:
     columns: list[sql.Composed] = []
     indexes: list[IndexBuild] = []
     functions: list[sql.Composed] = []
-    for rule in RULES:
+    for rule in policy.rules:
         filled = placeholders(rule, policy)
         parts = sections(read_sql(rule.template))
         if "columns" in parts:
@@ -335,7 +349,7 @@ def installation(policy: Policy) -> Installation:
             )
         functions.append(sql.SQL(parts["functions"].strip()).format(**filled))
     runner = sections(read_sql(RUNNER_TEMPLATE))
-    functions.append(sql.SQL(runner["functions"].strip()).format(**runner_placeholders()))
+    functions.append(sql.SQL(runner["functions"].strip()).format(**runner_placeholders(policy)))
     unsigned = Installation(tuple(columns), tuple(indexes), tuple(functions), "")
     digest = hashlib.sha256(unsigned.text().encode()).hexdigest()
     return Installation(tuple(columns), tuple(indexes), tuple(functions), digest)
