@@ -279,7 +279,11 @@ def _settings(
     given = {"database_url": database_url, "app_schema": schema, **flags}
     names = {
         **_FLAG_NAMES,
-        **{key: "--older-than" for key in flags if key.endswith(("_after", "_ttl"))},
+        **{
+            key: "--older-than"
+            for key in flags
+            if key.endswith(("_after", "_ttl")) or key == "purge_older_than"
+        },
     }
     floor = tuple(task.threshold for task in tasks)
     settings = load_settings(given, names, floor=floor, force=force)
@@ -335,7 +339,7 @@ def _run(
     max_runtime: str | None,
     force: bool,
     vacuum: bool = False,
-    thresholds: dict[str, str | None] | None = None,
+    thresholds: dict[str, Any] | None = None,
     log_format: str | None = None,
     quiet: bool = False,
     metrics_file: str | None = None,
@@ -424,8 +428,8 @@ def _run(
 
 
 def _enabled(settings: Settings, tasks: tuple[Task, ...], command_name: str) -> tuple[Task, ...]:
-    """The tasks the policy applies: `run` leaves out a rule turned off (enabled = false); the
-    rule's own command refuses."""
+    """The tasks the policy applies: `run` leaves out a rule turned off (enabled = false) and adds
+    the [[purge]] rules; the rule's own command refuses."""
     from maintctl.errors import ConfigError
 
     off = [task for task in tasks if not settings.rule_enabled(task.name)]
@@ -433,7 +437,9 @@ def _enabled(settings: Settings, tasks: tuple[Task, ...], command_name: str) -> 
         raise ConfigError(
             f"rule {off[0].name} is turned off in the policy file (rules.{off[0].name}.enabled)"
         )
-    return tuple(task for task in tasks if task not in off)
+    kept = tuple(task for task in tasks if task not in off)
+    # `run` does the [[purge]] rules of the policy file after the four.
+    return kept + settings.purge_rules() if command_name == "run" else kept
 
 
 def _ping(settings: Settings, suffix: str, body: str) -> None:
@@ -587,6 +593,54 @@ def _task_commands() -> None:
 
 
 _task_commands()
+
+
+@command("purge", "maintctl purge audit-log --dry-run   (a [[purge]] rule of maintctl.toml)")
+def purge(
+    name: Annotated[
+        str,
+        typer.Argument(help="The name of a [[purge]] rule of the policy file.", show_default=False),
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    dry_run: DryRun = False,
+    batch_size: BatchSize = None,
+    max_runtime: MaxRuntime = None,
+    older_than: OlderThan = None,
+    force: Force = False,
+    log_format: LogFormat = None,
+    quiet: Quiet = False,
+    metrics_file: MetricsFile = None,
+    vacuum: Vacuum = False,
+    debug: Debug = False,
+) -> int:
+    """Run one [[purge]] rule of the policy file alone: delete the rows of its table older than
+    its threshold (and selected by its where)."""
+    from maintctl.errors import ConfigError
+    from maintctl.policy import nearest
+
+    rules = {rule.name: rule for rule in _settings(database_url, schema).purge_rules()}
+    if name not in rules:
+        raise ConfigError(
+            f"no [[purge]] rule named {name!r} in the policy file{nearest(name, rules)}"
+        )
+    return _run(
+        (rules[name],),
+        f"purge {name}",
+        database_url=database_url,
+        schema=schema,
+        json_output=json_output,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        max_runtime=max_runtime,
+        force=force,
+        vacuum=vacuum,
+        thresholds={"purge_older_than": {name: older_than}} if older_than else None,
+        log_format=log_format,
+        quiet=quiet,
+        metrics_file=metrics_file,
+    )
 
 
 @command("status", "maintctl status --max-age 26h   (exit 1 when no successful run in 26h)")

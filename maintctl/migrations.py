@@ -10,7 +10,7 @@ from psycopg import sql
 
 from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated
-from maintctl.rules.install import check_rule_columns, ensure_current
+from maintctl.rules.install import check_conditions, check_rule_columns, ensure_current
 from maintctl.rules.install import install as install_rules
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
@@ -106,6 +106,7 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
         )
     check_app_schema(conn, settings)
     check_rule_columns(conn, settings)
+    check_conditions(conn, settings)
     pooler.refuse_for_migrate(conn, settings)
     _wait_for_lock(conn)
     try:

@@ -132,6 +132,20 @@ def _rule_model(rule: Rule) -> type[BaseModel]:
     )
 
 
+class PurgeEntry(BaseModel):
+    """One [[purge]] table of the policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    table: _Name
+    time_column: _Name
+    older_than: str
+    key: _Name = "id"
+    where: str | None = None
+
+
+PURGE_MODEL = PurgeEntry
 RULE_MODELS: dict[str, type[BaseModel]] = {rule.name: _rule_model(rule) for rule in RULES}
 
 
@@ -159,7 +173,7 @@ def settings_values(file: PolicyFile) -> dict[str, Any]:
     """What the file sets, as Settings fields: the top-level keys, each rule's threshold, and
     the rules' names. An unknown key is refused, naming it and the nearest known one."""
     document = file.document
-    known = {*TOP_LEVEL, "rules"}
+    known = {*TOP_LEVEL, "rules", "purge"}
     values: dict[str, Any] = {}
     for key in document:
         if key not in known:
@@ -184,6 +198,8 @@ def settings_values(file: PolicyFile) -> dict[str, Any]:
         values[rule.threshold] = threshold
     if "rules" in document:
         values["rules"] = rules
+    if "purge" in document:
+        values["purge"] = document["purge"]
     return values
 
 

@@ -107,6 +107,9 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         # A count equal to countLimit means at least that many (status --exact: null, exact).
         "countLimit": status.count_limit,
     }
+    purged = {name: rows for name, rows in status.counts.items() if name not in TASKS_BY_NAME}
+    if purged:  # the [[purge]] rules' counts, by name
+        document["purge"] = purged
     if status.max_age is not None:
         document["maxAge"] = format_duration(status.max_age)
         document["stale"] = status.stale
@@ -170,6 +173,12 @@ def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
 # --- People ------------------------------------------------------------------------------------
 
 
+def _command_of(task: str) -> str:
+    """The command that runs a task alone (a [[purge]] rule's: purge NAME)."""
+    rule = TASKS_BY_NAME.get(task)
+    return rule.command if rule else f"purge {task}"
+
+
 def print_run(report: RunReport) -> None:
     out = console()
     if report.skipped:
@@ -189,7 +198,7 @@ def print_run(report: RunReport) -> None:
         status = result.status if result.error is None else f"{result.status}: {result.error}"
         style = {"ok": "green", "failed": "bold red"}.get(result.status, "yellow")
         table.add_row(
-            TASKS_BY_NAME[result.task].command,
+            _command_of(result.task),
             f"[{style}]{escape(status)}[/]",
             f"{result.rows:,}",
             "-" if report.dry_run else str(result.batches),
@@ -243,7 +252,7 @@ def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
             if done.task not in bars and total == 0:
                 return  # nothing to do: no bar
             if done.task not in bars:
-                label = TASKS_BY_NAME[done.task].command
+                label = _command_of(done.task)
                 bars[done.task] = progress.add_task(label, total=total)
             progress.update(bars[done.task], completed=done.rows, total=total)
 
@@ -256,10 +265,13 @@ def print_status(status: StatusReport) -> None:
     table.add_column("What")
     table.add_column("Threshold")
     table.add_column("Rows", justify="right")
-    for rule in [rule for rule in RULES if rule.name in status.counts]:
-        label, threshold, rows = rule.label, camel(rule.threshold), status.counts[rule.name]
+    for name, rows in status.counts.items():
+        rule = TASKS_BY_NAME.get(name)
+        label = rule.label if rule else f"Rows to purge ({name})"
+        purges: dict[str, str] = status.thresholds.get("purge") or {}
+        threshold = status.thresholds[camel(rule.threshold)] if rule else purges.get(name, "?")
         at_limit = status.count_limit is not None and rows >= status.count_limit
-        table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
+        table.add_row(label, threshold, f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")

@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from maintctl.durations import format_duration, parse_duration
 from maintctl.errors import ConfigError, UsageError
-from maintctl.rules import RULES, RULES_BY_NAME, PolicyValue
+from maintctl.rules import RULES, RULES_BY_NAME, PolicyValue, Rule
 
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
@@ -98,6 +98,43 @@ class Settings(BaseSettings):
     # A threshold per status, by rule (older_than = { completed = "7d", failed = "30d" } in the
     # policy file, for a rule with per_status); the rule's own threshold is then the shortest.
     thresholds_by_status: dict[str, dict[str, Duration]] = Field(default_factory=dict)
+    # The [[purge]] rules of the policy file (maintctl/rules/purge.py), and --older-than of
+    # `maintctl purge NAME`, which beats the entry's own.
+    purge: list[dict[str, Any]] = Field(default_factory=list)
+    purge_older_than: dict[str, Duration] = Field(default_factory=dict)
+
+    @field_validator("purge", mode="before")
+    @classmethod
+    def _purge(cls, value: Any) -> list[dict[str, Any]]:
+        from maintctl.rules.purge import validate_entry
+
+        if not isinstance(value, list):
+            raise ValueError("[[purge]] must be an array of tables")
+        entries = [validate_entry(entry) for entry in value]
+        names = [entry["name"] for entry in entries]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"[[purge]] {twice[0]} is named twice")
+        for entry in entries:
+            entry["older_than"] = _duration(entry["older_than"])
+        return entries
+
+    def purge_rules(self) -> tuple[Rule, ...]:
+        from maintctl.rules.purge import purge_rule
+
+        return tuple(purge_rule(entry) for entry in self.purge)
+
+    def threshold_of(self, rule: Rule) -> timedelta:
+        """A rule's threshold: its setting, or for a [[purge]] rule the entry's older_than."""
+        if rule.purge:
+            override = self.purge_older_than.get(rule.name)
+            if override is not None:
+                return override
+            entry = next(entry for entry in self.purge if entry["name"] == rule.name)
+            found: timedelta = entry["older_than"]
+            return found
+        value: timedelta = getattr(self, rule.threshold)
+        return value
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -145,6 +182,10 @@ class Settings(BaseSettings):
                 shown[camel(rule.threshold) + "ByStatus"] = {
                     status: format_duration(value) for status, value in by_status.items()
                 }
+        if self.purge:
+            shown["purge"] = {
+                rule.name: format_duration(self.threshold_of(rule)) for rule in self.purge_rules()
+            }
         return shown
 
     def rule_names(self) -> dict[str, dict[str, PolicyValue]]:
@@ -191,7 +232,7 @@ OTHER_VARIABLES = (
     "MAINTCTL_BENCH_OUTPUT",
 )
 # Fields that no variable sets (the policy file's tables).
-FILE_ONLY = ("rules", "thresholds_by_status")
+FILE_ONLY = ("rules", "thresholds_by_status", "purge", "purge_older_than")
 
 
 def known_variables() -> tuple[str, ...]:
@@ -296,7 +337,19 @@ def load_settings(
         }
         settings = settings.model_copy(update={"thresholds_by_status": kept})
     if not force:
+        for rule in settings.purge_rules():
+            value = settings.threshold_of(rule)
+            if rule.threshold in floor and value < THRESHOLD_FLOOR:
+                reason = (
+                    f"{format_duration(value)} is under the 1h floor "
+                    "(add --force if you really mean it)"
+                )
+                if rule.name in settings.purge_older_than:
+                    raise UsageError(f"--older-than: {reason}")
+                raise ConfigError(f"[[purge]] {rule.name}: older_than: {reason}")
         for field in floor:
+            if field.startswith("purge:"):
+                continue
             value = getattr(settings, field)
             if value < THRESHOLD_FLOOR:
                 raise fail(

@@ -6,10 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
+from maintctl.rules import install
 from maintctl.rules.generate import all_needs, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
@@ -30,7 +32,7 @@ PendingCounts = dict[str, int]
 class StatusReport:
     counts: PendingCounts
     pause: ledger.PauseState
-    thresholds: dict[str, str]
+    thresholds: dict[str, Any]
     last_run: ledger.RunRecord | None
     last_success: datetime | None
     server_now: datetime
@@ -134,6 +136,16 @@ def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("columns", True, "every column the rules use is present")]
 
 
+def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Each [[purge]] rule's `where`: a boolean condition on its table alone, immutable."""
+    rules = policy_of(settings).purge_rules
+    install.check_conditions(conn, settings)
+    if not any(rule.where for rule in rules):
+        return []
+    named = ", ".join(rule.name for rule in rules if rule.where)
+    return [Check("conditions", True, f"the where of {named}: a condition on its table alone")]
+
+
 def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     """One line per task: the privileges its rule needs on each table it touches."""
     checks = []
@@ -211,6 +223,7 @@ def pooler_check(conn: db.Connection, settings: Settings) -> list[Check]:
 
 DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("pooler", pooler_check),
+    ("conditions", check_conditions),
     ("migrations", check_migrations),
     ("tables", check_tables),
     ("columns", check_columns),

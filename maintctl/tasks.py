@@ -58,7 +58,7 @@ def rule_cutoffs(
 
     by_status = settings.thresholds_by_status.get(rule.name) or {}
     with db.transaction(conn, settings):
-        cutoff = db.fetch_value(conn, "cutoff", {"threshold": getattr(settings, rule.threshold)})
+        cutoff = db.fetch_value(conn, "cutoff", {"threshold": settings.threshold_of(rule)})
         cutoffs = {
             status: db.fetch_value(conn, "cutoff", {"threshold": threshold})
             for status, threshold in by_status.items()
@@ -209,7 +209,7 @@ def run_task(
     from maintctl import db
 
     started = time.monotonic()
-    threshold = getattr(settings, task.threshold)
+    threshold = settings.threshold_of(task)
     rows = batches = 0
     batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
     remaining: int | None = None

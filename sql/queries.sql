@@ -316,3 +316,12 @@ grant {privileges} on {table} to {role};
 -- name: revoke_table
 -- Takes back what grant_table gave.
 revoke {privileges} on {table} from {role};
+
+-- name: where_check_table
+-- An empty copy of a [[purge]] rule's table, to check its condition on (rolled back by the caller).
+create temporary table maintctl_where_check (like {table});
+
+-- name: where_check_index
+-- A [[purge]] rule's condition as PostgreSQL checks an index predicate: a boolean condition on
+-- that table alone, no subquery, only immutable functions (the rule's index is partial on it).
+create index on maintctl_where_check ((1)) where ({where});

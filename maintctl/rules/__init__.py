@@ -73,11 +73,20 @@ class Rule:
     # The value key (a list of statuses) that a threshold per status gives, when older_than may be
     # a table of status = duration: the rule then applies to exactly those statuses.
     per_status: str | None = None
+    # A [[purge]] rule of the policy file (maintctl/rules/purge.py): its template is purge.sql,
+    # its threshold the entry's older_than, its condition the entry's where.
+    purge: bool = False
+    where: str | None = None
 
     @property
     def template(self) -> str:
         """Its SQL template, a file of `sql/`."""
-        return f"rules/{self.name}.sql"
+        return "rules/purge.sql" if self.purge else f"rules/{self.name}.sql"
+
+    @property
+    def slug(self) -> str:
+        """Its name as part of an SQL name."""
+        return self.name.replace("-", "_")
 
     def table(self, role: str) -> Table:
         return next(table for table in self.tables if table.role == role)

@@ -28,7 +28,7 @@ from maintctl.rules import RULES, RULES_BY_NAME, Column, PolicyValue, Rule, Tabl
 from maintctl.sqlfiles import read_sql
 
 _SECTION = re.compile(r"^-- section: (\w+)\s*$", re.MULTILINE)
-_INDEX = re.compile(r"^-- index: (\w+) (\w+)\s*$", re.MULTILINE)
+_INDEX = re.compile(r"^-- index: (\w+) (\S+)\s*$", re.MULTILINE)
 RUNNER_TEMPLATE = "rules/runner.sql"
 # A list column offers its first few columns one by one: {alias.key[0]}, {alias.key[1]}; past its
 # length they are null.
@@ -42,6 +42,8 @@ class Policy:
     schema: str
     names: tuple[tuple[str, tuple[tuple[str, PolicyValue], ...]], ...] = ()
     disabled: tuple[str, ...] = ()  # rules the policy turns off (enabled = false)
+    # The [[purge]] entries: (name, table, time_column, key, where), thresholds left out.
+    purge: tuple[tuple[str, str, str, str, str | None], ...] = ()
 
     @classmethod
     def of(
@@ -49,17 +51,33 @@ class Policy:
         schema: str,
         names: Mapping[str, Mapping[str, PolicyValue]],
         disabled: tuple[str, ...] = (),
+        purge: tuple[tuple[str, str, str, str, str | None], ...] = (),
     ) -> Policy:
         return cls(
             schema,
             tuple(sorted((rule, tuple(sorted(keys.items()))) for rule, keys in names.items())),
             disabled,
+            purge,
+        )
+
+    @property
+    def fixed_rules(self) -> tuple[Rule, ...]:
+        """The four rules, less those this policy turns off, in run order."""
+        return tuple(rule for rule in RULES if rule.name not in self.disabled)
+
+    @property
+    def purge_rules(self) -> tuple[Rule, ...]:
+        from maintctl.rules.purge import purge_rule
+
+        return tuple(
+            purge_rule({"name": n, "table": t, "time_column": c, "key": k, "where": w})
+            for n, t, c, k, w in self.purge
         )
 
     @property
     def rules(self) -> tuple[Rule, ...]:
-        """The rules this policy applies, in run order."""
-        return tuple(rule for rule in RULES if rule.name not in self.disabled)
+        """Every rule this policy applies, in run order: the four, then the [[purge]] ones."""
+        return self.fixed_rules + self.purge_rules
 
     def given(self, rule: str, key: str) -> PolicyValue | None:
         for name, keys in self.names:
@@ -71,7 +89,10 @@ class Policy:
 def policy_of(settings: Any) -> Policy:
     """The policy of the settings (maintctl.settings.Settings)."""
     disabled = tuple(rule.name for rule in RULES if not settings.rule_enabled(rule.name))
-    return Policy.of(settings.app_schema, settings.rule_names(), disabled)
+    purge = tuple(
+        (e["name"], e["table"], e["time_column"], e["key"], e.get("where")) for e in settings.purge
+    )
+    return Policy.of(settings.app_schema, settings.rule_names(), disabled, purge)
 
 
 # --- resolving a rule's names ------------------------------------------------------------------
@@ -211,7 +232,15 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
         _column_placeholders(found, key, alias, names, column)
     for key in rule.values:
         found[key] = _literals(value_of(rule, key, policy))
-    found["default_older_than"] = _interval(_default_threshold(rule))
+    if rule.purge:
+        found["step_function"] = sql.Identifier("maintenance", rule.step_function)
+        found["count_function"] = sql.Identifier("maintenance", rule.count_function)
+        # The one piece of SQL text of the policy, checked by maintctl.rules.purge.check_where.
+        found["where"] = found["t.where"] = (
+            sql.SQL("({})").format(sql.SQL(rule.where)) if rule.where else sql.SQL("true")
+        )
+    else:
+        found["default_older_than"] = _interval(_default_threshold(rule))
     return found
 
 
@@ -265,7 +294,7 @@ def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
             "language sql stable set search_path = pg_catalog, pg_temp\n"
             "as $$ select {count}(p_cutoff, p_limit, null) $$;"
         ).format(count=sql.Identifier("maintenance", rule.count_function))
-        for rule in policy.rules
+        for rule in policy.fixed_rules
     )
     return {
         "count_wrappers": count_wrappers,
@@ -281,7 +310,8 @@ def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
             )
             for name, rule in zip(thresholds, RULES, strict=True)
         ),
-        "rule_names": _literals(tuple(rule.name for rule in policy.rules)),
+        # The procedure runs the four (its thresholds are its arguments), not [[purge]] rules.
+        "rule_names": _literals(tuple(rule.name for rule in policy.fixed_rules)),
         "threshold_of_task": sql.SQL("case task {} end").format(
             sql.SQL(" ").join(
                 sql.SQL("when {} then {}").format(sql.Literal(rule.name), name)
@@ -335,7 +365,8 @@ def installation(policy: Policy) -> Installation:
         parts = sections(read_sql(rule.template))
         if "columns" in parts:
             columns.append(sql.SQL(parts["columns"].strip()).format(**filled))
-        for role, suffix, body in index_blocks(parts.get("indexes", "")):
+        for role, named, body in index_blocks(parts.get("indexes", "")):
+            suffix = named.replace("{rule}", rule.slug)
             table = rule.table(role)
             definition = sql.SQL(body).format(**filled)
             text = definition.as_string(None)

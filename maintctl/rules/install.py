@@ -71,6 +71,14 @@ def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
         )
 
 
+def check_conditions(conn: db.Connection, settings: Settings) -> None:
+    """Each [[purge]] rule's `where`, checked before anything uses it (exit 78)."""
+    from maintctl.rules.purge import check_where
+
+    for rule in policy_of(settings).purge_rules:
+        check_where(conn, settings, rule)
+
+
 def install(conn: db.Connection, settings: Settings) -> bool:
     """Install what the policy generates, unless it is already installed; True when it was.
 
