@@ -10,8 +10,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -24,6 +23,7 @@ from maintctl.log import StepLog
 
 if TYPE_CHECKING:
     from maintctl import runner
+    from maintctl.api import Maintenance
     from maintctl.db import Connection
     from maintctl.settings import Settings
     from maintctl.tasks import Task
@@ -302,18 +302,10 @@ def _duration_flag(flag: str, value: str | None) -> timedelta | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
-@contextmanager
-def _connected(settings: Settings, *, migrated: bool = True) -> Iterator[Connection]:
-    from maintctl import db, migrations
+def _maintenance(settings: Settings) -> Maintenance:
+    from maintctl.api import Maintenance
 
-    conn = db.connect(settings)
-    try:
-        with db.database_errors(conn):
-            if migrated:
-                migrations.ensure_migrated(conn, settings)
-            yield conn
-    finally:
-        conn.close()
+    return Maintenance(settings)
 
 
 def _exit_code_of(exc: BaseException) -> int:
@@ -345,7 +337,7 @@ def _run(
     metrics_file: str | None = None,
     emit_paths: str | None = None,
 ) -> int:
-    from maintctl import db, outbox, render, runner
+    from maintctl import db, outbox, render
     from maintctl.log import describe, wants_color
 
     settings = _settings(
@@ -372,29 +364,29 @@ def _run(
     show_progress = (
         not (json_output or quiet or dry_run) and sys.stdout.isatty() and wants_color(sys.stderr)
     )
+
+    def connected(conn: Connection) -> None:
+        _log(
+            "connected", target=db.describe_target(settings), serverVersion=db.server_version(conn)
+        )
+
+    def write_paths(conn: Connection, report: runner.RunReport) -> None:
+        if emit_paths is not None:
+            outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
+
     try:
-        if not settings.enabled:
-            report = runner.disabled_report(dry_run)
-        else:
-            with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
-                _log(
-                    "connected",
-                    target=db.describe_target(settings),
-                    serverVersion=db.server_version(conn),
-                )
-                report = runner.run_maintenance(
-                    conn,
-                    settings,
-                    tasks,
-                    command=command_name,
-                    dry_run=dry_run,
-                    max_runtime=deadline,
-                    notify=_log,
-                    on_batch=on_batch,
-                    vacuum=vacuum,
-                )
-                if emit_paths is not None:
-                    outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
+        with render.progress_bar(show_progress) as on_batch:
+            report = _maintenance(settings).run(
+                tasks,
+                command=command_name,
+                dry_run=dry_run,
+                max_runtime=deadline,
+                vacuum=vacuum,
+                notify=_log,
+                on_batch=on_batch,
+                on_connected=connected,
+                after=write_paths,
+            )
     except BaseException as exc:
         code = _exit_code_of(exc)
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
@@ -669,12 +661,10 @@ def status(
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
     from maintctl import render
-    from maintctl.status import get_status
 
     settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
-    with _connected(settings) as conn:
-        report = get_status(conn, settings, age, exact=exact)
+    report = _maintenance(settings).status(max_age=age, exact=exact)
     if settings.metrics_file is not None:
         from maintctl import metrics
 
@@ -700,11 +690,9 @@ def migrate(
     debug: Debug = False,
 ) -> None:
     """Install or upgrade the maintenance schema (idempotent; safe to start twice at once)."""
-    from maintctl import migrations, render
+    from maintctl import render
 
-    settings = _settings(database_url, schema)
-    with _connected(settings, migrated=False) as conn:
-        result = migrations.migrate(conn, settings)
+    result = _maintenance(_settings(database_url, schema)).migrate()
     if json_output:
         render.emit_json(render.migrate_json(result))
     else:
@@ -729,12 +717,11 @@ def history(
     debug: Debug = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
-    from maintctl import ledger, render
+    from maintctl import render
 
     since_time, since_age = _since(since)
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        runs = ledger.history(conn, limit, since_time=since_time, since_age=since_age)
+    maintenance = _maintenance(_settings(database_url, schema))
+    runs = maintenance.history(limit, since_time=since_time, since_age=since_age)
     if json_output:
         render.emit_json([render.run_record_json(run) for run in runs])
     else:
@@ -769,11 +756,10 @@ def _set_pause(
     paused: bool,
     reason: str | None,
 ) -> None:
-    from maintctl import ledger, render
+    from maintctl import render
 
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        state = ledger.set_pause(conn, paused=paused, reason=reason)
+    maintenance = _maintenance(_settings(database_url, schema))
+    state = maintenance.pause(reason) if paused else maintenance.resume()
     if json_output:
         render.emit_json(render.pause_json(state))
     else:
@@ -833,7 +819,7 @@ def drain_outbox(
     from maintctl import outbox, render
 
     settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
+    with _maintenance(settings).connect() as conn:
         result = outbox.drain(conn, settings, file)
     if json_output:
         render.emit_json(render.drain_json(result))
@@ -850,9 +836,8 @@ def doctor(
 ) -> int:
     """Check the connection, migrations, privileges and a dry run; exit 0 when healthy."""
     from maintctl import render
-    from maintctl.status import run_doctor
 
-    checks = run_doctor(_settings(database_url, schema))
+    checks = _maintenance(_settings(database_url, schema)).doctor()
     if json_output:
         render.emit_json(render.doctor_json(checks))
     else:
@@ -962,10 +947,8 @@ def config(
     """Show the policy as resolved: each rule's table, columns and threshold, and where each
     value came from (flag, environment, .env, the policy file, or the default)."""
     from maintctl import render
-    from maintctl.policy import describe
 
-    settings = _settings(None, schema)
-    report = describe(settings, {"app_schema": schema})
+    report = _maintenance(_settings(None, schema)).config({"app_schema": schema})
     if json_output:
         render.emit_json(render.config_json(report))
     else:
@@ -991,11 +974,8 @@ def grant(
 ) -> None:
     """Give a role exactly what run, status, doctor and history need (idempotent)."""
     from maintctl import render
-    from maintctl.grants import grant_role
 
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        result = grant_role(conn, settings, role, revoke=revoke)
+    result = _maintenance(_settings(database_url, schema)).grant(role, revoke=revoke)
     if json_output:
         render.emit_json(render.grant_json(result))
     else:
