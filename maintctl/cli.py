@@ -940,6 +940,7 @@ def cron(
 
 @command("config", "maintctl config --config /etc/maintctl.toml --json")
 def config(
+    database_url: DatabaseUrl = None,
     schema: Schema = None,
     json_output: JsonOutput = False,
     debug: Debug = False,
@@ -948,7 +949,8 @@ def config(
     value came from (flag, environment, .env, the policy file, or the default)."""
     from maintctl import render
 
-    report = _maintenance(_settings(None, schema)).config({"app_schema": schema})
+    # Connects nowhere: the settings alone, as every other command would resolve them.
+    report = _maintenance(_settings(database_url, schema)).config({"app_schema": schema})
     if json_output:
         render.emit_json(render.config_json(report))
     else:

@@ -281,14 +281,19 @@ def describe(settings: Any, flags: Mapping[str, Any]) -> ConfigReport:
                     f"rules.{rule.name}.{key}", shown, "file" if key in set_in_file else "default"
                 )
             )
-        threshold = getattr(settings, rule.threshold)
-        values.append(
-            Resolved(
-                f"rules.{rule.name}.{THRESHOLD_KEY}",
-                format_duration(threshold),
-                origin(rule.threshold),
-            )
+        by_status = settings.thresholds_by_status.get(rule.name)
+        threshold: Any = (
+            {status: format_duration(value) for status, value in by_status.items()}
+            if by_status
+            else format_duration(getattr(settings, rule.threshold))
         )
+        key = f"rules.{rule.name}.{THRESHOLD_KEY}"
+        values.append(Resolved(key, threshold, origin(rule.threshold)))
+    for entry in settings.purge:
+        for key in ("table", "time_column", "key", "where"):
+            values.append(Resolved(f"purge.{entry['name']}.{key}", entry.get(key), "file"))
+        older_than = format_duration(entry["older_than"])
+        values.append(Resolved(f"purge.{entry['name']}.{THRESHOLD_KEY}", older_than, "file"))
     found = load()
     return ConfigReport(
         str(found.path) if found else None, found.found_by if found else None, tuple(values)

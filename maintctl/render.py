@@ -149,8 +149,10 @@ def print_config(report: ConfigReport) -> None:
         value = (
             ", ".join(item.value)
             if isinstance(item.value, list)
+            else ", ".join(f"{k} {v}" for k, v in item.value.items())
+            if isinstance(item.value, dict)
             else json.dumps(item.value)
-            if isinstance(item.value, bool)
+            if isinstance(item.value, bool) or item.value is None
             else str(item.value)
         )
         table.add_row(item.key, escape(value), item.source)

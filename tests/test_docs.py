@@ -26,6 +26,8 @@ COMMANDS = [
     "resume",
     "doctor",
     "grant",
+    "config",
+    "purge",
 ]
 
 
