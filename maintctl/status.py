@@ -16,7 +16,7 @@ from maintctl.rules.generate import all_needs, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
-from maintctl.tasks import count_rule, rule_cutoffs, run_task
+from maintctl.tasks import all_cutoffs, count_rules, run_task
 
 # Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
 # millions of index entries on every poll (sql/migrations/0007_status_counts.sql).
@@ -61,10 +61,8 @@ def get_status(
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
-        counts = {}
-        for rule in policy_of(settings).rules:
-            cutoff, cutoffs = rule_cutoffs(conn, settings, rule)
-            counts[rule.name] = count_rule(conn, rule, cutoff, limit, cutoffs)
+        rules = policy_of(settings).rules
+        counts = count_rules(conn, rules, all_cutoffs(conn, settings, rules), limit)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
             counts=counts,

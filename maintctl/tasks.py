@@ -54,18 +54,57 @@ def rule_cutoffs(
 ) -> tuple[datetime, dict[str, str] | None]:
     """The rule's cutoff by the database clock, and with a threshold per status each status's
     (the cutoff is then the latest of them, which bounds the walk), all at one moment."""
+    return all_cutoffs(conn, settings, (rule,))[0]
+
+
+def all_cutoffs(
+    conn: Connection, settings: Settings, rules: tuple[Rule, ...]
+) -> list[tuple[datetime, dict[str, str] | None]]:
+    """rule_cutoffs of several rules, in one statement."""
     from maintctl import db
 
-    by_status = settings.thresholds_by_status.get(rule.name) or {}
-    with db.transaction(conn, settings):
-        cutoff = db.fetch_value(conn, "cutoff", {"threshold": settings.threshold_of(rule)})
-        cutoffs = {
-            status: db.fetch_value(conn, "cutoff", {"threshold": threshold})
-            for status, threshold in by_status.items()
-        }
-    if not cutoffs:
-        return cutoff, None
-    return max(cutoffs.values()), {status: moment.isoformat() for status, moment in cutoffs.items()}
+    thresholds = [settings.threshold_of(rule) for rule in rules]
+    by_status = [list((settings.thresholds_by_status.get(r.name) or {}).items()) for r in rules]
+    thresholds += [threshold for statuses in by_status for _, threshold in statuses]
+    moments = list(db.fetch_value(conn, "cutoffs", {"thresholds": thresholds}))
+    found: list[tuple[datetime, dict[str, str] | None]] = []
+    extra = iter(moments[len(rules) :])
+    for cutoff, statuses in zip(moments, by_status, strict=False):
+        if not statuses:
+            found.append((cutoff, None))
+            continue
+        cutoffs = {status: next(extra) for status, _ in statuses}
+        latest = max(cutoffs.values())
+        found.append((latest, {status: moment.isoformat() for status, moment in cutoffs.items()}))
+    return found
+
+
+def count_rules(
+    conn: Connection,
+    rules: tuple[Rule, ...],
+    cutoffs: list[tuple[datetime, dict[str, str] | None]],
+    limit: int | None,
+) -> dict[str, int]:
+    """count_rule of several rules, in one statement (what `status` asks on every poll)."""
+    from psycopg import sql
+
+    from maintctl import db
+
+    counts = sql.SQL(", ").join(
+        sql.SQL("{count}({cutoff}, {limit}::bigint, {cutoffs}::jsonb)").format(
+            count=sql.Identifier("maintenance", rule.count_function),
+            cutoff=sql.Placeholder(f"cutoff_{position}"),
+            limit=sql.Placeholder("limit"),
+            cutoffs=sql.Placeholder(f"cutoffs_{position}"),
+        )
+        for position, rule in enumerate(rules)
+    )
+    params: dict[str, Any] = {"limit": limit}
+    for position, (cutoff, by_status) in enumerate(cutoffs):
+        params[f"cutoff_{position}"] = cutoff
+        params[f"cutoffs_{position}"] = db.jsonb(by_status)
+    values = db.fetch_composed_values(conn, "rule_counts", {"counts": counts}, params)
+    return {rule.name: int(value) for rule, value in zip(rules, values, strict=True)}
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,6 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('statement_timeout', %(statement_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true);
 
--- name: cutoff
--- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
-select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
-
 -- name: pause_state
 -- Whether maintenance is paused in the database, by whom and why.
 select paused, reason, paused_by, paused_at from maintenance.pause;
@@ -308,6 +304,16 @@ from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batc
 -- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;
 -- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
 select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
+
+-- name: cutoffs
+-- The cutoffs of several thresholds at one moment (the database's clock), in their order.
+select array_agg(now() - maintenance.absolute(t) order by n) as cutoffs
+from unnest(%(thresholds)s::interval[]) with ordinality as u(t, n);
+
+-- name: rule_counts
+-- What several rules would touch now, in one statement: {counts} is one rule_count expression,
+-- maintenance.<count>(cutoff, limit, cutoffs), per rule.
+select {counts};
 
 -- name: grant_table
 -- What the rules do to one application table, for `maintctl grant`.

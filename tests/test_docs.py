@@ -59,7 +59,7 @@ def names_used_in_code() -> set[str]:
     source = "\n".join(path.read_text() for path in (ROOT / "maintctl").rglob("*.py"))
     calls = re.findall(
         r"\b(?:db\.)?(?:fetch_one|fetch_all|fetch_value|fetch_optional|execute|execute_composed"
-        r"|fetch_composed|try_outside_transaction|try_in_transaction)"
+        r"|fetch_composed|fetch_composed_values|try_outside_transaction|try_in_transaction)"
         r"\(\s*conn,\s*(?:settings,\s*)?\"(\w+)\"",
         source,
     )
