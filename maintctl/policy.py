@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -146,7 +147,12 @@ class PurgeEntry(BaseModel):
 
 
 PURGE_MODEL = PurgeEntry
-RULE_MODELS: dict[str, type[BaseModel]] = {rule.name: _rule_model(rule) for rule in RULES}
+
+
+@cache
+def rule_models() -> dict[str, type[BaseModel]]:
+    """One model per rule, built from its definition when a policy file first needs them."""
+    return {rule.name: _rule_model(rule) for rule in RULES}
 
 
 def validate_rules(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -155,9 +161,10 @@ def validate_rules(value: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         raise ValueError("[rules] must be a table of rule tables")
     validated = {}
     for name, table in value.items():
-        if name not in RULE_MODELS:
-            raise ValueError(f"rules.{name}: no such rule{nearest(name, RULE_MODELS)}")
-        model = RULE_MODELS[name]
+        models = rule_models()
+        if name not in models:
+            raise ValueError(f"rules.{name}: no such rule{nearest(name, models)}")
+        model = models[name]
         if not isinstance(table, Mapping):
             raise ValueError(f"rules.{name} must be a table")
         unknown = [key for key in table if key not in model.model_fields]

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from psycopg import sql
@@ -381,6 +382,15 @@ def installation(policy: Policy) -> Installation:
         functions.append(sql.SQL(parts["functions"].strip()).format(**filled))
     runner = sections(read_sql(RUNNER_TEMPLATE))
     functions.append(sql.SQL(runner["functions"].strip()).format(**runner_placeholders(policy)))
-    unsigned = Installation(tuple(columns), tuple(indexes), tuple(functions), "")
-    digest = hashlib.sha256(unsigned.text().encode()).hexdigest()
-    return Installation(tuple(columns), tuple(indexes), tuple(functions), digest)
+    return Installation(tuple(columns), tuple(indexes), tuple(functions), fingerprint(policy))
+
+
+@cache
+def fingerprint(policy: Policy) -> str:
+    """What the generated SQL depends on, hashed without generating it (every command checks
+    it): the policy, the rules' definitions and defaults, the templates and this generator."""
+    parts = [repr(policy), repr(RULES), Path(__file__).read_text(encoding="utf-8")]
+    parts += [repr(_default_threshold(rule)) for rule in RULES]
+    parts += [read_sql(rule.template) for rule in policy.rules]
+    parts.append(read_sql(RUNNER_TEMPLATE))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

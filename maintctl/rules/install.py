@@ -9,7 +9,14 @@ from psycopg import sql
 
 from maintctl import __version__, db
 from maintctl.errors import ConfigError, NotMigrated
-from maintctl.rules.generate import Installation, Policy, all_needs, installation, policy_of
+from maintctl.rules.generate import (
+    Installation,
+    Policy,
+    all_needs,
+    fingerprint,
+    installation,
+    policy_of,
+)
 from maintctl.settings import Settings
 from maintctl.sqlfiles import hardening
 
@@ -51,7 +58,7 @@ def installed_fingerprint(conn: db.Connection) -> str | None:
 
 def ensure_current(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) when the installed steps were generated from another policy."""
-    if installed_fingerprint(conn) != installation(policy_of(settings)).fingerprint:
+    if installed_fingerprint(conn) != fingerprint(policy_of(settings)):
         raise NotMigrated(
             "the installed maintenance rules were generated from another policy or another "
             "maintctl (table or column names, schema); run: maintctl migrate"
