@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -203,3 +204,12 @@ def test_what_the_procedure_does_after_its_last_commit_ignores_the_callers_searc
         conn.execute("call maintenance.run_maintenance_cleanup()")
     assert "hijacked" not in str(failed.value)
     assert "failed: raw:" in str(failed.value)
+
+
+def test_a_policy_that_repeats_the_defaults_needs_no_migrate(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "maintctl.toml").write_text(
+        '[rules.stuck]\ntable = "import_runs"\nolder_than = "2d"\n'
+        '[rules.compact]\nclear = ["payload", "log"]\n'
+    )
+
+    assert cli("status").exit_code == 0

@@ -56,7 +56,9 @@ class Policy:
     ) -> Policy:
         return cls(
             schema,
-            tuple(sorted((rule, tuple(sorted(keys.items()))) for rule, keys in names.items())),
+            tuple(
+                sorted((rule, tuple(sorted(keys.items()))) for rule, keys in names.items() if keys)
+            ),
             disabled,
             purge,
         )
@@ -89,11 +91,18 @@ class Policy:
 
 def policy_of(settings: Any) -> Policy:
     """The policy of the settings (maintctl.settings.Settings)."""
+    from maintctl.policy import policy_keys
+
     disabled = tuple(rule.name for rule in RULES if not settings.rule_enabled(rule.name))
+    # A name the file gives as its default is no change: the same SQL, the same fingerprint.
+    names = {
+        rule: {k: v for k, v in keys.items() if policy_keys(RULES_BY_NAME[rule]).get(k) != v}
+        for rule, keys in settings.rule_names().items()
+    }
     purge = tuple(
         (e["name"], e["table"], e["time_column"], e["key"], e.get("where")) for e in settings.purge
     )
-    return Policy.of(settings.app_schema, settings.rule_names(), disabled, purge)
+    return Policy.of(settings.app_schema, names, disabled, purge)
 
 
 # --- resolving a rule's names ------------------------------------------------------------------
