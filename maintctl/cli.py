@@ -10,7 +10,8 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -306,6 +307,13 @@ def _maintenance(settings: Settings) -> Maintenance:
     from maintctl.api import Maintenance
 
     return Maintenance(settings)
+
+
+@contextmanager
+def _connected(settings: Settings, *, migrated: bool = True) -> Iterator[Connection]:
+    """A connection as Maintenance.connect gives it (for commands that need one of their own)."""
+    with _maintenance(settings).connect(migrated=migrated) as conn:
+        yield conn
 
 
 def _exit_code_of(exc: BaseException) -> int:
@@ -819,7 +827,7 @@ def drain_outbox(
     from maintctl import outbox, render
 
     settings = _settings(database_url, schema)
-    with _maintenance(settings).connect() as conn:
+    with _connected(settings) as conn:
         result = outbox.drain(conn, settings, file)
     if json_output:
         render.emit_json(render.drain_json(result))
