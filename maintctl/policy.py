@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
 
@@ -120,7 +120,10 @@ _Name = Annotated[str, AfterValidator(_name)]
 def _rule_model(rule: Rule) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for key, default in policy_keys(rule).items():
-        if isinstance(default, bool):
+        column = rule.columns.get(key)
+        if column is not None and column.optional:
+            fields[key] = (_Name | Literal[False], default)
+        elif isinstance(default, bool):
             fields[key] = (bool, default)
         elif isinstance(default, tuple):
             fields[key] = (tuple[_Name, ...], default)

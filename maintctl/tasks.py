@@ -350,11 +350,11 @@ def drop_expired_temp_partitions(
     rule = RULES_BY_NAME["temp"]
     policy = policy_of(settings)
     table = table_name(rule, rule.tables[0], policy)
-    columns = {key: column_names(rule, key, policy)[0] for key in rule.columns}
+    columns = {key: column_names(rule, key, policy) for key in rule.columns}
     params = {
         "schema": settings.app_schema,
         "table": table,
-        "created_at": columns["created_at"],
+        "created_at": columns["created_at"][0],
         "cutoff": cutoff,
     }
     expired = db.fetch_all(conn, "expired_temp_uploads_partitions", params, ExpiredPartition)
@@ -363,7 +363,10 @@ def drop_expired_temp_partitions(
         names = {
             "parent": db.identifier(settings.app_schema, table),
             "partition": db.identifier(found.partition_schema, found.partition),
-            **{key: sql.Identifier(name) for key, name in columns.items()},
+            **{
+                key: sql.Identifier(found[0]) if found else sql.SQL("null::bigint")
+                for key, found in columns.items()
+            },
         }
         if found.detach_pending:
             detached = db.try_outside_transaction(conn, settings, "finalize_detach", names)
@@ -388,9 +391,10 @@ def drop_expired_temp_partitions(
                     f"partition {found.partition} holds {held.fresh} rows newer than the cutoff; "
                     "it was detached but not dropped"
                 )
-            db.execute_composed(
-                conn, "outbox_detached_partition", names, {"run_id": run_id, "chunk": 5000}
-            )
+            if columns["storage_path"]:  # storage_path = false: no files, no outbox
+                db.execute_composed(
+                    conn, "outbox_detached_partition", names, {"run_id": run_id, "chunk": 5000}
+                )
             db.execute_composed(conn, "drop_partition", names)
         dropped += held.rows
     return dropped

@@ -531,3 +531,30 @@ def test_a_rule_turned_off_is_neither_installed_nor_run_nor_counted(
     )
     assert summary is not None
     assert [task["task"] for task in summary[0]["tasks"]] == ["stuck", "compact", "raw"]
+
+
+def test_uploads_without_files_are_purged_with_no_outbox(
+    bare_cli: Cli, bare_db_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute("alter table temp_uploads drop column storage_path, drop column size_bytes")
+        conn.execute(
+            "insert into temp_uploads (created_at) select now() - interval '25 hours' "
+            "from generate_series(1, 5)"
+        )
+        conn.execute("insert into temp_uploads (created_at) values (now() - interval '23 hours')")
+    (tmp_path / "maintctl.toml").write_text("[rules.temp]\nstorage_path = false\n")
+
+    migrated = bare_cli("migrate")
+    doctor = bare_cli("doctor")
+    dry = json.loads(bare_cli("purge-temp", "--dry-run", "--json").stdout)
+    real = json.loads(bare_cli("purge-temp", "--json", "--batch-size", "2").stdout)
+    shown = json.loads(bare_cli("config", "--json").stdout)["values"]["rules.temp.storage_path"]
+
+    assert migrated.exit_code == 0, migrated.stderr
+    assert doctor.exit_code == 0, doctor.stdout
+    assert dry["tempUploadsPurged"] == real["tempUploadsPurged"] == 5
+    assert shown == {"value": False, "source": "file"}
+    with psycopg.connect(bare_db_url) as conn:
+        assert count(conn, "select count(*) from temp_uploads") == 1
+        assert count(conn, "select count(*) from maintenance.storage_outbox") == 0

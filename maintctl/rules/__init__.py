@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # A policy value: a name, or an ordered list of names (a coalesce order, or columns to clear).
-PolicyValue = str | tuple[str, ...]
+PolicyValue = str | tuple[str, ...] | bool  # false: an optional column the table lacks
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Column:
     source: str | None = None
     source_key: str | None = None
     added: bool = False  # maintctl's own column: migrate adds it when it is missing
+    # The policy may give false: the table has no such column. Its placeholders are then null and
+    # {has.key} is false; a column that `needs` another is absent with it.
+    optional: bool = False
+    needs: str | None = None
 
 
 @dataclass(frozen=True)

@@ -117,11 +117,17 @@ def table_name(rule: Rule, table: Table, policy: Policy) -> str:
 
 
 def column_names(rule: Rule, key: str, policy: Policy) -> tuple[str, ...]:
+    """The column (or coalesce order) behind a key; none for an optional column the policy says
+    the table lacks (false)."""
     column = rule.columns[key]
     if column.source is not None:
         return column_names(RULES_BY_NAME[column.source], column.source_key or key, policy)
+    if column.needs is not None and not column_names(rule, column.needs, policy):
+        return ()
     given = policy.given(rule.name, key)
     value = given if given is not None else column.default
+    if isinstance(value, bool):
+        return ()
     return (value,) if isinstance(value, str) else tuple(value)
 
 
@@ -131,6 +137,7 @@ def value_of(rule: Rule, key: str, policy: Policy) -> tuple[str, ...]:
         return value_of(RULES_BY_NAME[value_def.source], key, policy)
     given = policy.given(rule.name, key)
     value = given if given is not None else value_def.default
+    assert not isinstance(value, bool), f"{rule.name}.{key} is a status, not a flag"
     return (value,) if isinstance(value, str) else tuple(value)
 
 
@@ -261,6 +268,11 @@ def _column_placeholders(
     names: tuple[str, ...],
     column: Column,
 ) -> None:
+    if column.optional:
+        found[f"has.{key}"] = sql.SQL("true" if names else "false")
+        if not names:
+            found[key] = found[f"{alias}.{key}"] = sql.SQL("null")
+            return
     if isinstance(column.default, str) and len(names) == 1:
         found[key] = sql.Identifier(names[0])
         found[f"{alias}.{key}"] = sql.Identifier(alias, names[0])

@@ -22,8 +22,9 @@ RULE = Rule(
     columns={
         "key": Column("uploads", "id"),
         "created_at": Column("uploads", "created_at"),
-        "storage_path": Column("uploads", "storage_path"),
-        "size_bytes": Column("uploads", "size_bytes"),
+        # storage_path = false: the uploads have no files, so no storage outbox.
+        "storage_path": Column("uploads", "storage_path", optional=True),
+        "size_bytes": Column("uploads", "size_bytes", optional=True, needs="storage_path"),
     },
     changes="uploads",
     emits_paths=True,

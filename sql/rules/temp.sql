@@ -1,6 +1,7 @@
 -- The temp rule: temp uploads created before the cutoff are deleted, their files recorded in the
 -- storage outbox by the statement that deletes them. A template for `maintctl migrate`
--- (maintctl/rules/temp.py; placeholders as in stuck.sql).
+-- (maintctl/rules/temp.py; placeholders as in stuck.sql). With storage_path = false there are no
+-- files: {has.storage_path} is false and the outbox gets nothing.
 
 -- section: indexes
 -- index: uploads created_at_id
@@ -57,13 +58,15 @@ begin
        where {t.created_at} < p_cutoff
          and ({t.created_at}, {t.key}) > (after_at, after_id)
          and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
-      returning {t.key} as key, {t.storage_path} as storage_path, {t.size_bytes} as size_bytes
+      returning {t.key} as key, {t.storage_path}::text as storage_path,
+                {t.size_bytes}::bigint as size_bytes
+    ), recorded as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone where {has.storage_path} having count(*) > 0
+      returning 1
     )
-    insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-    select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
-      from gone having count(*) > 0
-    returning cardinality(upload_ids) into rows;
-    rows := coalesce(rows, 0);
+    select count(*) into rows from gone;
     perform set_config('lock_timeout', configured_lock_timeout, true);
   exception when lock_not_available then
     with picked as (
@@ -75,13 +78,15 @@ begin
     ), gone as (
       delete from {uploads} t using picked
        where {t.key} = picked.key and {t.created_at} < p_cutoff
-      returning {t.key} as key, {t.storage_path} as storage_path, {t.size_bytes} as size_bytes
+      returning {t.key} as key, {t.storage_path}::text as storage_path,
+                {t.size_bytes}::bigint as size_bytes
+    ), recorded as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone where {has.storage_path} having count(*) > 0
+      returning 1
     )
-    insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-    select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
-      from gone having count(*) > 0
-    returning cardinality(upload_ids) into rows;
-    rows := coalesce(rows, 0);
+    select count(*) into rows from gone;
   end;
   next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
 end
