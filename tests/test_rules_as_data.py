@@ -213,3 +213,35 @@ def test_a_policy_that_repeats_the_defaults_needs_no_migrate(cli: Cli, tmp_path:
     )
 
     assert cli("status").exit_code == 0
+
+
+def rule_facts() -> dict[str, str]:
+    """Each fact a rule's definition states, with the rule it belongs to."""
+    facts: dict[str, str] = {}
+    for rule in RULES:
+        named = [rule.json_key, rule.count_key, rule.label, rule.step_function]
+        named += [rule.count_function, rule.summary, rule.example, rule.view_column]
+        named += [table.default for table in rule.tables if table.default]
+        for fact in named:
+            facts[fact] = rule.name
+    return facts
+
+
+def test_no_module_spells_out_a_rule_s_facts_its_definition_states() -> None:
+    import io
+    import tokenize
+
+    root = Path(__file__).resolve().parent.parent / "maintctl"
+    facts = rule_facts()
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.parent.name == "rules" and path.stem in {rule.name for rule in RULES}:
+            continue  # the definitions themselves
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        for token in tokens:
+            if token.type == tokenize.STRING:
+                text = token.string.strip("\"'")
+                if text in facts:
+                    found.append(f"{path.relative_to(root)}:{token.start[0]}: {text}")
+
+    assert found == []
