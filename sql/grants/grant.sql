@@ -14,8 +14,10 @@ alter default privileges for role {owner} in schema maintenance
   grant usage, select on sequences to {role};
 alter default privileges for role {owner} in schema maintenance
   grant execute on routines to {role};
--- ...except that the migrations ledger is read-only and the pause switch's single row stays.
+-- ...except that the migrations ledger and the record of the generated rules are read-only and
+-- the pause switch's single row stays.
 revoke insert, update, delete on maintenance.schema_migrations from {role};
+revoke insert, update, delete on maintenance.installed_rules from {role};
 revoke insert, delete on maintenance.pause from {role};
 
 -- The application's schema; on its tables, what the rules do to each (maintctl/rules/, granted by
