@@ -3,9 +3,12 @@
 `maintctl migrate` installs what this builds: the columns maintctl adds, the indexes (built
 CONCURRENTLY), and the functions of each rule's step and count, then the shared step function
 and the pg_cron procedure (`sql/rules/runner.sql`). Every name that comes from the policy is
-quoted by psycopg.sql (an Identifier, or a Literal for a status): no text is spliced.
+quoted by psycopg.sql (an Identifier, or a Literal for a status): no name is spliced. The one
+piece of SQL text a policy holds, a [[purge]] rule's `where`, is checked first
+(maintctl.rules.purge.check_where).
 
-What was installed is recorded as a fingerprint of the generated SQL (maintenance.installed_rules);
+What was installed is recorded as a fingerprint of what the SQL was generated from (the policy,
+the rules' definitions, the templates, this generator: maintenance.installed_rules);
 a command that finds another fingerprint than its own policy gives refuses to run (exit 78,
 `run: maintctl migrate`). Thresholds are parameters of the functions, not part of the SQL, so a
 changed threshold needs no migrate.
@@ -360,15 +363,6 @@ class Installation:
     indexes: tuple[IndexBuild, ...]
     functions: tuple[sql.Composed, ...]
     fingerprint: str
-
-    def text(self) -> str:
-        """The whole generated SQL, as the tests and the fingerprint read it."""
-        indexes = [
-            sql.SQL("{} {}").format(sql.Identifier(build.name), build.definition)
-            for build in self.indexes
-        ]
-        statements = [*self.columns, *indexes, *self.functions]
-        return "\n".join(statement.as_string(None) for statement in statements)
 
 
 def index_name(table: str, suffix: str) -> str:
