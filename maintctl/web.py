@@ -68,27 +68,19 @@ NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 def _run_once(settings: Settings) -> RunReport:
     """The run `maintctl run` does (pause switch, run lease, ledger, metrics file, healthcheck
-    pings), stopped between batches after MAINTCTL_SERVE_MAX_RUNTIME. The one place the route
-    calls the run."""
-    from maintctl import cli, runner
+    pings) through the same Maintenance.run, over every rule the policy applies (the four it
+    keeps, then its [[purge]] rules), stopped between batches after MAINTCTL_SERVE_MAX_RUNTIME.
+    The one place the route calls the run."""
+    from maintctl import cli
+    from maintctl.api import Maintenance
     from maintctl.log import describe
-    from maintctl.tasks import TASKS
 
     started, clock = time.time(), time.monotonic()
     cli._ping(settings, "start", "maintctl run started (maintctl serve)")
     try:
-        if not settings.enabled:
-            report = runner.disabled_report(False)
-        else:
-            with cli._connected(settings) as conn:
-                report = runner.run_maintenance(
-                    conn,
-                    settings,
-                    TASKS,
-                    command="run",
-                    max_runtime=settings.serve_max_runtime,
-                    notify=cli._log,
-                )
+        report = Maintenance(settings).run(
+            command="run", max_runtime=settings.serve_max_runtime, notify=cli._log
+        )
     except BaseException as exc:
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
         cli._monitor(settings, "run", started, clock, cli._exit_code_of(exc), None, message)
@@ -207,7 +199,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return endpoint
 
     async def maintenance(request: Request, settings: Settings) -> Response:
-        from maintctl import render, runner
+        from maintctl import runner
+        from maintctl.api import Maintenance
 
         if settings.cron_secret is None:
             return _error(500, "MAINTCTL_CRON_SECRET is not set on the server")
@@ -215,7 +208,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return _error(401, "missing or wrong secret (x-cron-secret or Authorization: Bearer)")
         if not state.run_lock.acquire(blocking=False):
             skipped = runner.RunReport(dry_run=False, skipped=IN_PROGRESS)
-            return JSONResponse(render.run_json(skipped), headers=NO_STORE)
+            return JSONResponse(Maintenance.run_document(skipped), headers=NO_STORE)
         try:
             report = await run_in_threadpool(state.run, settings)
         except MaintctlError as exc:
@@ -233,7 +226,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 "(the ledger says interrupted); the next run carries on",
             )
         status = HTTP_STATUS.get(report.exit_code, 500)
-        return JSONResponse(render.run_json(report), status_code=status, headers=NO_STORE)
+        return JSONResponse(Maintenance.run_document(report), status_code=status, headers=NO_STORE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers=NO_STORE)
@@ -299,12 +292,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def _not_ready(settings: Settings) -> str | None:
-    """Why the server cannot run maintenance now (unreachable, not migrated), or None."""
-    from maintctl import cli
+    """Why the server cannot run maintenance now (unreachable, not migrated, the installed rules
+    generated from another policy), or None."""
+    from maintctl.api import Maintenance
 
     quick = settings.model_copy(update={"connect_timeout": timedelta(seconds=2)})
     try:
-        with cli._connected(quick):
+        with Maintenance(quick).connect():
             return None
     except MaintctlError as exc:
         return exc.message
@@ -317,11 +311,10 @@ def _metrics_text(
     server has run: read from the database at each scrape."""
     from prometheus_client import generate_latest
 
-    from maintctl import cli, metrics
-    from maintctl.status import get_status
+    from maintctl import metrics
+    from maintctl.api import Maintenance
 
-    with cli._connected(settings) as conn:
-        status = get_status(conn, settings)
+    status = Maintenance(settings).status()
     text = generate_latest(metrics.status_registry(status))
     if outcome is not None:
         text += generate_latest(metrics.run_registry(outcome, last_success))
@@ -329,10 +322,12 @@ def _metrics_text(
 
 
 def _dashboard_data(settings: Settings) -> tuple[StatusReport, list[RunRecord]]:
-    from maintctl import cli, ledger
+    """What waits and the last runs, over one connection."""
+    from maintctl import ledger
+    from maintctl.api import Maintenance
     from maintctl.status import get_status
 
-    with cli._connected(settings) as conn:
+    with Maintenance(settings).connect() as conn:
         return get_status(conn, settings), ledger.history(conn, HISTORY_RUNS)
 
 
@@ -359,8 +354,8 @@ td.what { white-space: normal; }
   svg text { font-size: 22px; }
 }
 """
-# One colour per task, in the order of a run.
-TASK_COLORS = ("#0969da", "#8250df", "#1a7f37", "#bf8700")
+# The rules' colours, in the order of a run; more rules than colours ([[purge]] rules) reuse them.
+TASK_COLORS = ("#0969da", "#8250df", "#1a7f37", "#bf8700", "#cf222e", "#1b7c83", "#953800")
 
 
 def _page(body: str, *, status: int = 200) -> HTMLResponse:
@@ -410,11 +405,12 @@ def _status_class(status: str) -> str:
 
 
 def dashboard_html(status: StatusReport, runs: list[RunRecord], max_runtime: timedelta) -> str:
-    """The dashboard's body: what waits, the pause switch, the last runs and two charts."""
+    """The dashboard's body: what waits, the pause switch, the last runs and two charts. Its
+    rules are those the status counted: every rule the policy applies, [[purge]] rules included."""
     from maintctl.durations import format_duration
-    from maintctl.tasks import TASKS
 
-    task_names = [task.name for task in TASKS]
+    task_names = [name for name, *_ in status.waiting()]
+    colors = tuple(TASK_COLORS[index % len(TASK_COLORS)] for index in range(len(task_names)))
     waiting = "".join(
         f"<tr><td class=what>{_e(label)}</td><td>{_e(threshold)}</td>"
         f"<td class=n>{rows:,}{'+' if status.at_limit(rows) else ''}</td></tr>"
@@ -455,21 +451,22 @@ def dashboard_html(status: StatusReport, runs: list[RunRecord], max_runtime: tim
     ][::-1]  # oldest first
     legend = "".join(
         f'<span><i style="background:{color}"></i>{_e(name)}</span>'
-        for name, color in zip(task_names, TASK_COLORS, strict=False)
+        for name, color in zip(task_names, colors, strict=True)
     )
     task_heads = "".join(f"<th class=n>{_e(name)}</th>" for name in task_names)
+    none_yet = f"<tr><td colspan={len(task_names) + 6}>none yet</td></tr>"
     return (
         head + '<h2>Waiting</h2><div class="card scroll"><table><tr><th>What</th><th>Threshold</th>'
         f"<th class=n>Rows</th></tr>{waiting}</table></div>"
         f'<h2>Pause switch</h2><div class="card">{switch}</div>'
         '<h2>Last runs</h2><div class="card scroll"><table><tr><th class=n>Run</th>'
         f"<th>Started</th><th>Command</th><th>Status</th>{task_heads}<th class=n>Took</th>"
-        f"<th>Errors</th></tr>{recent or '<tr><td colspan=9>none yet</td></tr>'}</table></div>"
+        f"<th>Errors</th></tr>{recent or none_yet}</table></div>"
         f'<h2>Rows per task</h2><div class="card"><div class="legend">{legend}</div>'
         + bar_chart(
             [str(run.id) for run, _ in charted],
             [counts for _, counts in charted],
-            TASK_COLORS,
+            colors,
             "rows",
             "chart-rows",
         )
