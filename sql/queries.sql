@@ -331,3 +331,11 @@ create temporary table maintctl_where_check (like {table});
 -- A [[purge]] rule's condition as PostgreSQL checks an index predicate: a boolean condition on
 -- that table alone, no subquery, only immutable functions (the rule's index is partial on it).
 create index on maintctl_where_check ((1)) where ({where});
+
+-- name: procedure_comment
+-- The comment of the pg_cron procedure: the digest of the thresholds its defaults were generated
+-- from (maintctl.rules.generate.Thresholds); null when it is not installed.
+select (select obj_description(p.oid, 'pg_proc')
+        from pg_proc p
+        join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname = 'maintenance' and p.proname = 'run_maintenance_cleanup') as comment;

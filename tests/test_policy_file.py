@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,156 @@ def test_the_pg_cron_procedure_gives_the_cli_s_result_on_the_renamed_schema(
         assert rows_of(summary[0]) == rows_of(report) == EXPECTED
     finally:
         _drop_database(server_url, twin_name)
+
+
+# The renamed schema with a threshold per status for compact and a [[purge]] rule with a where.
+EVENTS = """
+create table imports.events (
+  event_id   bigint generated always as identity primary key,
+  logged_at  timestamptz not null,
+  level      text not null
+);
+"""
+PER_STATUS_AND_PURGE = (
+    POLICY.replace('finished = ["done", "failed"]\n', "").replace(
+        'summary_column = "output"\nolder_than = "3d"',
+        'summary_column = "output"\nolder_than = { done = "3d", failed = "5d" }',
+    )
+    + """
+[[purge]]
+name = "events"
+table = "events"
+key = "event_id"
+time_column = "logged_at"
+older_than = "7d"
+where = "level <> 'security'"
+"""
+)
+
+
+def moment(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def load_events(conn: Conn) -> None:
+    """Events a minute past 7d (one kept by the where) and a minute inside it."""
+    for level, age in (
+        ("info", "7 days 1 minute"),
+        ("security", "7 days 1 minute"),
+        ("info", "6 days 23 hours 59 minutes"),
+        ("debug", "30 days"),
+    ):
+        conn.execute(
+            "insert into imports.events (logged_at, level) values (now() - %s::interval, %s)",
+            [age, level],
+        )
+
+
+def events(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute("select event_id, level from imports.events order by 1").fetchall()
+
+
+def test_the_pg_cron_procedure_applies_per_status_thresholds_and_purge_rules_as_the_cli_does(
+    renamed_url: str, server_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PER_STATUS_AND_PURGE)
+    cli = make_cli(renamed_url)
+    twin_name = unique_name("renamed")
+    twin_url = _create_database(server_url, twin_name)
+    try:
+        with (
+            psycopg.connect(renamed_url, autocommit=True) as conn,
+            psycopg.connect(twin_url, autocommit=True) as twin,
+        ):
+            conn.execute(EVENTS)
+            twin.execute(RENAMED_SCHEMA + EVENTS)
+            assert cli("migrate").exit_code == 0
+            assert make_cli(twin_url)("migrate").exit_code == 0
+            for db in (conn, twin):
+                load_both_sides(db)
+                load_events(db)
+
+            result = cli("run", "--json")
+            # No arguments: the procedure's defaults are the file's thresholds.
+            summary = twin.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+            again = twin.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+            assert summary is not None
+            assert again is not None
+            assert outcome(twin) == outcome(conn)
+            assert events(twin) == events(conn)
+            kept = events(twin)
+        (cli_run,) = json.loads(cli("history", "--json", "--limit", "1").stdout)
+        (_, procedure_run) = json.loads(make_cli(twin_url)("history", "--json").stdout)
+    finally:
+        _drop_database(server_url, twin_name)
+
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    # compact: done past 3d; failed at 4d is inside failed's 5d. purge: the old info and debug.
+    expected = {"stuck": 2, "temp": 1, "compact": 1, "raw": 3, "events": 2}
+    assert rows_of(summary[0]) == rows_of(report) == expected
+    assert [task["task"] for task in summary[0]["tasks"]] == list(expected)
+    assert rows_of(again[0]) == dict.fromkeys(expected, 0)
+    assert [level for _, level in kept] == ["security", "info"]
+    assert procedure_run["thresholds"] == cli_run["thresholds"]
+    assert procedure_run["thresholds"]["compactAfterByStatus"] == {"done": "3d", "failed": "5d"}
+    assert procedure_run["thresholds"]["purge"] == {"events": "7d"}
+    # The same cutoffs, each taken a moment apart (per status: the latest, 3d for compact).
+    gaps = [
+        abs(moment(ours["cutoff"]) - moment(theirs["cutoff"]))
+        for ours, theirs in zip(procedure_run["tasks"], cli_run["tasks"], strict=True)
+    ]
+    assert max(gaps) < timedelta(minutes=1)
+    assert abs(moment(cli_run["tasks"][2]["cutoff"]) - moment(cli_run["startedAt"])) > timedelta(
+        days=2, hours=23
+    )
+
+
+def test_a_threshold_given_to_the_procedure_is_every_status_s(
+    renamed_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PER_STATUS_AND_PURGE)
+    cli = make_cli(renamed_url)
+    with psycopg.connect(renamed_url, autocommit=True) as conn:
+        conn.execute(EVENTS)
+        assert cli("migrate").exit_code == 0
+        load_both_sides(conn)
+
+        summary = conn.execute(
+            "call maintenance.run_maintenance_cleanup(compact_after => '3d')"
+        ).fetchone()
+        compacted_ids = conn.execute(
+            "select task_id from imports.tasks where compacted_at is not null order by 1"
+        ).fetchall()
+    (run,) = json.loads(cli("history", "--json").stdout)
+
+    assert summary is not None
+    assert rows_of(summary[0])["compact"] == 2  # the failed job at 4d too, as with the flag
+    assert compacted_ids == [(1,), (2,)]
+    assert run["thresholds"]["compactAfter"] == "3d"
+    assert "compactAfterByStatus" not in run["thresholds"]
+
+
+def test_migrate_gives_the_procedure_the_file_s_new_thresholds(
+    renamed_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PER_STATUS_AND_PURGE)
+    cli = make_cli(renamed_url)
+    with psycopg.connect(renamed_url, autocommit=True) as conn:
+        conn.execute(EVENTS)
+        assert cli("migrate").exit_code == 0
+        load_events(conn)
+        (tmp_path / "maintctl.toml").write_text(
+            PER_STATUS_AND_PURGE.replace('older_than = "7d"', 'older_than = "40d"')
+        )
+
+        unchanged = json.loads(cli("migrate", "--json").stdout)
+        summary = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+
+    assert unchanged["rulesInstalled"] is True  # the procedure's defaults were generated anew
+    assert summary is not None
+    assert rows_of(summary[0])["events"] == 0  # nothing is 40 days old
 
 
 def test_a_policy_naming_a_column_that_does_not_exist_is_refused_before_migrate_changes_anything(

@@ -293,11 +293,53 @@ def _column_placeholders(
     )
 
 
-def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
+@dataclass(frozen=True)
+class Thresholds:
+    """What the pg_cron procedure applies when its caller gives no threshold: the thresholds
+    `maintctl run` would use (flags aside) where migrate ran them, generated as its defaults.
+    Not part of the fingerprint (a changed threshold needs no migrate for the CLI): the installed
+    procedure carries their digest as its comment, and migrate installs it anew when it differs."""
+
+    # The four rules' own thresholds, by rule name (for a rule with a threshold per status, the
+    # shortest of them, as the CLI's).
+    rules: tuple[tuple[str, timedelta], ...]
+    # A threshold per status, by rule name (older_than = { completed = "7d", ... }).
+    by_status: tuple[tuple[str, tuple[tuple[str, timedelta], ...]], ...] = ()
+    # Each [[purge]] rule's older_than, by name.
+    purge: tuple[tuple[str, timedelta], ...] = ()
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+def default_thresholds() -> Thresholds:
+    """The rules' default thresholds, with no policy file or environment."""
+    return Thresholds(tuple((rule.name, _default_threshold(rule)) for rule in RULES))
+
+
+def thresholds_of(settings: Any) -> Thresholds:
+    """The thresholds of the settings (maintctl.settings.Settings), for the procedure."""
+    return Thresholds(
+        tuple((rule.name, settings.threshold_of(rule)) for rule in RULES),
+        tuple(
+            (rule.name, tuple(by_status.items()))
+            for rule in RULES
+            if (by_status := settings.thresholds_by_status.get(rule.name))
+        ),
+        tuple((rule.name, settings.threshold_of(rule)) for rule in settings.purge_rules()),
+    )
+
+
+def runner_placeholders(
+    policy: Policy, thresholds: Thresholds | None = None
+) -> dict[str, sql.Composable]:
     """The placeholders of runner.sql, each built from the list of rules. The procedure takes a
-    threshold for every rule (its signature stays), and steps the rules the policy applies."""
+    threshold for each of the four (its signature stays, whatever the policy), defaulting to the
+    policy's; it steps the rules the policy applies, the [[purge]] ones last."""
     from maintctl.settings import camel
 
+    given = thresholds or default_thresholds()
     dispatch = sql.SQL("\n  ").join(
         sql.SQL(
             "{keyword} p_rule = {name} then\n"
@@ -311,7 +353,6 @@ def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
         )
         for position, rule in enumerate(policy.rules)
     )
-    thresholds = [sql.Identifier(rule.threshold) for rule in RULES]
     count_wrappers = sql.SQL("\n\n").join(
         sql.SQL(
             "create or replace function {count}(p_cutoff timestamptz, p_limit bigint)\n"
@@ -321,28 +362,82 @@ def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
         ).format(count=sql.Identifier("maintenance", rule.count_function))
         for rule in policy.fixed_rules
     )
+    own = dict(given.rules)
+    by_status = dict(given.by_status)
+    # A rule with a threshold per status defaults to null: the policy's threshold of each status;
+    # a threshold given is every status's, as a flag's is for the CLI.
+    parameters = sql.SQL(",\n  ").join(
+        sql.SQL("{} interval default {}").format(
+            sql.Identifier(rule.threshold),
+            sql.SQL("null") if rule.name in by_status else _interval(own[rule.name]),
+        )
+        for rule in RULES
+    )
+    own_thresholds = [
+        sql.SQL("{}, {}").format(
+            sql.Literal(rule.name),
+            sql.SQL("coalesce({}, {})").format(
+                sql.Identifier(rule.threshold), _interval(own[rule.name])
+            )
+            if rule.name in by_status
+            else sql.Identifier(rule.threshold),
+        )
+        for rule in RULES
+    ] + [
+        sql.SQL("{}, {}").format(sql.Literal(name), _interval(value)) for name, value in given.purge
+    ]
+    per_status = [
+        sql.SQL("{name}, case when {parameter} is null then jsonb_build_object({each}) end").format(
+            name=sql.Literal(rule.name),
+            parameter=sql.Identifier(rule.threshold),
+            each=sql.SQL(", ").join(
+                sql.SQL("{}, {}").format(sql.Literal(status), _interval(value))
+                for status, value in by_status[rule.name]
+            ),
+        )
+        for rule in RULES
+        if rule.name in by_status
+    ]
+    shown = [
+        sql.SQL("{}, maintenance.duration_text((rule_thresholds ->> {})::interval)").format(
+            sql.Literal(camel(rule.threshold)), sql.Literal(rule.name)
+        )
+        for rule in RULES
+    ] + [
+        sql.SQL(
+            "{}, (select jsonb_object_agg(s.key, maintenance.duration_text(s.value::interval))"
+            " from jsonb_each_text(status_thresholds -> {}) s)"
+        ).format(sql.Literal(camel(rule.threshold) + "ByStatus"), sql.Literal(rule.name))
+        for rule in RULES
+        if rule.name in by_status
+    ]
+    if given.purge:
+        shown.append(
+            sql.SQL("'purge', jsonb_build_object({})").format(
+                sql.SQL(", ").join(
+                    sql.SQL("{}, maintenance.duration_text({})").format(
+                        sql.Literal(name), _interval(value)
+                    )
+                    for name, value in given.purge
+                )
+            )
+        )
     return {
         "count_wrappers": count_wrappers,
         "step_dispatch": dispatch,
-        "threshold_parameters": sql.SQL(",\n  ").join(
-            sql.SQL("{} interval default {}").format(name, _interval(_default_threshold(rule)))
-            for name, rule in zip(thresholds, RULES, strict=True)
+        "threshold_parameters": parameters,
+        "rule_thresholds": sql.SQL("jsonb_build_object({})").format(
+            sql.SQL(", ").join(own_thresholds)
         ),
-        "thresholds_array": sql.SQL(", ").join(thresholds),
-        "thresholds_json": sql.SQL(", ").join(
-            sql.SQL("{}, maintenance.duration_text({})").format(
-                sql.Literal(camel(rule.threshold)), name
-            )
-            for name, rule in zip(thresholds, RULES, strict=True)
-        ),
-        # The procedure runs the four (its thresholds are its arguments), not [[purge]] rules.
-        "rule_names": _literals(tuple(rule.name for rule in policy.fixed_rules)),
-        "threshold_of_task": sql.SQL("case task {} end").format(
-            sql.SQL(" ").join(
-                sql.SQL("when {} then {}").format(sql.Literal(rule.name), name)
-                for name, rule in zip(thresholds, RULES, strict=True)
-            )
-        ),
+        "status_thresholds": sql.SQL("jsonb_strip_nulls(jsonb_build_object({}))").format(
+            sql.SQL(", ").join(per_status)
+        )
+        if per_status
+        else sql.SQL("'{}'::jsonb"),
+        "thresholds_json": sql.SQL(", ").join(shown),
+        # The four the policy applies, then its [[purge]] rules: `maintctl run`'s order.
+        "rule_names": _literals(tuple(rule.name for rule in policy.rules)),
+        "thresholds_digest": sql.Literal(given.digest),
     }
 
 
@@ -363,6 +458,8 @@ class Installation:
     indexes: tuple[IndexBuild, ...]
     functions: tuple[sql.Composed, ...]
     fingerprint: str
+    # The comment of the pg_cron procedure: the digest of its default thresholds (Thresholds).
+    procedure_comment: str = ""
 
 
 def index_name(table: str, suffix: str) -> str:
@@ -371,8 +468,9 @@ def index_name(table: str, suffix: str) -> str:
 
 
 @cache
-def installation(policy: Policy) -> Installation:
-    """Everything migrate installs for the policy, generated once per process."""
+def installation(policy: Policy, thresholds: Thresholds | None = None) -> Installation:
+    """Everything migrate installs for the policy, generated once per process; `thresholds`
+    (default: the rules' defaults) are the pg_cron procedure's defaults."""
     columns: list[sql.Composed] = []
     indexes: list[IndexBuild] = []
     functions: list[sql.Composed] = []
@@ -396,8 +494,16 @@ def installation(policy: Policy) -> Installation:
             )
         functions.append(sql.SQL(parts["functions"].strip()).format(**filled))
     runner = sections(read_sql(RUNNER_TEMPLATE))
-    functions.append(sql.SQL(runner["functions"].strip()).format(**runner_placeholders(policy)))
-    return Installation(tuple(columns), tuple(indexes), tuple(functions), fingerprint(policy))
+    functions.append(
+        sql.SQL(runner["functions"].strip()).format(**runner_placeholders(policy, thresholds))
+    )
+    return Installation(
+        tuple(columns),
+        tuple(indexes),
+        tuple(functions),
+        fingerprint(policy),
+        (thresholds or default_thresholds()).digest,
+    )
 
 
 @cache

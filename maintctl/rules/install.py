@@ -16,6 +16,7 @@ from maintctl.rules.generate import (
     fingerprint,
     installation,
     policy_of,
+    thresholds_of,
 )
 from maintctl.settings import Settings
 from maintctl.sqlfiles import hardening
@@ -91,11 +92,13 @@ def install(conn: db.Connection, settings: Settings) -> bool:
 
     The policy's tables and columns are checked first (a missing one: exit 78, nothing changed).
     maintctl's own columns and the functions go in one transaction, the indexes one by one
-    without blocking writes, then the fingerprint records what was installed."""
+    without blocking writes, then the fingerprint records what was installed. The thresholds,
+    not part of the fingerprint, are the pg_cron procedure's defaults: when they changed, the
+    functions are installed anew too."""
     policy = policy_of(settings)
-    generated = installation(policy)
+    generated = installation(policy, thresholds_of(settings))
     current = installed_fingerprint(conn) == generated.fingerprint
-    if current and _indexes_ready(conn, policy, generated):
+    if current and _indexes_ready(conn, policy, generated) and _procedure_current(conn, generated):
         return False
     missing = missing_columns(conn, policy, with_added=False)
     if missing:
@@ -117,6 +120,12 @@ def install(conn: db.Connection, settings: Settings) -> bool:
         }
         db.execute(conn, "record_installed_rules", record)
     return True
+
+
+def _procedure_current(conn: db.Connection, generated: Installation) -> bool:
+    """Whether the pg_cron procedure's defaults are the policy's thresholds (its comment)."""
+    comment: str | None = db.fetch_value(conn, "procedure_comment")
+    return comment == generated.procedure_comment
 
 
 def _index_state(conn: db.Connection, schema: str, name: str) -> IndexState | None:

@@ -22,9 +22,13 @@ $$;
 -- Each rule's count with no per-status cutoffs, as maintenance_status and pending_counts call them.
 {count_wrappers}
 
--- The whole of `maintctl run` for pg_cron: `call maintenance.run_maintenance_cleanup();`. Each batch
--- is committed on its own, so it must be called outside an explicit transaction (inside one, its
--- first COMMIT fails before anything is locked or changed). A procedure that commits cannot carry a
+-- The whole of `maintctl run` for pg_cron: `call maintenance.run_maintenance_cleanup();`: the four
+-- rules the policy applies, then its [[purge]] rules. Its thresholds default to the policy's as
+-- migrate resolved them (generated: see the procedure's comment); a rule with a threshold per
+-- status defaults to null, each status's own, and a threshold given is every status's, as a flag
+-- is for the CLI. A [[purge]] rule's threshold is its older_than. Each batch is committed on its
+-- own, so it must be called outside an explicit transaction (inside one, its first COMMIT fails
+-- before anything is locked or changed). A procedure that commits cannot carry a
 -- SET clause, so it pins search_path itself in each transaction and names every object with its
 -- schema; what runs after its last COMMIT is qualified with pg_catalog, whatever the caller's
 -- search_path. It honours the pause switch and takes the run lease of 0004 for the CLI's default
@@ -44,6 +48,9 @@ language plpgsql
 as $$
 declare
   run_thresholds pg_catalog.jsonb;
+  rule_thresholds pg_catalog.jsonb;  -- each rule's threshold, by name
+  status_thresholds pg_catalog.jsonb;  -- by rule name, each status's threshold (none given)
+  cutoffs pg_catalog.jsonb;
   skipped_because pg_catalog.text;
   holder record;
   ledger_id pg_catalog.int8;
@@ -65,8 +72,16 @@ begin
   commit;
   perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
   perform maintenance.set_lock_timeout(lock_timeout);
-  perform maintenance.check_cleanup_arguments(array[{thresholds_array}], batch_size, force);
-  run_thresholds := jsonb_build_object({thresholds_json}, 'batchSize', batch_size);
+  rule_thresholds := {rule_thresholds};
+  status_thresholds := {status_thresholds};
+  perform maintenance.check_cleanup_arguments(
+    array(select t.value::interval from jsonb_each_text(rule_thresholds) t)
+      || array(select s.value::interval
+                 from jsonb_each(status_thresholds) r, jsonb_each_text(r.value) s),
+    batch_size, force);
+  -- As the CLI's ledger shows them: a threshold per status only where it applies.
+  run_thresholds := jsonb_strip_nulls(
+    jsonb_build_object({thresholds_json}, 'batchSize', batch_size));
 
   select format('maintenance is paused by %s: %s (maintctl resume)',
                 coalesce(p.paused_by, '?'), coalesce(p.reason, 'no reason given'))
@@ -101,8 +116,13 @@ begin
   foreach task in array array[{rule_names}]::text[] loop
     perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     perform maintenance.set_lock_timeout(lock_timeout);
-    threshold := {threshold_of_task};
-    cutoff := now() - maintenance.absolute(threshold);
+    threshold := (rule_thresholds ->> task)::interval;
+    -- With a threshold per status, each status's cutoff, and the latest of them bounds the walk.
+    select jsonb_object_agg(s.key, now() - maintenance.absolute(s.value::interval)),
+           max(now() - maintenance.absolute(s.value::interval))
+      into cutoffs, cutoff
+      from jsonb_each_text(status_thresholds -> task) s;
+    cutoff := coalesce(cutoff, now() - maintenance.absolute(threshold));
     task_started := clock_timestamp();
     total := 0;
     batches := 0;
@@ -117,7 +137,7 @@ begin
         end if;
         select s.rows, s.next_position into n, position
           from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
-                                     null) as s;
+                                     cutoffs) as s;
         perform maintenance.renew_run_lease(ledger_id, lease);
         batches := batches + 1;
         total := total + n;
@@ -180,3 +200,7 @@ begin
                                            'errors', task_errors);
 end
 $$;
+
+-- What the procedure's defaults were generated from (maintctl.rules.generate.Thresholds): migrate
+-- installs it anew when the policy's thresholds change.
+comment on procedure maintenance.run_maintenance_cleanup is {thresholds_digest};
