@@ -64,6 +64,9 @@ def test_the_workflow_mirrors_ci_run() -> None:
     for install in installs:
         assert packages <= set(install.split())
     assert "env -u MAINTCTL_TEST_DSN MAINTCTL_TEST_SERVER=embedded make test" in commands
+    # The wheel alone, installed with its declared dependencies only, is a step of both.
+    assert "make wheel-check" in script
+    assert "make wheel-check" in commands
     assert "MAINTCTL_TEST_DSN: postgresql://postgres@127.0.0.1:5432/postgres" in workflow
     assert "image: postgres:${{ matrix.postgres }}" in workflow
 
