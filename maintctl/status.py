@@ -113,7 +113,7 @@ class ServerClock:
     now: datetime
 
 
-APPLICATION_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
+APPLICATION_TABLES = migrations.APPLICATION_TABLES
 
 # What each task does to each application table. Every batch locks its rows first (FOR UPDATE or
 # FOR SHARE), and PostgreSQL asks UPDATE for that even where the batch then deletes.

@@ -11,6 +11,26 @@ select current_setting('server_version') as server_version,
 -- Whether a schema of that name exists.
 select exists (select 1 from pg_namespace where nspname = %(schema)s) as exists;
 
+-- name: migrate_preflight
+-- Before migrate creates anything: who connects to which database, and whether it may create the
+-- maintenance schema (or already owns it).
+select current_user as role, current_database() as database,
+       has_database_privilege(current_database(), 'CREATE') as can_create_schema,
+       (select pg_get_userbyid(nspowner) from pg_namespace where nspname = 'maintenance')
+         as maintenance_owner,
+       coalesce((select pg_has_role(current_user, nspowner, 'USAGE')
+                 from pg_namespace where nspname = 'maintenance'), true) as owns_maintenance;
+
+-- name: application_table_owners
+-- The owner of each application table migrate alters or indexes (null: the table is missing),
+-- and whether this session may act as that owner.
+select t.name as table_name, pg_get_userbyid(c.relowner) as owner,
+       coalesce(pg_has_role(current_user, c.relowner, 'USAGE'), false) as owned
+from unnest(%(tables)s::text[]) with ordinality as t(name, position)
+left join pg_namespace n on n.nspname = %(schema)s
+left join pg_class c on c.relnamespace = n.oid and c.relname = t.name and c.relkind in ('r', 'p')
+order by t.position;
+
 -- name: migrations_table_exists
 -- Whether maintctl's migrations ledger exists at all.
 select to_regclass('maintenance.schema_migrations') is not null as exists;

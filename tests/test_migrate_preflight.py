@@ -1,0 +1,132 @@
+"""A migrate that cannot finish changes nothing: it checks the database, the schema, the owner of
+the application's tables and the maintenance schema's version before it creates anything."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from maintctl.sqlfiles import migrations
+from tests.conftest import Cli, _create_database, _drop_database, make_cli, unique_name
+from tests.data import Conn
+
+# What a migrate could leave behind: every schema, relation, routine and column of the database
+# and the privileges on them, outside the system catalogs.
+CATALOG = """
+select 'schema ' || nspname || ' ' || pg_get_userbyid(nspowner) || ' '
+       || coalesce(nspacl::text, '')
+  from pg_namespace where nspname not like 'pg\\_%' and nspname <> 'information_schema'
+union all
+select 'relation ' || c.oid::regclass::text || ' ' || c.relkind::text || ' '
+       || coalesce(c.relacl::text, '')
+  from pg_class c join pg_namespace n on n.oid = c.relnamespace
+ where n.nspname not like 'pg\\_%' and n.nspname <> 'information_schema'
+union all
+select 'column ' || a.attrelid::regclass::text || '.' || a.attname
+  from pg_attribute a join pg_class c on c.oid = a.attrelid
+  join pg_namespace n on n.oid = c.relnamespace
+ where a.attnum > 0 and not a.attisdropped
+   and n.nspname not like 'pg\\_%' and n.nspname <> 'information_schema'
+union all
+select 'routine ' || p.oid::regprocedure::text
+  from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+ where n.nspname not like 'pg\\_%' and n.nspname <> 'information_schema'
+order by 1
+"""
+
+
+def catalog(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [row[0] for row in conn.execute(CATALOG).fetchall()]
+
+
+@pytest.fixture
+def empty_db_url(server_url: str) -> Iterator[str]:
+    """A database without the application's tables: the wrong database in the URL."""
+    name = unique_name("empty")
+    yield _create_database(server_url, name)
+    _drop_database(server_url, name)
+
+
+@pytest.fixture
+def stranger(bare_db_url: str) -> Iterator[str]:
+    """A login role that may create schemas in the database but owns none of its tables."""
+    name = f"maintctl_stranger_{os.getpid()}"
+    role = sql.Identifier(name)
+    dbname = str(conninfo_to_dict(bare_db_url)["dbname"])
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create role {} login").format(role))
+        conn.execute(
+            sql.SQL("grant create on database {} to {}").format(sql.Identifier(dbname), role)
+        )
+        conn.execute(sql.SQL("grant usage on schema public to {}").format(role))
+        conn.execute(sql.SQL("grant select on all tables in schema public to {}").format(role))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(bare_db_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(role))
+            conn.execute(sql.SQL("drop role {}").format(role))
+
+
+def test_migrate_in_the_wrong_database_says_where_it_looked_and_creates_nothing(
+    empty_db_url: str,
+) -> None:
+    before = catalog(empty_db_url)
+
+    result = make_cli(empty_db_url)("migrate")
+
+    assert result.exit_code == 78
+    dbname = conninfo_to_dict(empty_db_url)["dbname"]
+    assert result.stderr == (
+        "maintctl: error: application tables not found: searched schema 'public' of database "
+        f"'{dbname}' for import_runs, raw_import_items, temp_uploads, import_jobs and found none "
+        "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)\n"
+    )
+    assert catalog(empty_db_url) == before
+
+
+def test_migrate_as_a_role_that_does_not_own_the_tables_refuses_and_the_owner_can_migrate(
+    bare_db_url: str, bare_cli: Cli, stranger: str
+) -> None:
+    before = catalog(bare_db_url)
+
+    refused = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
+
+    assert refused.exit_code == 77
+    assert refused.stderr.startswith(
+        "maintctl: error: migrate must run as the owner of the application's tables: role "
+        f"'{stranger}' does not own public.import_runs, public.raw_import_items, "
+        "public.temp_uploads, public.import_jobs (owner "
+    )
+    assert refused.stderr.count("\n") == 1
+    assert catalog(bare_db_url) == before
+    # The owner is not locked out: nothing of the stranger's is in the way.
+    assert bare_cli("migrate").exit_code == 0
+
+
+def test_migrate_on_a_database_a_newer_maintctl_migrated_refuses_with_78(
+    conn: Conn, cli: Cli
+) -> None:
+    newer = migrations()[-1].version + 1
+    conn.execute(
+        "insert into maintenance.schema_migrations (version, name, app_schema, maintctl_version) "
+        "values (%s, 'from_the_future', 'public', '99.0')",
+        (newer,),
+    )
+    url = conn.info.dsn
+    before = catalog(url)
+
+    result = cli("migrate")
+
+    assert result.exit_code == 78
+    assert result.stderr == (
+        f"maintctl: error: the database was migrated by a newer maintctl (migration {newer}, "
+        f"this maintctl knows up to {newer - 1}); upgrade maintctl\n"
+    )
+    assert catalog(url) == before
