@@ -215,6 +215,28 @@ def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     return checks
 
 
+@dataclass(frozen=True)
+class RunLeaseRow:
+    present: bool
+    owner: bool
+    can_delete: bool
+
+
+def check_run_lease(conn: db.Connection, settings: Settings) -> list[Check]:
+    """The lease's single row: without it no run could take the lease (runs put it back now),
+    and a granted role that may delete it can stop every run."""
+    row = db.fetch_one(conn, "run_lease_row", {}, RunLeaseRow)
+    if row.can_delete and not row.owner:
+        raise ConfigError(
+            "this role may delete maintenance.run_lease's row, which stops every run until the "
+            "next one restores it: as the owner, run maintctl migrate, or maintctl grant again"
+        )
+    if not row.present:
+        detail = "maintenance.run_lease has no row: the next run puts it back"
+        return [Check("run lease", True, detail, warning=True)]
+    return [Check("run lease", True, "its row is in place")]
+
+
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     """This host's clock against the database's. The rules only use the database's clock, so a
     difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
@@ -276,6 +298,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("tables", check_tables),
     ("columns", check_columns),
     ("privileges", check_privileges),
+    ("run lease", check_run_lease),
     ("clock", check_clock),
     ("pause", check_pause),
     ("dry run", check_dry_run),

@@ -151,6 +151,15 @@ select maintenance.release_run_lease(%(run_id)s) as released;
 -- A sign of life of a dry run (which holds no lease), so that it is not taken for abandoned.
 select maintenance.touch_run(%(run_id)s, %(lease)s::interval);
 
+-- name: run_lease_row
+-- For doctor: whether the run lease's single row is there, and whether this session could delete
+-- it (its owner always can; a granted role must not).
+select exists (select 1 from maintenance.run_lease) as present,
+       pg_has_role(current_user, c.relowner, 'USAGE') as owner,
+       has_table_privilege(c.oid, 'DELETE') or has_table_privilege(c.oid, 'TRUNCATE')
+         as can_delete
+from pg_class c where c.oid = 'maintenance.run_lease'::regclass;
+
 -- name: run_lease_holder
 -- Who holds the lease, for the "another maintenance run is in progress" message.
 select run_id, host, started_at, live from maintenance.run_lease_holder();

@@ -201,3 +201,56 @@ def test_grant_refuses_a_missing_or_shared_role(
         ).fetchall()
         == acl
     )
+
+
+def test_the_granted_role_cannot_delete_the_run_lease_and_a_missing_row_comes_back(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    assert cli("grant", runner_role).exit_code == 0
+    conn.execute(sql.SQL("alter role {} login").format(sql.Identifier(runner_role)))
+    url = make_conninfo(db_url, user=runner_role)
+    refused = []
+    with psycopg.connect(url, autocommit=True) as session:
+        for statement in ("delete from maintenance.run_lease", "truncate maintenance.run_lease"):
+            try:
+                session.execute(statement)
+            except errors.InsufficientPrivilege:
+                refused.append(statement)
+    conn.execute("delete from maintenance.run_lease")  # the owner still can
+    missing = as_role(url, "doctor", "--json")
+    ran = as_role(url, "run", "--json")
+    again = as_role(url, "run", "--json")
+
+    assert len(refused) == 2
+    lease = next(c for c in json.loads(missing.stdout)["checks"] if c["check"] == "run lease")
+    assert lease["verdict"] == "warn"
+    assert lease["detail"] == "maintenance.run_lease has no row: the next run puts it back"
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["skipped"] is None
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["skipped"] is None
+    assert count(conn, "select count(*) from maintenance.run_lease") == 1
+
+
+def test_doctor_fails_for_a_role_that_may_delete_the_run_lease_and_migrate_takes_it_back(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    role = sql.Identifier(runner_role)
+    assert cli("grant", runner_role).exit_code == 0
+    # What grant gave before migration 0010: DELETE on every table of the schema.
+    conn.execute(sql.SQL("grant insert, delete on maintenance.run_lease to {}").format(role))
+    conn.execute(sql.SQL("alter role {} login").format(role))
+    url = make_conninfo(db_url, user=runner_role)
+
+    flagged = as_role(url, "doctor", "--json")
+    conn.execute("delete from maintenance.schema_migrations where version = 10")
+    conn.execute("drop function maintenance.restore_run_lease_row() cascade")
+    assert cli("migrate").exit_code == 0
+    healthy = as_role(url, "doctor", "--json")
+
+    assert flagged.exit_code == 78
+    lease = next(c for c in json.loads(flagged.stdout)["checks"] if c["check"] == "run lease")
+    assert lease["ok"] is False
+    assert "may delete maintenance.run_lease's row" in lease["detail"]
+    assert healthy.exit_code == 0, healthy.stdout
+    assert "table maintenance.run_lease DELETE" not in held(conn, runner_role)

@@ -14,9 +14,11 @@ alter default privileges for role {owner} in schema maintenance
   grant usage, select on sequences to {role};
 alter default privileges for role {owner} in schema maintenance
   grant execute on routines to {role};
--- ...except that the migrations ledger is read-only and the pause switch's single row stays.
+-- ...except that the migrations ledger is read-only, and the single rows of the pause switch and
+-- the run lease stay (a deleted lease row stopped every run; taking the lease restores it).
 revoke insert, update, delete on maintenance.schema_migrations from {role};
 revoke insert, delete on maintenance.pause from {role};
+revoke insert, delete on maintenance.run_lease from {role};
 
 -- The application's tables: what the tasks do to each (every batch locks its rows first, and
 -- PostgreSQL asks UPDATE for that even where the batch then deletes). Nothing else of {app}.
