@@ -102,7 +102,9 @@ LogFormat = Annotated[
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="Errors only: no step lines, no table (for cron)."),
+    typer.Option(
+        "--quiet", "-q", help="Errors and warnings only: no step lines, no table (for cron)."
+    ),
 ]
 MetricsFile = Annotated[
     str | None,
@@ -337,7 +339,11 @@ def _run(
     if emit_paths is not None:
         outbox.check_target(emit_paths, "--emit-paths")
     started, clock = time.time(), time.monotonic()
-    _ping(settings, "start", f"maintctl {command_name} started")
+    # Only a full real run is the daily job a dead man's switch watches (as status --max-age and
+    # the metrics' last success count it): a dry run or one task alone pings nothing.
+    pings = command_name == "run" and not dry_run
+    if pings:
+        _ping(settings, "start", f"maintctl {command_name} started")
     # A progress bar only for a person at a terminal (stdout and stderr): not under cron, in a
     # pipe, with --json, --quiet or NO_COLOR.
     show_progress = (
@@ -369,7 +375,7 @@ def _run(
     except BaseException as exc:
         code = _exit_code_of(exc)
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
-        _monitor(settings, command_name, started, clock, code, None, message)
+        _monitor(settings, command_name, started, clock, code, None, message, pings=pings)
         raise
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
@@ -394,8 +400,9 @@ def _run(
     for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
         _log.warning(f"VACUUM {failed.table}: {failed.error}")
     summary = refusal or describe("run_finished", finished)
-    _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
-    return int(report.exit_code)
+    exit_code = int(report.exit_code)
+    _monitor(settings, command_name, started, clock, exit_code, report, summary, pings=pings)
+    return exit_code
 
 
 def _ping(settings: Settings, suffix: str, body: str) -> None:
@@ -404,7 +411,7 @@ def _ping(settings: Settings, suffix: str, body: str) -> None:
     from maintctl.healthcheck import ping
 
     url = settings.healthcheck_url.get_secret_value()
-    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.error)
+    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.warning)
 
 
 def _monitor(
@@ -415,9 +422,11 @@ def _monitor(
     exit_code: int,
     report: runner.RunReport | None,
     summary: str,
+    *,
+    pings: bool,
 ) -> None:
-    """After a run command, whatever its outcome: the metrics file, then the healthcheck ping.
-    Neither changes the exit code; a failure is one warning line on stderr."""
+    """After a run command, whatever its outcome: the metrics file, then (`pings`) the healthcheck
+    ping. Neither changes the exit code; a failure is one warning line on stderr."""
     if settings.metrics_file is not None:
         from maintctl import metrics
 
@@ -429,11 +438,12 @@ def _monitor(
             previous = metrics.previous_value(path, metrics.LAST_SUCCESS)
             metrics.write_atomically(path, metrics.run_registry(outcome, previous))
         except OSError as exc:
-            _log.error(
+            _log.warning(
                 f"cannot write the metrics file {path}: {exc.strerror or exc} "
                 "(the exit code is unchanged)"
             )
-    _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
+    if pings:
+        _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -605,7 +615,7 @@ def status(
         try:
             metrics.write_atomically(settings.metrics_file, metrics.status_registry(report))
         except OSError as exc:
-            _log.error(
+            _log.warning(
                 f"cannot write the metrics file {settings.metrics_file}: {exc.strerror or exc} "
                 "(the exit code is unchanged)"
             )

@@ -96,7 +96,9 @@ class StepLog:
         self.emit(event, level, **fields)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
-        if self.quiet and LEVELS.get(level, 20) < LEVELS["error"]:
+        # --quiet keeps errors and the warnings about the run's side jobs (a failed ping, an
+        # unwritable metrics file, a failed VACUUM), which nothing else would report under cron.
+        if self.quiet and LEVELS.get(level, 20) < LEVELS["error"] and event != "warning":
             return
         out = self._out()
         if self.log_format == "json":
