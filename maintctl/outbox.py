@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from maintctl import db
+from maintctl import db, streams
 from maintctl.durable import fsync_file, sync_directory
 from maintctl.durations import iso_timestamp
 from maintctl.errors import UsageError
@@ -97,7 +96,7 @@ def write_run_paths(
     """Write the files deleted by one run as JSON lines to `target` ('-': stdout); how many."""
     batches = _batches(conn, settings, run_id) if run_id is not None else iter(())
     if target == STDOUT:
-        return _write(batches, sys.stdout)
+        return _write(batches, streams.STDOUT)  # they stay in the outbox: a lost reader loses none
     path = Path(target)
     temporary = _temporary(path)
     try:

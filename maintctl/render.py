@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
 from maintctl.runner import RunReport
 from maintctl.status import Check, StatusReport
+from maintctl.streams import STDOUT
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
 
 
@@ -34,14 +34,16 @@ def _when(moment: datetime | None) -> str | None:
 
 def emit_json(document: object) -> None:
     """The one JSON document of a command, alone on stdout."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    STDOUT.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
 def console() -> Console:
     # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
     # NO_COLOR means no escape codes at all (Rich alone would still send bold and italic).
     plain = bool(os.environ.get("NO_COLOR"))
-    return Console(highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    return Console(
+        file=STDOUT, highlight=False, soft_wrap=True, color_system=None if plain else "auto"
+    )
 
 
 # --- JSON --------------------------------------------------------------------------------------
