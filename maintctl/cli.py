@@ -744,7 +744,8 @@ def drain_outbox(
     file: Annotated[
         str,
         typer.Argument(
-            help="New file to write (never overwritten): one JSON line per file to delete.",
+            help="New file to write (never overwritten), or - for stdout: one JSON line per "
+            "file to delete.",
             metavar="FILE",
             show_default=False,
         ),
@@ -766,11 +767,15 @@ def drain_outbox(
     never lose one: the cleaner must treat a missing file as done."""
     from maintctl import outbox, render
 
+    if file == outbox.STDOUT and json_output:
+        raise UsageError("drain-outbox -: stdout carries the paths; drop --json or name a file")
     settings = _settings(database_url, schema)
     with _connected(settings) as conn:
         result = outbox.drain(conn, settings, file)
     if json_output:
         render.emit_json(render.drain_json(result))
+    elif file == outbox.STDOUT:  # stdout is the hand-over itself: the summary goes to stderr
+        _log("drained", message=render.drain_sentence(result))
     else:
         render.print_drain(result)
 

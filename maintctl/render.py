@@ -324,11 +324,15 @@ def print_pause(state: PauseState) -> None:
     console().print(escape(pause_sentence(state)) if state.paused else "maintenance resumed")
 
 
-def print_drain(result: DrainResult) -> None:
-    console().print(
+def drain_sentence(result: DrainResult) -> str:
+    return (
         f"wrote {result.paths:,} path(s) ({result.size_bytes:,} bytes of files) to "
-        f"{escape(result.file)} and cleared them from the storage outbox"
+        f"{result.file} and cleared them from the storage outbox"
     )
+
+
+def print_drain(result: DrainResult) -> None:
+    console().print(escape(drain_sentence(result)))
 
 
 def print_doctor(checks: Sequence[Check]) -> None:

@@ -37,7 +37,7 @@ class ClosedPipeSafe(io.TextIOBase):
             target.flush()  # now, so that a closed pipe is found here and not at exit
         except (BrokenPipeError, ValueError):  # ValueError: the stream itself was closed
             self._gone = target
-            _point_at_devnull(target)
+            discard(target)
         return len(text)
 
     def flush(self) -> None:
@@ -47,7 +47,7 @@ class ClosedPipeSafe(io.TextIOBase):
                 target.flush()
             except (BrokenPipeError, ValueError):
                 self._gone = target
-                _point_at_devnull(target)
+                discard(target)
 
     def isatty(self) -> bool:
         target = self._target()
@@ -57,7 +57,9 @@ class ClosedPipeSafe(io.TextIOBase):
         return True
 
 
-def _point_at_devnull(stream: TextIO) -> None:
+def discard(stream: TextIO) -> None:
+    """Point the stream's file descriptor at /dev/null: what is still in its buffer, and whatever
+    is written later, goes nowhere instead of failing at exit."""
     try:
         descriptor = stream.fileno()
         devnull = os.open(os.devnull, os.O_WRONLY)
