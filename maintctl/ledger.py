@@ -98,6 +98,11 @@ def finish_run(
     )
 
 
+def record_tasks(conn: db.Connection, run_id: int, tasks: list[dict[str, Any]]) -> None:
+    """The results of the tasks that have ended, while the run goes on."""
+    db.execute(conn, "record_run_tasks", {"id": run_id, "tasks": Jsonb(tasks)})
+
+
 def prune(conn: db.Connection, settings: Settings) -> None:
     db.execute(conn, "prune_runs", {"retention": settings.history_retention})
 

@@ -152,6 +152,8 @@ def _run_tasks(
             heartbeat=heartbeat,
         )
         report.tasks.append(result)
+        if report.run_id is not None:  # a run killed later still shows what this one did
+            ledger.record_tasks(conn, report.run_id, [r.as_record() for r in report.tasks])
         level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
         say("task_done", level, runId=report.run_id, dryRun=report.dry_run, **result.as_record())
     if vacuum:

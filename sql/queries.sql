@@ -183,6 +183,11 @@ update maintenance.runs
    set status = %(status)s, finished_at = now(), tasks = %(tasks)s, errors = %(errors)s
  where id = %(id)s;
 
+-- name: record_run_tasks
+-- The results of the tasks a run has finished so far, written as each one ends: a run killed
+-- later still shows what its finished tasks committed.
+update maintenance.runs set tasks = %(tasks)s where id = %(id)s and status = 'running';
+
 -- name: prune_runs
 -- The ledger keeps itself small: finished rows older than the retention go.
 select maintenance.prune_runs(%(retention)s::interval) as rows;
