@@ -724,7 +724,8 @@ def pause(
     ] = None,
     debug: Debug = False,
 ) -> None:
-    """Pause maintenance in the database: task commands exit 75 until resume."""
+    """Pause maintenance in the database: task commands exit 75 until resume (a dry run still
+    counts, noting the pause)."""
     _set_pause(database_url, schema, json_output, paused=True, reason=reason)
 
 

@@ -83,8 +83,11 @@ def run_maintenance(
         return report
 
     pause = ledger.pause_state(conn)
-    if pause.paused:
+    if pause.paused and not dry_run:
         return skip(ledger.pause_sentence(pause), ExitCode.DISABLED)
+    if pause.paused:  # a dry run changes nothing: it goes on, and says so
+        sentence = ledger.pause_sentence(pause)
+        say("warning", "warning", message=f"{sentence}; a dry run changes nothing, so it goes on")
     if dry_run:  # a dry run changes nothing, so it needs no lease
         start = ledger.start_run(conn, settings, command=command, dry_run=True)
     else:

@@ -250,6 +250,26 @@ def test_exit_75_when_paused_in_the_database_and_0_after_resume(cli: Cli, conn: 
     assert json.loads(resumed.stdout)["tempUploadsPurged"] == 1
 
 
+def test_a_dry_run_while_paused_counts_and_notes_the_pause(cli: Cli, conn: Conn) -> None:
+    add_temp_upload(conn, "2 days")
+    assert cli("pause", "--reason", "restoring a backup").exit_code == 0
+
+    dry = cli("run", "--dry-run", "--json")
+    real = cli("run", "--json")
+
+    assert dry.exit_code == 0, dry.stderr
+    document = json.loads(dry.stdout)
+    assert document["skipped"] is None
+    assert document["tempUploadsPurged"] == 1
+    assert "maintctl: warning: maintenance is paused since " in dry.stderr
+    assert dry.stderr.count("maintctl: warning:") == 1
+    assert "restoring a backup (maintctl resume); a dry run changes nothing, so it goes on" in (
+        dry.stderr
+    )
+    assert real.exit_code == 75
+    assert count(conn, "select count(*) from temp_uploads") == 1
+
+
 def test_a_run_is_skipped_with_exit_0_while_another_holds_the_lock(
     cli: Cli, conn: Conn, db_url: str
 ) -> None:
