@@ -814,13 +814,25 @@ def _this_maintctl() -> str:
 @command("cron", "maintctl cron --schedule '30 2 * * *' > /etc/cron.d/maintctl")
 def cron(
     schedule: Annotated[
-        str, typer.Option("--schedule", help="When to run, a five-field cron schedule in UTC.")
+        str,
+        typer.Option(
+            "--schedule",
+            help="When to run, a five-field cron schedule in UTC (written in the host's zone "
+            "unless --cron-tz).",
+        ),
     ] = "0 3 * * *",
     env_file: Annotated[
         str,
         typer.Option("--env-file", help="The file of NAME=value settings the job reads."),
     ] = "/etc/maintctl.env",
-    user: Annotated[str, typer.Option("--user", help="The user the job runs as.")] = "maintctl",
+    user: Annotated[
+        str,
+        typer.Option(
+            "--user",
+            help="The system user the job runs as; create it with: useradd --system "
+            "--user-group --no-create-home --shell /usr/sbin/nologin maintctl",
+        ),
+    ] = "maintctl",
     maintctl_path: Annotated[
         str | None,
         typer.Option(
@@ -833,6 +845,23 @@ def cron(
         str | None,
         typer.Option("--metrics-file", help="Have each run write this metrics file."),
     ] = None,
+    cron_tz: Annotated[
+        bool,
+        typer.Option(
+            "--cron-tz",
+            help="This cron honours CRON_TZ (cronie: Fedora, RHEL, Arch): write CRON_TZ=UTC and "
+            "the UTC schedule. Debian's and Ubuntu's cron ignore it.",
+        ),
+    ] = False,
+    host_timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--host-timezone",
+            help="The zone cron runs in [default: this host's, from /etc/timezone or "
+            "/etc/localtime].",
+            show_default=False,
+        ),
+    ] = None,
     systemd: Annotated[
         bool, typer.Option("--systemd", help="A systemd .service and .timer instead.")
     ] = False,
@@ -840,13 +869,20 @@ def cron(
         str | None,
         typer.Option(
             "--on-calendar",
-            help="The timer's OnCalendar, when the schedule has no exact equivalent.",
+            help="With --systemd: the timer's OnCalendar, when the schedule has no exact "
+            "equivalent.",
             show_default=False,
         ),
     ] = None,
     randomized_delay: Annotated[
-        str, typer.Option("--randomized-delay", help="The timer's RandomizedDelaySec.")
-    ] = "15m",
+        str | None,
+        typer.Option(
+            "--randomized-delay",
+            help="With --systemd: the timer's RandomizedDelaySec [default: 15m].",
+            metavar="DURATION",
+            show_default=False,
+        ),
+    ] = None,
     output_dir: Annotated[
         str | None,
         typer.Option(
@@ -862,6 +898,18 @@ def cron(
 
     from maintctl import schedule as scheduling
 
+    given = {
+        "--on-calendar": on_calendar,
+        "--randomized-delay": randomized_delay,
+        "--output-dir": output_dir,
+        "--cron-tz": cron_tz or None,
+        "--host-timezone": host_timezone,
+    }
+    systemd_only = ("--on-calendar", "--randomized-delay", "--output-dir")
+    for flag, value in given.items():
+        if value is not None and (flag in systemd_only) != systemd:
+            needs = "only with --systemd" if flag in systemd_only else "only without --systemd"
+            raise UsageError(f"{flag} does something {needs}")
     try:
         when = scheduling.check_schedule(schedule)
         job = scheduling.Job(
@@ -872,15 +920,21 @@ def cron(
             metrics_file=metrics_file,
         )
         if not systemd:
-            sys.stdout.write(scheduling.crontab(job))
+            zone = host_timezone or scheduling.host_zone()
+            cron_time = scheduling.cron_time(when, zone, cron_tz=cron_tz)
+            sys.stdout.write(scheduling.crontab(job, cron_time))
             return
-        calendar = on_calendar or scheduling.on_calendar(when)
+        if on_calendar is not None:
+            calendar = scheduling.check_on_calendar(on_calendar)
+        else:
+            calendar = scheduling.on_calendar(when)
+        delay = scheduling.check_randomized_delay(randomized_delay or "15m")
     except scheduling.ScheduleError as exc:
         message = str(exc)
         raise UsageError(
             message if message.startswith("--") else f"--schedule: {message}"
         ) from None
-    units = scheduling.systemd_units(job, calendar, randomized_delay)
+    units = scheduling.systemd_units(job, calendar, delay)
     if output_dir is None:
         sys.stdout.write("\n".join(units.values()))
         return
