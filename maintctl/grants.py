@@ -20,11 +20,16 @@ from maintctl.sqlfiles import read_sql
 API_ROLES = ("anon", "authenticated")
 
 
+# From PostgreSQL 17 a role can be granted MAINTAIN (VACUUM, ANALYZE); before, only the owner.
+MAINTAIN_SERVER_VERSION = 170000
+
+
 @dataclass(frozen=True)
 class GrantResult:
     role: str
     revoked: bool
     app_schema: str
+    can_vacuum: bool  # MAINTAIN granted (17+): run --vacuum works as the role
 
 
 def grant_role(
@@ -42,13 +47,16 @@ def grant_role(
             f"role {role!r} does not exist; create it first, e.g. create role {role} login"
         )
     owner = db.fetch_value(conn, "maintenance_owner")
-    statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
+    files = ["grants/revoke.sql" if revoke else "grants/grant.sql"]
+    maintain = int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION
+    if maintain:
+        files.append("grants/revoke_maintain.sql" if revoke else "grants/maintain.sql")
+    names = {
+        "role": sql.Identifier(role),
+        "app": sql.Identifier(settings.app_schema),
+        "owner": sql.Identifier(owner),
+    }
     with db.transaction(conn, settings):
-        conn.execute(
-            statements.format(
-                role=sql.Identifier(role),
-                app=sql.Identifier(settings.app_schema),
-                owner=sql.Identifier(owner),
-            )
-        )
-    return GrantResult(role, revoke, settings.app_schema)
+        for name in files:
+            conn.execute(sql.SQL(read_sql(name)).format(**names))
+    return GrantResult(role, revoke, settings.app_schema, maintain and not revoke)

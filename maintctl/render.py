@@ -353,6 +353,7 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "role": result.role,
         "action": "revoked" if result.revoked else "granted",
         "appSchema": result.app_schema,
+        "canVacuum": result.can_vacuum,
     }
 
 
@@ -365,3 +366,11 @@ def print_grant(result: GrantResult) -> None:
             f"need: schema maintenance, and in schema {escape(result.app_schema)} the four "
             "application tables"
         )
+        if result.can_vacuum:
+            console().print("and MAINTAIN on them, so that run --vacuum can VACUUM them")
+        else:
+            console().print(
+                "note: before PostgreSQL 17 only the tables' owner can VACUUM them: run --vacuum "
+                "as the owner (as this role each VACUUM is reported failed), or leave it to "
+                "autovacuum"
+            )

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
+from maintctl.grants import MAINTAIN_SERVER_VERSION
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import TASKS, run_task
@@ -237,6 +238,32 @@ def check_run_lease(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("run lease", True, "its row is in place")]
 
 
+@dataclass(frozen=True)
+class VacuumPrivilege:
+    table_name: str
+    can_vacuum: bool
+
+
+def check_vacuum(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Whether `run --vacuum` can VACUUM the tables as this role. A warning at most: --vacuum is
+    optional, and autovacuum gets there too."""
+    params = {"schema": settings.app_schema, "tables": list(APPLICATION_TABLES)}
+    found = db.fetch_all(conn, "vacuum_privileges", params, VacuumPrivilege)
+    refused = [row.table_name for row in found if not row.can_vacuum]
+    if not refused:
+        return [Check("vacuum", True, "run --vacuum can VACUUM the four tables")]
+    names = ", ".join(refused)
+    if int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION:
+        why = "grant it MAINTAIN on them: maintctl grant ROLE, as the owner"
+    else:
+        why = (
+            "before PostgreSQL 17 only their owner can: run --vacuum as the owner, or leave it "
+            "to autovacuum"
+        )
+    detail = f"run --vacuum cannot VACUUM {names} as this role ({why})"
+    return [Check("vacuum", True, detail, warning=True)]
+
+
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     """This host's clock against the database's. The rules only use the database's clock, so a
     difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
@@ -299,6 +326,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("columns", check_columns),
     ("privileges", check_privileges),
     ("run lease", check_run_lease),
+    ("vacuum", check_vacuum),
     ("clock", check_clock),
     ("pause", check_pause),
     ("dry run", check_dry_run),

@@ -7,6 +7,10 @@ select current_setting('server_version') as server_version,
        current_setting('server_version_num')::integer as server_version_num,
        now() as now;
 
+-- name: server_version_num
+-- The server's version as a number (170000 for 17.0), for what depends on it.
+select current_setting('server_version_num')::integer as server_version_num;
+
 -- name: schema_exists
 -- Whether a schema of that name exists.
 select exists (select 1 from pg_namespace where nspname = %(schema)s) as exists;
@@ -306,6 +310,23 @@ drop table {partition};
 select c.reltuples
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s;
+
+-- name: vacuum_privileges
+-- Whether this session may VACUUM each application table: MAINTAIN from PostgreSQL 17; before,
+-- only the table's owner, the database's owner or a superuser.
+select t.name as table_name,
+       case when current_setting('server_version_num')::integer >= 170000
+            then has_table_privilege(c.oid, 'MAINTAIN')
+            else pg_has_role(current_user, c.relowner, 'USAGE')
+                 or pg_has_role(current_user, d.datdba, 'USAGE')
+                 or (select rolsuper from pg_roles where rolname = current_user) end
+         as can_vacuum
+from unnest(%(tables)s::text[]) with ordinality as t(name, position)
+join pg_namespace n on n.nspname = %(schema)s
+join pg_class c on c.relnamespace = n.oid and c.relname = t.name
+cross join pg_database d
+where d.datname = current_database()
+order by t.position;
 
 -- name: vacuum_table
 -- VACUUM (ANALYZE) of a table the run changed a lot (outside any transaction).

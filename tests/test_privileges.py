@@ -83,6 +83,7 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "role": runner_role,
         "action": "granted",
         "appSchema": "public",
+        "canVacuum": conn.info.server_version >= 170000,
     }
     assert healthy.exit_code == 0, healthy.stdout
     assert ran.exit_code == 0, ran.stderr
@@ -254,3 +255,42 @@ def test_doctor_fails_for_a_role_that_may_delete_the_run_lease_and_migrate_takes
     assert "may delete maintenance.run_lease's row" in lease["detail"]
     assert healthy.exit_code == 0, healthy.stdout
     assert "table maintenance.run_lease DELETE" not in held(conn, runner_role)
+
+
+def test_vacuum_as_the_granted_role_works_from_17_and_before_doctor_and_grant_say_why_not(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path) "
+        "select now() - interval '2 days', 'f' || n from generate_series(1, 2000) n"
+    )
+    maintain = conn.info.server_version >= 170000
+    granted = cli("grant", runner_role)
+    conn.execute(sql.SQL("alter role {} login").format(sql.Identifier(runner_role)))
+    url = make_conninfo(db_url, user=runner_role)
+
+    doctor = as_role(url, "doctor", "--json")
+    ran = as_role(url, "purge-temp", "--vacuum", "--json")
+
+    assert granted.exit_code == 0, granted.stderr
+    line = next(c for c in json.loads(doctor.stdout)["checks"] if c["check"] == "vacuum")
+    [vacuumed] = json.loads(ran.stdout)["vacuum"]
+    assert ran.exit_code == 0, ran.stderr
+    if maintain:
+        assert "and MAINTAIN on them, so that run --vacuum can VACUUM them" in granted.stdout
+        assert line["verdict"] == "ok"
+        assert vacuumed["status"] == "ok", vacuumed
+        assert "table public.temp_uploads MAINTAIN" in held(conn, runner_role)
+    else:
+        assert "note: before PostgreSQL 17 only the tables' owner can VACUUM them" in (
+            granted.stdout
+        )
+        assert line["verdict"] == "warn"
+        assert line["detail"] == (
+            "run --vacuum cannot VACUUM import_runs, raw_import_items, temp_uploads, import_jobs "
+            "as this role (before PostgreSQL 17 only their owner can: run --vacuum as the owner, "
+            "or leave it to autovacuum)"
+        )
+        assert vacuumed["status"] == "failed"
+    assert cli("grant", runner_role, "--revoke").exit_code == 0
+    assert held(conn, runner_role) == []
