@@ -127,8 +127,8 @@ EmitPaths = Annotated[
     str | None,
     typer.Option(
         "--emit-paths",
-        help="Write the files of the temp uploads this run deleted to FILE as JSON lines "
-        "('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
+        help="Write the files of the temp uploads this run deleted to FILE, a new file, as JSON "
+        "lines ('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
         metavar="FILE",
         show_default=False,
     ),

@@ -29,9 +29,15 @@ STDOUT = "-"
 
 
 def check_target(target: str, flag: str) -> None:
-    """Refuse, before any work, a file that cannot be created where it is asked for."""
+    """Refuse, before any work, a file that exists (last night's may not be taken yet) or that
+    cannot be created where it is asked for."""
     if target == STDOUT:
         return
+    if Path(target).exists():
+        raise UsageError(
+            f"{flag}: {target} already exists: name a new file, e.g. with the date in it "
+            "(maintctl never overwrites a list of paths that may not have been taken yet)"
+        )
     directory = Path(target).parent
     if not directory.is_dir():
         raise UsageError(f"{flag}: {directory} is not a directory")
@@ -106,7 +112,13 @@ def write_run_paths(
         with temporary.open("x", encoding="utf-8") as out:
             written = _write(batches, out)
             fsync_file(out)
-        temporary.replace(path)
+        try:
+            os.link(temporary, path)  # unlike rename, never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise UsageError(
+                f"--emit-paths: {target} appeared during the run; the paths stay in the "
+                "storage outbox (maintctl drain-outbox)"
+            ) from None
     finally:
         temporary.unlink(missing_ok=True)
     sync_directory(path.parent)

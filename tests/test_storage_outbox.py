@@ -276,3 +276,19 @@ def test_drain_to_a_place_it_cannot_create_files_is_one_line_and_clears_nothing(
     assert result.stderr.endswith("; nothing was cleared\n")
     assert result.stderr.count("\n") == 1
     assert outbox(conn) == old
+
+
+def test_emit_paths_never_overwrites_last_nights_file(cli: Cli, conn: Conn, tmp_path: Path) -> None:
+    add_uploads(conn, 2, "2 days")
+    target = tmp_path / "deleted.jsonl"
+    target.write_text("last night's, not yet taken\n")
+
+    result = cli("purge-temp", "--emit-paths", str(target))
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"maintctl: error: --emit-paths: {target} already exists: name a new file, e.g. with the "
+        "date in it (maintctl never overwrites a list of paths that may not have been taken yet)\n"
+    )
+    assert target.read_text() == "last night's, not yet taken\n"
+    assert count(conn, "select count(*) from temp_uploads") == 2, "refused before any work"
