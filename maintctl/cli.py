@@ -608,7 +608,7 @@ def status(
     settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
     with _connected(settings) as conn:
-        report = get_status(conn, settings, age, exact=exact)
+        report = get_status(conn, settings, age, exact=exact, max_age_text=max_age)
     if settings.metrics_file is not None:
         from maintctl import metrics
 

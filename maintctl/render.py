@@ -109,9 +109,13 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         "lastSuccessAt": _when(status.last_success),
         # A count equal to countLimit means at least that many (status --exact: null, exact).
         "countLimit": status.count_limit,
+        "storageOutbox": {
+            "paths": status.outbox.paths,
+            "oldestDeletedAt": _when(status.outbox.oldest),
+        },
     }
     if status.max_age is not None:
-        document["maxAge"] = format_duration(status.max_age)
+        document["maxAge"] = status.max_age_text or format_duration(status.max_age)
         document["stale"] = status.stale
     return document
 
@@ -236,24 +240,30 @@ def print_status(status: StatusReport) -> None:
         at_limit = status.count_limit is not None and rows >= status.count_limit
         table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
+    if status.outbox.paths:
+        since = iso_timestamp(status.outbox.oldest) if status.outbox.oldest else "?"
+        out.print(
+            f"Storage outbox: {status.outbox.paths:,} file(s) waiting for maintctl drain-outbox "
+            f"since {since}"
+        )
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
     last = status.last_run
     if last is None:
         out.print("Last run: none yet")
     else:
+        dry = " (dry run)" if last.dry_run else ""
         out.print(
-            f"Last run: #{last.id} {last.command} {last.status}, started "
+            f"Last run: #{last.id} {last.command}{dry} {last.status}, started "
             f"{iso_timestamp(last.started_at)} on {escape(last.host or '?')}"
         )
         for why in (*last.errors, *([last.skipped] if last.skipped else [])):
             out.print(f"  {escape(why)}")
     success = iso_timestamp(status.last_success) if status.last_success else "never"
-    out.print(f"Last successful run finished: {success}")
+    out.print(f"Last successful full run finished: {success}")
     if status.stale and status.max_age is not None:
-        out.print(
-            f"[bold red]STALE:[/] no successful run in the last {format_duration(status.max_age)}"
-        )
+        age = status.max_age_text or format_duration(status.max_age)
+        out.print(f"[bold red]STALE:[/] no successful full run in the last {escape(age)}")
 
 
 def _took(milliseconds: float) -> str:

@@ -29,6 +29,14 @@ class PendingCounts:
 
 
 @dataclass(frozen=True)
+class OutboxBacklog:
+    """The storage outbox: files of deleted temp uploads not yet handed to drain-outbox."""
+
+    paths: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
 class StatusReport:
     counts: PendingCounts
     pause: ledger.PauseState
@@ -38,6 +46,8 @@ class StatusReport:
     server_now: datetime
     max_age: timedelta | None
     count_limit: int | None = None  # a count equal to it means "at least that many"
+    outbox: OutboxBacklog = OutboxBacklog(0, None)
+    max_age_text: str | None = None  # --max-age as the user wrote it
 
     @property
     def stale(self) -> bool:
@@ -57,6 +67,7 @@ def get_status(
     max_age: timedelta | None = None,
     *,
     exact: bool = False,
+    max_age_text: str | None = None,
 ) -> StatusReport:
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
@@ -76,6 +87,8 @@ def get_status(
             server_now=server.now,
             max_age=max_age,
             count_limit=limit,
+            outbox=db.fetch_one(conn, "storage_outbox_backlog", {}, OutboxBacklog),
+            max_age_text=max_age_text,
         )
 
 
@@ -160,6 +173,7 @@ TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 CLOCK_WARNING = timedelta(minutes=5)
+OUTBOX_WARNING = timedelta(days=1)  # files older than this in the outbox: nothing drains it
 
 DoctorStep = Callable[[db.Connection, Settings], list[Check]]
 
@@ -282,6 +296,19 @@ def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("clock", True, detail, warning=True)]
 
 
+def check_outbox(conn: db.Connection, settings: Settings) -> list[Check]:
+    """The storage outbox's backlog: files whose rows are deleted, waiting for drain-outbox. A
+    day-old backlog is a warning: nothing is handing the files to the storage cleaner."""
+    backlog = db.fetch_one(conn, "storage_outbox_backlog", {}, OutboxBacklog)
+    if backlog.paths == 0 or backlog.oldest is None:
+        return [Check("storage outbox", True, "empty")]
+    now = db.fetch_one(conn, "server_clock", {}, ServerClock).now
+    age = now - backlog.oldest
+    waited = format_duration(timedelta(seconds=max(1, round(age.total_seconds()))))
+    detail = f"{backlog.paths:,} file(s) waiting for maintctl drain-outbox, the oldest for {waited}"
+    return [Check("storage outbox", True, detail, warning=age > OUTBOX_WARNING)]
+
+
 def check_pause(conn: db.Connection, settings: Settings) -> list[Check]:
     state = ledger.pause_state(conn)
     return [Check("pause", True, ledger.pause_sentence(state) if state.paused else "not paused")]
@@ -329,6 +356,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("vacuum", check_vacuum),
     ("clock", check_clock),
     ("pause", check_pause),
+    ("storage outbox", check_outbox),
     ("dry run", check_dry_run),
 ]
 

@@ -217,6 +217,11 @@ select max(finished_at) as finished_at
 from maintenance.runs
 where status = 'succeeded' and not dry_run and command in ('run', 'run_maintenance_cleanup');
 
+-- name: storage_outbox_backlog
+-- The files waiting in the storage outbox for drain-outbox, and since when, for status and doctor.
+select coalesce(sum(cardinality(upload_ids)), 0)::bigint as paths, min(deleted_at) as oldest
+from maintenance.storage_outbox;
+
 -- name: table_privileges
 -- Whether an application table exists, and the privileges this session has on it, for doctor.
 select t.name is not null as present,

@@ -54,6 +54,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "vacuum",
         "clock",
         "pause",
+        "storage outbox",
         "dry run",
     ]
     assert {check["verdict"] for check in document["checks"]} == {"ok"}

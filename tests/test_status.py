@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.conftest import Cli, table_rows
 from tests.data import Conn, load_sample
@@ -18,6 +19,7 @@ STATUS_KEYS = {
     "lastRun",
     "lastSuccessAt",
     "countLimit",
+    "storageOutbox",
 }
 
 
@@ -92,7 +94,7 @@ def test_status_for_people(cli: Cli, conn: Conn) -> None:
     ]
     assert result.stdout.splitlines()[-2:] == [
         "Last run: none yet",
-        "Last successful run finished: never",
+        "Last successful full run finished: never",
     ]
 
 
@@ -104,7 +106,8 @@ def test_status_max_age_is_a_dead_mans_switch(cli: Cli, conn: Conn) -> None:
     assert cli("run", "--dry-run").exit_code == 0
     dry_only = cli("status", "--max-age", "26h")
     assert dry_only.exit_code == 1, "a dry run is not a successful run"
-    assert "STALE" in dry_only.stdout
+    assert "STALE: no successful full run in the last 26h" in dry_only.stdout, "as written"
+    assert "Last run: #1 run (dry run) succeeded, started " in dry_only.stdout
 
     assert cli("purge-temp").exit_code == 0
     assert cli("status", "--max-age", "26h").exit_code == 1, "one task is not a full run"
@@ -202,3 +205,27 @@ def test_ledger_prunes_itself(cli: Cli, conn: Conn) -> None:
         "from maintenance.runs"
     ).fetchone()
     assert ages == (0, 2)
+
+
+def test_the_storage_outbox_backlog_is_in_status_the_metrics_and_doctor(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    load_sample(conn)
+    assert cli("purge-temp").exit_code == 0  # 289 files into the outbox
+    conn.execute("update maintenance.storage_outbox set deleted_at = now() - interval '2 days'")
+    metrics = tmp_path / "status.prom"
+
+    document = json.loads(cli("status", "--json", "--metrics-file", str(metrics)).stdout)
+    people = cli("status").stdout
+    doctor = json.loads(cli("doctor", "--json").stdout)
+    assert cli("drain-outbox", str(tmp_path / "handover.jsonl")).exit_code == 0
+    drained = json.loads(cli("status", "--json").stdout)
+
+    assert document["storageOutbox"]["paths"] == 289
+    assert document["storageOutbox"]["oldestDeletedAt"].endswith("Z")
+    assert "Storage outbox: 289 file(s) waiting for maintctl drain-outbox since " in people
+    assert "maintctl_storage_outbox_paths 289.0" in metrics.read_text()
+    line = next(c for c in doctor["checks"] if c["check"] == "storage outbox")
+    assert line["verdict"] == "warn"
+    assert line["detail"].startswith("289 file(s) waiting for maintctl drain-outbox, the oldest ")
+    assert drained["storageOutbox"] == {"paths": 0, "oldestDeletedAt": None}
