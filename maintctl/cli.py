@@ -707,11 +707,11 @@ def _set_pause(
 
     settings = _settings(database_url, schema)
     with _connected(settings) as conn:
-        state = ledger.set_pause(conn, paused=paused, reason=reason)
+        state, changed = ledger.set_pause(conn, paused=paused, reason=reason)
     if json_output:
-        render.emit_json(render.pause_json(state))
+        render.emit_json({**render.pause_json(state), "changed": changed})
     else:
-        render.print_pause(state)
+        render.print_pause(state, changed)
 
 
 @command("pause", 'maintctl pause --reason "restoring a backup"')

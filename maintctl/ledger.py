@@ -134,13 +134,19 @@ def pause_state(conn: db.Connection) -> PauseState:
     return db.fetch_one(conn, "pause_state", {}, PauseState)
 
 
-def set_pause(conn: db.Connection, *, paused: bool, reason: str | None) -> PauseState:
-    return db.fetch_one(
+def set_pause(conn: db.Connection, *, paused: bool, reason: str | None) -> tuple[PauseState, bool]:
+    """The pause switch set, and whether this changed it: pausing what is paused keeps who paused
+    it, when and why; resuming what is not paused does nothing."""
+    before = pause_state(conn)
+    if before.paused == paused:
+        return before, False
+    state = db.fetch_one(
         conn,
         "set_pause",
         {"paused": paused, "reason": reason, "paused_by": whoami()},
         PauseState,
     )
+    return state, True
 
 
 def pause_sentence(state: PauseState) -> str:

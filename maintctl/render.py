@@ -330,8 +330,14 @@ def print_migrate(result: MigrateResult) -> None:
         )
 
 
-def print_pause(state: PauseState) -> None:
-    console().print(escape(pause_sentence(state)) if state.paused else "maintenance resumed")
+def print_pause(state: PauseState, changed: bool = True) -> None:
+    if state.paused:
+        sentence = pause_sentence(state)
+        if not changed:  # "maintenance is already paused since ... by ...: why (maintctl resume)"
+            sentence = sentence.replace("maintenance is paused", "maintenance is already paused", 1)
+        console().print(escape(sentence))
+    else:
+        console().print("maintenance resumed" if changed else "maintenance is not paused")
 
 
 def drain_sentence(result: DrainResult) -> str:

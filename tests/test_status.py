@@ -170,9 +170,10 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
     assert state["reason"] == "restoring a backup"
     assert "@" in state["pausedBy"]
     assert paused.stderr == ""
-    people = cli("pause", "--reason", "restoring a backup")
-    assert people.stdout.startswith("maintenance is paused since ")
-    assert people.stdout.rstrip().endswith(": restoring a backup (maintctl resume)")
+    assert state["changed"] is True
+    people = cli("pause", "--reason", "another reason")
+    assert people.stdout.startswith("maintenance is already paused since ")
+    assert people.stdout.rstrip().endswith(": restoring a backup (maintctl resume)"), "kept"
     status = json.loads(cli("status", "--json").stdout)
     assert status["paused"] is True
     assert status["pause"]["reason"] == "restoring a backup"
@@ -182,11 +183,13 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
 
     resumed = cli("resume")
     assert resumed.stdout == "maintenance resumed\n"
+    assert cli("resume").stdout == "maintenance is not paused\n"
     assert json.loads(cli("resume", "--json").stdout) == {
         "paused": False,
         "reason": None,
         "pausedBy": None,
         "pausedAt": None,
+        "changed": False,
     }
     assert json.loads(cli("status", "--json").stdout)["paused"] is False
 
