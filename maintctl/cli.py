@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from maintctl import __version__
-from maintctl.errors import ExitCode, MaintctlError, Terminated, UsageError
+from maintctl.errors import BATCH_ROLLED_BACK, ExitCode, MaintctlError, Terminated, UsageError
 from maintctl.log import StepLog
 
 if TYPE_CHECKING:
@@ -205,7 +205,10 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                     if isinstance(exc, Terminated)
                     else ("SIGINT", ExitCode.SIGINT)
                 )
-                _error(f"interrupted by {signal_name}; the batch in flight was rolled back")
+                batch = BATCH_ROLLED_BACK in getattr(exc, "__notes__", ())
+                _error(
+                    f"interrupted by {signal_name}" + (f"; {BATCH_ROLLED_BACK}" if batch else "")
+                )
                 raise typer.Exit(exit_code) from None
             except typer.Exit:
                 raise

@@ -16,7 +16,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
+from maintctl.errors import (
+    BATCH_ROLLED_BACK,
+    BatchTimedOut,
+    DatabaseUnavailable,
+    LeaseLost,
+    TaskError,
+)
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -170,13 +176,17 @@ def _step(
     an interrupt in between would leave a committed batch out of the ledger."""
     from maintctl import db
 
-    with db.statement_timeouts(), db.transaction(conn, settings):
-        if heartbeat is not None:
-            heartbeat.beat(conn)
-        step = db.fetch_one(conn, task.batch_query, params, Step)
-        if heartbeat is not None:
-            heartbeat.beat(conn)
-        hold.enter_context(db.interrupts_held())
+    try:
+        with db.statement_timeouts(), db.transaction(conn, settings):
+            if heartbeat is not None:
+                heartbeat.beat(conn)
+            step = db.fetch_one(conn, task.batch_query, params, Step)
+            if heartbeat is not None:
+                heartbeat.beat(conn)
+            hold.enter_context(db.interrupts_held())
+    except KeyboardInterrupt as exc:
+        exc.add_note(BATCH_ROLLED_BACK)
+        raise
     return step
 
 

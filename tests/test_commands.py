@@ -193,6 +193,24 @@ def start_slow_purge(
     return process
 
 
+def test_an_interrupt_with_no_batch_in_flight_mentions_none(db_url: str) -> None:
+    # Connecting to a port nobody listens on is retried for seconds: no batch is in flight.
+    unreachable = make_conninfo(db_url, port="1")
+    process = subprocess.Popen(
+        [*maintctl_command(), "run"],
+        env=cron_environment(unreachable),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 143, stderr
+    assert stderr == "maintctl: error: interrupted by SIGTERM\n"
+
+
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_rolls_back_the_batch_in_flight_and_the_ledger_says_interrupted(
     db_url: str, conn: Conn, signum: int, exit_code: int
