@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from maintctl import __version__
 from maintctl.errors import BATCH_ROLLED_BACK, ExitCode, MaintctlError, Terminated, UsageError
@@ -28,8 +30,42 @@ if TYPE_CHECKING:
     from maintctl.settings import Settings
     from maintctl.tasks import Task
 
+
+class _MaintctlGroup(TyperGroup):
+    """The command group: errors of Typer's own parser (an unknown option, a value that does not
+    parse) come out as every maintctl error does: one line on stderr, exit 2, and with --json
+    the error object on stdout."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        arguments = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(arguments, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "maintctl"  # type: ignore[attr-defined]
+            message = exc.format_message().rstrip(".")
+            _configure_log(None, quiet=False)
+            _fail(f"{message} (see: {where} --help)", exc.exit_code, "--json" in arguments)
+            code = exc.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+
 app = typer.Typer(
     name="maintctl",
+    cls=_MaintctlGroup,
     help="Keeps the PostgreSQL database of a data-import system healthy.",
     no_args_is_help=True,
     add_completion=True,
@@ -173,6 +209,17 @@ def _error(message: str) -> None:
     _log.error(message)
 
 
+def _fail(message: str, exit_code: int, json_output: bool) -> None:
+    """Every failure: one line on stderr; with --json also one object on stdout, so that a
+    pipeline that parses stdout always gets JSON: {"error": ..., "exitCode": ...}."""
+    _error(message)
+    if json_output:
+        from maintctl.streams import STDOUT
+
+        document = {"error": redact(message), "exitCode": int(exit_code)}
+        STDOUT.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
 def _traceback() -> None:
     sys.stderr.write(redact(traceback.format_exc()))
 
@@ -188,6 +235,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             debug = bool(kwargs.get("debug"))
+            json_output = bool(kwargs.get("json_output"))
             # The driver's own warnings (a rollback that failed after an interrupt, say) would
             # add lines to the one-line error; --debug shows them.
             logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
@@ -197,7 +245,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
             except MaintctlError as exc:
                 if debug:
                     _traceback()
-                _error(exc.message)
+                _fail(exc.message, exc.exit_code, json_output)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:
                 signal_name, exit_code = (
@@ -216,7 +264,8 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 if debug:
                     _traceback()
                 hint = "" if debug else " (run again with --debug for the traceback)"
-                _error(f"internal error: {type(exc).__name__}: {exc}{hint}")
+                said = f"internal error: {type(exc).__name__}: {exc}{hint}"
+                _fail(said, ExitCode.SOFTWARE, json_output)
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 

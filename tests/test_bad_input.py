@@ -183,7 +183,7 @@ def test_every_option_with_garbage_zero_negative_or_huge_values_exits_2(
 def test_an_option_the_parser_refuses_exits_2_naming_it(
     cli: Cli, conn: Conn, args: tuple[str, ...], option: str
 ) -> None:
-    # Typer's parser answers these itself: its usage line, then one `Error:` line.
+    # Typer's parser finds these, and they come out in maintctl's one style: one line, exit 2.
     load_sample(conn)
     before = database_state(conn)
 
@@ -191,8 +191,11 @@ def test_an_option_the_parser_refuses_exits_2_naming_it(
 
     assert result.exit_code == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].startswith("Error: ")
-    assert option in result.stderr.splitlines()[-1]
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("maintctl: error: ")
+    assert result.stderr.endswith(f" (see: maintctl {args[0]} --help)\n")
+    assert option in result.stderr
+    assert result.stdout == ""
     assert database_state(conn) == before
 
 
@@ -597,3 +600,20 @@ def test_no_password_ever_appears_in_output_ledger_or_server_log(
             ("server log", server_log),
         ):
             assert secret not in text, f"{secret} in the {where}"
+
+
+def test_with_json_every_failure_is_one_error_object_on_stdout(cli: Cli, conn: Conn) -> None:
+    unparsed = cli("run", "--batch-size", "many", "--json")
+    refused = cli("purge-temp", "--older-than", "soon", "--json")
+    unreachable = cli(
+        "status", "--json", env={"MAINTCTL_DATABASE_URL": "postgresql://x@127.0.0.1:1/y"}
+    )
+    conn.execute("drop schema maintenance cascade")
+    not_migrated = cli("history", "--json")
+
+    for result, code in ((unparsed, 2), (refused, 2), (unreachable, 69), (not_migrated, 78)):
+        assert result.exit_code == code
+        document = json.loads(result.stdout)
+        assert set(document) == {"error", "exitCode"}
+        assert document["exitCode"] == code
+        assert result.stderr == f"maintctl: error: {document['error']}\n"

@@ -3,6 +3,7 @@ every named query the code uses exists (and none is dead)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -73,3 +74,16 @@ def test_every_query_the_code_uses_exists_and_every_query_is_used() -> None:
     assert len(used) > 20
     assert used - set(queries()) == set()
     assert set(queries()) - used == set()
+
+
+def test_the_readme_says_which_commands_take_json() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    without = []
+    for info in app.registered_commands:
+        callback = info.callback
+        assert callback is not None
+        if "json_output" not in inspect.signature(callback).parameters:
+            without.append(info.name)
+
+    assert without == ["cron"]
+    assert "(`cron` writes files for a scheduler and takes only `--debug` of these)" in readme
