@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from maintctl import __version__
 from maintctl.errors import BATCH_ROLLED_BACK, ExitCode, MaintctlError, Terminated, UsageError
-from maintctl.log import StepLog
+from maintctl.log import LOG_FORMATS, StepLog
 
 if TYPE_CHECKING:
     from maintctl import runner
@@ -115,6 +115,7 @@ MaxRuntime = Annotated[
     typer.Option(
         "--max-runtime",
         help="Stop between batches after this long, e.g. 30m; the next run carries on.",
+        metavar="DURATION",
         show_default=False,
     ),
 ]
@@ -123,6 +124,7 @@ OlderThan = Annotated[
     typer.Option(
         "--older-than",
         help="Threshold of this task, e.g. 36h or 1d12h (overrides its MAINTCTL_* setting).",
+        metavar="DURATION",
         show_default=False,
     ),
 ]
@@ -133,6 +135,8 @@ LogFormat = Annotated[
         "--log-format",
         help="The step lines on stderr: text, or json lines for journald or a log shipper "
         "[env: MAINTCTL_LOG_FORMAT; default: text].",
+        metavar="[text|json]",
+        autocompletion=lambda: list(LOG_FORMATS),
         show_default=False,
     ),
 ]
@@ -269,7 +273,10 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
-        app.command(name, epilog=f"Example: {example}")(wrapper)
+        # The whole first line of the docstring in the command list, not cut at 45 characters.
+        summary = " ".join((function.__doc__ or "").split("\n\n")[0].split())
+        short_help = summary.split(". ")[0].removesuffix(".") + "."
+        app.command(name, epilog=f"Example: {example}", short_help=short_help)(wrapper)
         return function
 
     return register
@@ -638,7 +645,8 @@ def status(
         str | None,
         typer.Option(
             "--max-age",
-            help="Exit 1 when the last successful run is older than this, or there is none.",
+            help="Exit 1 when the last successful full run is older than this, or there is none.",
+            metavar="DURATION",
             show_default=False,
         ),
     ] = None,

@@ -87,3 +87,25 @@ def test_the_readme_says_which_commands_take_json() -> None:
 
     assert without == ["cron"]
     assert "(`cron` writes files for a scheduler and takes only `--debug` of these)" in readme
+
+
+def test_the_top_level_help_shows_each_summary_whole() -> None:
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100"}).stdout
+    listed = "".join(shown.split("Commands:")[1].split())  # the wrapping breaks lines anywhere
+
+    assert "..." not in shown.split("Commands:")[1]
+    for info in app.registered_commands:
+        assert info.callback is not None
+        first = " ".join((info.callback.__doc__ or "").split("\n\n")[0].split()).split(". ")[0]
+        assert "".join(first.split()) in listed, info.name
+
+
+def test_durations_show_as_duration_and_log_format_its_choices() -> None:
+    shown = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
+    purge = CliRunner().invoke(app, ["purge-temp", "--help"], env={"COLUMNS": "200"}).stdout
+    status = CliRunner().invoke(app, ["status", "--help"], env={"COLUMNS": "200"}).stdout
+
+    assert "--max-runtime DURATION" in shown
+    assert "--log-format [text|json]" in shown
+    assert "--older-than DURATION" in purge
+    assert "--max-age DURATION" in status
