@@ -37,12 +37,22 @@ def emit_json(document: object) -> None:
     STDOUT.write(json.dumps(document, ensure_ascii=False) + "\n")
 
 
+PIPE_WIDTH = 10_000
+
+
 def console() -> Console:
     # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
     # NO_COLOR means no escape codes at all (Rich alone would still send bold and italic).
+    # In a pipe or a file, a table is as wide as its content: an error message in a cell is never
+    # wrapped or cut at 80 columns.
     plain = bool(os.environ.get("NO_COLOR"))
+    width = None if STDOUT.isatty() else PIPE_WIDTH
     return Console(
-        file=STDOUT, highlight=False, soft_wrap=True, color_system=None if plain else "auto"
+        file=STDOUT,
+        highlight=False,
+        soft_wrap=True,
+        color_system=None if plain else "auto",
+        width=width,
     )
 
 

@@ -336,7 +336,9 @@ def _exec_word(word: str) -> str:
 def systemd_units(job: Job, calendar: str, randomized_delay: str = "15m") -> dict[str, str]:
     """maintctl.service (oneshot, hardened) and maintctl.timer, by file name. Every value is
     escaped for systemd: a path with spaces or % means itself."""
-    exec_start = " ".join(_exec_word(word) for word in job.arguments("--log-format", "json"))
+    # --quiet too: no table on stdout, so the journal gets JSON lines only.
+    words = job.arguments("--log-format", "json", "--quiet")
+    exec_start = " ".join(_exec_word(word) for word in words)
     writable = []
     if job.metrics_file:
         parent = str(PurePosixPath(job.metrics_file).parent)

@@ -172,7 +172,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert f"ReadWritePaths={metrics.parent}" in lines
     assert "NoNewPrivileges=yes" in lines
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
-    assert exec_start.endswith(f"run --log-format json --metrics-file {metrics}")
+    assert exec_start.endswith(f"run --log-format json --quiet --metrics-file {metrics}")
     timer_lines = timer.read_text().splitlines()
     assert "OnCalendar=*-*-* 03:00:00 UTC" in timer_lines
     assert "Persistent=true" in timer_lines

@@ -101,3 +101,5 @@ def test_the_cronjob_forbids_overlap_and_parses() -> None:
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "run"
+    # JSON lines only in the pod's log: no table on stdout.
+    assert {"--log-format", "json", "--quiet"} <= set(container["args"])

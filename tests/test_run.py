@@ -382,3 +382,16 @@ def test_a_table_the_application_has_locked_fails_that_task_after_the_lock_timeo
     assert document["errors"] == ["temp: canceling statement due to lock timeout"]
     assert document["tasks"][1]["durationMs"] < 4000
     assert count(conn, "select count(*) from temp_uploads") == 433
+
+
+def test_in_a_pipe_the_table_keeps_a_long_error_whole(cli: Cli, conn: Conn) -> None:
+    conn.execute("alter table temp_uploads rename column created_at to created")
+    document = json.loads(cli("purge-temp", "--json").stdout)
+    error = document["tasks"][0]["error"]
+    assert len(error) > 30, "longer than what 80 columns leave for its cell"
+
+    result = cli("purge-temp", env={"COLUMNS": "80"})
+
+    assert result.exit_code == 1
+    [row] = [row for row in table_rows(result.stdout) if row[0] == "purge-temp"]
+    assert row[1] == f"failed: {error}", "one line, not wrapped or cut at 80 columns"
