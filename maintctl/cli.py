@@ -415,7 +415,7 @@ def _run(
             with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
                 _log(
                     "connected",
-                    target=db.describe_target(settings),
+                    target=db.describe_connection(conn),
                     serverVersion=db.server_version(conn),
                 )
                 report = runner.run_maintenance(

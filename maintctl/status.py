@@ -375,7 +375,7 @@ def run_doctor(settings: Settings) -> list[Check]:
         with db.connect(settings) as conn, db.database_errors(conn):
             server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
             elapsed = int((time.monotonic() - started) * 1000)
-            target = db.describe_target(settings)
+            target = db.describe_connection(conn)
             detail = f"{target}, PostgreSQL {server.server_version}, {elapsed} ms"
             checks.append(Check(step, True, detail))
             for name, check in DOCTOR_STEPS:

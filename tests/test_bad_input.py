@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -505,10 +506,10 @@ def test_a_wrong_password_exits_77_at_once_and_changes_nothing(
 
     assert time.monotonic() - started < 8, "refused credentials are not retried"
     assert result.returncode == 77
-    assert result.stderr == (
-        "maintctl: error: the database refused the connection: "
-        f'password authentication failed for user "{ROLE}"\n'
+    assert result.stderr.startswith(
+        f"maintctl: error: the database refused the connection to {ROLE}@127.0.0.1:"
     )
+    assert result.stderr.endswith(f': password authentication failed for user "{ROLE}"\n')
     with psycopg.connect(right) as conn:
         assert database_state(conn) == before
 
@@ -617,3 +618,24 @@ def test_with_json_every_failure_is_one_error_object_on_stdout(cli: Cli, conn: C
         assert set(document) == {"error", "exitCode"}
         assert document["exitCode"] == code
         assert result.stderr == f"maintctl: error: {document['error']}\n"
+
+
+def test_a_connection_error_names_the_target_libpq_would_use(cli: Cli) -> None:
+    # No URL: libpq's PG* variables, then its compiled defaults (the user's name as the
+    # database, the default socket directory, which libpq's own error names).
+    env: dict[str, str | None] = {
+        "MAINTCTL_DATABASE_URL": None,
+        "MAINTCTL_CONNECT_TIMEOUT": "1s",
+        "PGUSER": "someone",
+        "PGPORT": "1",
+    }
+    by_variables = cli("status", env={**env, "PGHOST": "127.0.0.1", "PGDATABASE": "imports"})
+    by_defaults = cli("status", env=env)
+
+    assert by_variables.exit_code == by_defaults.exit_code == 69
+    assert by_variables.stderr.startswith(
+        "maintctl: error: cannot connect to someone@127.0.0.1:1/imports: "
+    )
+    assert re.match(
+        r"maintctl: error: cannot connect to someone@/\S+:1/someone: ", by_defaults.stderr
+    ), by_defaults.stderr

@@ -104,6 +104,20 @@ def test_doctor_exits_69_when_the_database_is_unreachable(cli: Cli) -> None:
     assert result.stdout.startswith("FAIL connection: cannot connect to maintctl@127.0.0.1:1/x")
 
 
+def conn_target(url: str) -> str:
+    """host:port/dbname of a test URL, as maintctl names it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    return f"{params['host']}:{params['port']}/{params['dbname']}"
+
+
+def user_of(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return str(conninfo_to_dict(url)["user"])
+
+
 def maintctl_command() -> list[str]:
     installed = shutil.which("maintctl", path=str(Path(sys.executable).parent))
     return [installed] if installed else [sys.executable, "-m", "maintctl"]
@@ -309,13 +323,16 @@ def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
 
     assert time.monotonic() - started < 8, "none of these is retried for the 10 s connect budget"
     assert refused.exit_code == 77
+    where = f"{conn_target(db_url)}"
     assert refused.stderr == (
-        "maintctl: error: the database refused the connection: "
+        f"maintctl: error: the database refused the connection to maintctl_no_such_role@{where}: "
         'role "maintctl_no_such_role" does not exist\n'
     )
     assert missing.exit_code == 69
+    server = conn_target(server_url).rsplit("/", 1)[0]
     assert missing.stderr == (
-        'maintctl: error: cannot connect: database "maintctl_no_such_db" does not exist\n'
+        f"maintctl: error: cannot connect to {user_of(server_url)}@{server}/maintctl_no_such_db: "
+        'database "maintctl_no_such_db" does not exist\n'
     )
     assert bad_option.exit_code == 78
     assert "invalid sslmode value" in bad_option.stderr
