@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Cli, table_rows
 from tests.data import Conn, load_sample
 
@@ -232,3 +234,21 @@ def test_the_storage_outbox_backlog_is_in_status_the_metrics_and_doctor(
     assert line["verdict"] == "warn"
     assert line["detail"].startswith("289 file(s) waiting for maintctl drain-outbox, the oldest ")
     assert drained["storageOutbox"] == {"paths": 0, "oldestDeletedAt": None}
+
+
+@pytest.mark.parametrize("shift", ["-59 minutes", "59 minutes"])
+def test_the_demo_counts_hold_for_an_hour_either_side_of_every_threshold(
+    conn: Conn, shift: str
+) -> None:
+    load_sample(conn)
+    query = (
+        "select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs "
+        "from maintenance.pending_counts(%(s)s::interval + '24h', %(s)s::interval + '24h', "
+        "%(s)s::interval + '7d', %(s)s::interval + '30d')"
+    )
+
+    at_defaults = conn.execute(query, {"s": "0"}).fetchone()
+    shifted = conn.execute(query, {"s": shift}).fetchone()
+
+    assert at_defaults == (15, 289, 250, 210)
+    assert shifted == at_defaults, "no demo row within an hour of a threshold"
