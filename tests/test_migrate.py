@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -244,3 +245,8 @@ def test_migrate_waits_no_longer_than_the_lock_timeout_and_applies_nothing_half(
     )
     assert left == 0, "the schema comes with the first migration, or not at all"
     assert bare_cli("migrate").exit_code == 0
+    # What the README promises, which this test shows: writes wait behind the ALTER TABLE for
+    # lock_timeout at most, and migrate gives up without applying anything.
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    promise = "writes to `import_jobs` queue behind it for up to `MAINTCTL_LOCK_TIMEOUT` (5 s)"
+    assert promise in " ".join(readme.split())
