@@ -109,3 +109,44 @@ def test_durations_show_as_duration_and_log_format_its_choices() -> None:
     assert "--log-format [text|json]" in shown
     assert "--older-than DURATION" in purge
     assert "--max-age DURATION" in status
+
+
+def task_records(document: object) -> list[dict[str, object]]:
+    """Every task result inside a JSON document: an object with a task and its cutoff."""
+    if isinstance(document, list):
+        return [record for item in document for record in task_records(item)]
+    if isinstance(document, dict):
+        found = [document] if {"task", "cutoff"} <= set(document) else []
+        return found + [record for value in document.values() for record in task_records(value)]
+    return []
+
+
+def test_the_json_transcripts_show_every_key_of_a_task_result() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from maintctl.tasks import TaskResult
+
+    keys = set(TaskResult("stuck", "ok", 0, 0, 0, datetime.now(UTC)).as_record())
+    root = Path(__file__).resolve().parent.parent
+    checked = 0
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        command = ""
+        for line in page.read_text().splitlines():
+            if line.startswith("$ "):
+                command = line
+                continue
+            if line.startswith("```json"):
+                command = "$ maintctl"  # the README's JSON examples are maintctl's output
+            if not line.startswith(("{", "[")) or not command.startswith(
+                ("$ maintctl", "$ cat run.log")
+            ):
+                continue
+            try:
+                document = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # "[Unit]" of a unit file, say
+            for record in task_records(document):
+                assert keys <= set(record), f"{page.name}: {sorted(keys - set(record))}"
+                checked += 1
+    assert checked >= 12
