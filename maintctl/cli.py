@@ -53,7 +53,8 @@ class _MaintctlGroup(TyperGroup):
             exc.show()
             code = exc.exit_code
         except ClickException as exc:
-            where = exc.ctx.command_path if getattr(exc, "ctx", None) else "maintctl"  # type: ignore[attr-defined]
+            context = getattr(exc, "ctx", None)  # a UsageError's; other ClickExceptions have none
+            where = context.command_path if context is not None else "maintctl"
             message = exc.format_message().rstrip(".")
             _configure_log(None, quiet=False)
             _fail(f"{message} (see: {where} --help)", exc.exit_code, "--json" in arguments)

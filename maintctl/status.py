@@ -11,6 +11,7 @@ from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.grants import MAINTAIN_SERVER_VERSION
+from maintctl.guard import RUN_LEASE_MISSING
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import TASKS, run_task
@@ -238,17 +239,16 @@ class RunLeaseRow:
 
 
 def check_run_lease(conn: db.Connection, settings: Settings) -> list[Check]:
-    """The lease's single row: without it no run could take the lease (runs put it back now),
-    and a granted role that may delete it can stop every run."""
+    """The lease's single row: without it no run can take the lease (triggers put it back when
+    it is deleted), and a granted role that may delete it can stop every run."""
     row = db.fetch_one(conn, "run_lease_row", {}, RunLeaseRow)
     if row.can_delete and not row.owner:
         raise ConfigError(
-            "this role may delete maintenance.run_lease's row, which stops every run until the "
-            "next one restores it: as the owner, run maintctl migrate, or maintctl grant again"
+            "this role may delete maintenance.run_lease's row, which would stop every run: as "
+            "the owner, run maintctl grant ROLE again"
         )
     if not row.present:
-        detail = "maintenance.run_lease has no row: the next run puts it back"
-        return [Check("run lease", True, detail, warning=True)]
+        raise ConfigError(RUN_LEASE_MISSING)
     return [Check("run lease", True, "its row is in place")]
 
 

@@ -217,20 +217,28 @@ def test_the_granted_role_cannot_delete_the_run_lease_and_a_missing_row_comes_ba
                 session.execute(statement)
             except errors.InsufficientPrivilege:
                 refused.append(statement)
-    conn.execute("delete from maintenance.run_lease")  # the owner still can
-    missing = as_role(url, "doctor", "--json")
+    conn.execute("delete from maintenance.run_lease")  # the owner still can: it comes back
+    after_delete = count(conn, "select count(*) from maintenance.run_lease")
+    conn.execute("truncate maintenance.run_lease")
+    after_truncate = count(conn, "select count(*) from maintenance.run_lease")
     ran = as_role(url, "run", "--json")
-    again = as_role(url, "run", "--json")
+    # Gone behind the triggers' back: doctor says so.
+    conn.execute("alter table maintenance.run_lease disable trigger user")
+    conn.execute("delete from maintenance.run_lease")
+    missing = as_role(url, "doctor", "--json")
+    refused_run = as_role(url, "run", "--quiet")
 
     assert len(refused) == 2
-    lease = next(c for c in json.loads(missing.stdout)["checks"] if c["check"] == "run lease")
-    assert lease["verdict"] == "warn"
-    assert lease["detail"] == "maintenance.run_lease has no row: the next run puts it back"
+    assert after_delete == after_truncate == 1
     assert ran.exit_code == 0, ran.stderr
     assert json.loads(ran.stdout)["skipped"] is None
-    assert again.exit_code == 0, again.stderr
-    assert json.loads(again.stdout)["skipped"] is None
-    assert count(conn, "select count(*) from maintenance.run_lease") == 1
+    sentence = (
+        "maintenance.run_lease has no row, so no run can take the lease: as the owner, "
+        "insert into maintenance.run_lease default values"
+    )
+    lease = next(c for c in json.loads(missing.stdout)["checks"] if c["check"] == "run lease")
+    assert (missing.exit_code, lease["verdict"], lease["detail"]) == (78, "fail", sentence)
+    assert (refused_run.exit_code, refused_run.stderr) == (78, f"maintctl: error: {sentence}\n")
 
 
 def test_doctor_fails_for_a_role_that_may_delete_the_run_lease_and_migrate_takes_it_back(
@@ -245,7 +253,7 @@ def test_doctor_fails_for_a_role_that_may_delete_the_run_lease_and_migrate_takes
 
     flagged = as_role(url, "doctor", "--json")
     conn.execute("delete from maintenance.schema_migrations where version = 10")
-    conn.execute("drop function maintenance.restore_run_lease_row() cascade")
+    conn.execute("drop function maintenance.restore_run_lease_row() cascade")  # and its triggers
     assert cli("migrate").exit_code == 0
     healthy = as_role(url, "doctor", "--json")
 

@@ -1,39 +1,29 @@
 -- The run lease's single row is the lease itself: without it every CLI run exited 70 and the
 -- pg_cron procedure skipped as "another run is in progress". Roles granted before this migration
--- could delete it; `maintctl grant` no longer gives INSERT or DELETE on it, and taking the lease
--- puts the row back when it is missing.
+-- could delete it; `maintctl grant` no longer gives INSERT or DELETE on it, and a row that is
+-- deleted anyway (by its owner, or a TRUNCATE) is put back at once, by the triggers below.
 
--- Puts the lease's row back, free. SECURITY DEFINER (the owner's right to INSERT, which no granted
--- role holds), and it inserts nothing but that one default row. The NOT EXISTS comes first: an
--- INSERT that meets the row would wait for a batch holding it locked, and a take never waits.
-create function maintenance.restore_run_lease_row() returns void
-language sql volatile security definer set search_path = pg_catalog, pg_temp
+-- Puts the lease's row back, free, when it is missing. SECURITY DEFINER: the owner's right to
+-- INSERT, which no granted role holds; it inserts nothing but that one default row.
+create function maintenance.restore_run_lease_row() returns trigger
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp
 as $$
+begin
   insert into maintenance.run_lease (singleton)
   select true where not exists (select 1 from maintenance.run_lease)
   on conflict (singleton) do nothing;
+  return null;
+end
 $$;
 
--- As in 0004_run_lease.sql, after restoring the row when it is missing.
-create or replace function maintenance.take_run_lease(p_host text, p_pid integer, p_lease interval)
-returns boolean
-language sql volatile set search_path = pg_catalog, pg_temp
-as $$
-  select maintenance.restore_run_lease_row();
-  with free as (
-    select singleton, clock_timestamp() as moment from maintenance.run_lease
-    where expires_at <= clock_timestamp()
-    for update skip locked
-  ), taken as (
-    update maintenance.run_lease l
-       set run_id = null, host = p_host, pid = p_pid, started_at = now(),
-           renewed_at = free.moment, expires_at = free.moment + p_lease
-      from free
-     where l.singleton = free.singleton
-    returning 1
-  )
-  select count(*) = 1 from taken
-$$;
+create trigger run_lease_row_stays after delete on maintenance.run_lease
+  for each statement execute function maintenance.restore_run_lease_row();
+create trigger run_lease_row_stays_truncated after truncate on maintenance.run_lease
+  for each statement execute function maintenance.restore_run_lease_row();
+
+-- A database whose row is already gone gets it back now.
+insert into maintenance.run_lease (singleton)
+select true where not exists (select 1 from maintenance.run_lease);
 
 -- Take back from every role already granted what `maintctl grant` no longer gives on the row.
 do $$
