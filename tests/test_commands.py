@@ -109,7 +109,8 @@ def conn_target(url: str) -> str:
     from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(url)
-    return f"{params['host']}:{params['port']}/{params['dbname']}"
+    port = params.get("port") or "5432"  # libpq's default, as maintctl names it
+    return f"{params['host']}:{port}/{params['dbname']}"
 
 
 def user_of(url: str) -> str:
