@@ -12,12 +12,14 @@ from psycopg import sql
 
 from maintctl import db
 from maintctl.errors import ConfigError
+from maintctl.rules.generate import all_needs, policy_of
 from maintctl.settings import Settings
 from maintctl.sqlfiles import read_sql
 
 # Supabase's API roles: the hardening takes everything away from them on every migrate, and
 # granting them maintenance would hand it to every visitor of the API.
 API_ROLES = ("anon", "authenticated")
+PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
 
 
 # From PostgreSQL 17 a role can be granted MAINTAIN (VACUUM, ANALYZE); before, only the owner.
@@ -30,6 +32,7 @@ class GrantResult:
     revoked: bool
     app_schema: str
     can_vacuum: bool  # MAINTAIN granted (17+): run --vacuum works as the role
+    tables: tuple[str, ...] = ()  # the application tables the rules work on
 
 
 def grant_role(
@@ -47,16 +50,40 @@ def grant_role(
             f"role {role!r} does not exist; create it first, e.g. create role {role} login"
         )
     owner = db.fetch_value(conn, "maintenance_owner")
-    files = ["grants/revoke.sql" if revoke else "grants/grant.sql"]
+    statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
     maintain = int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION
-    if maintain:
-        files.append("grants/revoke_maintain.sql" if revoke else "grants/maintain.sql")
     names = {
         "role": sql.Identifier(role),
         "app": sql.Identifier(settings.app_schema),
         "owner": sql.Identifier(owner),
     }
+    tables = table_privileges(settings)
     with db.transaction(conn, settings):
-        for name in files:
-            conn.execute(sql.SQL(read_sql(name)).format(**names))
-    return GrantResult(role, revoke, settings.app_schema, maintain and not revoke)
+        if revoke:
+            conn.execute(statements.format(**names))
+        for table, privileges in tables.items():
+            # From 17, MAINTAIN too: run --vacuum as the role can VACUUM (ANALYZE) the table.
+            given = privileges + (("MAINTAIN",) if maintain else ())
+            granted = {
+                "privileges": sql.SQL(", ").join(sql.SQL(p) for p in given),
+                "table": sql.Identifier(settings.app_schema, table),
+                "role": names["role"],
+            }
+            if revoke:
+                db.execute_composed(conn, "revoke_table", granted)
+            else:
+                db.execute_composed(conn, "grant_table", granted)
+        if not revoke:
+            conn.execute(statements.format(**names))
+    return GrantResult(role, revoke, settings.app_schema, maintain and not revoke, tuple(tables))
+
+
+def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """What the rules do to each application table (maintctl/rules/), by table."""
+    held: dict[str, list[str]] = {}
+    for need in all_needs(policy_of(settings)):
+        held.setdefault(need.table, [])
+        held[need.table] += [p for p in need.privileges if p not in held[need.table]]
+    # A privilege keyword from the rules' definitions, never from the policy: they are SQL text.
+    assert all(p in PRIVILEGES for found in held.values() for p in found)
+    return {table: tuple(p for p in PRIVILEGES if p in found) for table, found in held.items()}

@@ -10,13 +10,19 @@ from psycopg import sql
 
 from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated, PermissionDenied
+from maintctl.rules.generate import application_tables, fingerprint, policy_of
+from maintctl.rules.install import (
+    check_conditions,
+    check_rule_columns,
+    ensure_current,
+    installed_fingerprint,
+)
+from maintctl.rules.install import install as install_rules
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
 from maintctl.sqlfiles import migrations as known_migrations
 
 MIN_SERVER_VERSION = 150000  # security_invoker views
-# The application's tables that the migrations alter or index: migrate must own all four.
-APPLICATION_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
 LOCK_POLL_SECONDS = 0.2
 
 
@@ -55,6 +61,7 @@ class MigrateResult:
     applied: list[str]
     already_applied: int
     app_schema: str
+    rules_installed: bool = False  # the rules' SQL was generated and installed anew
 
 
 def _label(migration: Migration) -> str:
@@ -78,26 +85,33 @@ def check_app_schema(conn: db.Connection, settings: Settings) -> None:
 
 def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
     """Refuse, before anything is created, a migrate that would fail halfway: the wrong database
-    or schema, a role that does not own the application's tables (which the migrations alter and
-    index) or cannot create or does not own the maintenance schema, a newer maintctl's schema."""
+    or schema, a newer maintctl's schema, a table or column the enabled rules name that is not
+    there, a [[purge]] rule's bad `where`, a role that does not own the rules' tables (their
+    generated SQL adds columns and indexes to them) or cannot create or does not own the
+    maintenance schema."""
     check_app_schema(conn, settings)
     applied = applied_migrations(conn)
     newest_known = known_migrations()[-1].version
     if applied and applied[-1].version > newest_known:
         raise _newer_maintctl(applied[-1].version, newest_known)
-    if {m.version for m in applied} >= {m.version for m in known_migrations()}:
-        return  # nothing to create
+    policy = policy_of(settings)
+    wanted = application_tables(policy)
     where = db.fetch_one(conn, "migrate_preflight", {}, Preflight)
-    params = {"schema": settings.app_schema, "tables": list(APPLICATION_TABLES)}
+    params = {"schema": settings.app_schema, "tables": list(wanted)}
     tables = db.fetch_all(conn, "application_table_owners", params, TableOwner)
     missing = [table.table_name for table in tables if table.owner is None]
     if missing:
         found = "none" if len(missing) == len(tables) else "not " + ", ".join(missing)
         raise ConfigError(
             f"application tables not found: searched schema {settings.app_schema!r} of database "
-            f"{where.database!r} for {', '.join(APPLICATION_TABLES)} and found {found} "
+            f"{where.database!r} for {', '.join(wanted)} and found {found} "
             "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)"
         )
+    check_rule_columns(conn, settings)
+    check_conditions(conn, settings)
+    pending = {m.version for m in applied} < {m.version for m in known_migrations()}
+    if not pending and installed_fingerprint(conn) == fingerprint(policy):
+        return  # nothing to create
     foreign = [table for table in tables if not table.owned]
     if foreign:
         owners = sorted({table.owner or "" for table in foreign})
@@ -147,6 +161,7 @@ def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
             f"the maintenance schema serves application schema {applied[-1].app_schema!r}, "
             f"not {settings.app_schema!r}; set MAINTCTL_SCHEMA={applied[-1].app_schema}"
         )
+    ensure_current(conn, settings)
 
 
 def _wait_for_lock(conn: db.Connection) -> None:
@@ -205,15 +220,18 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                     # fails there leaves nothing behind.
                     conn.execute(read_sql("bootstrap.sql"))
                 if migration.transactional:
+                    db.execute(conn, "skip_function_body_checks")
                     conn.execute(sql.SQL(migration.text).format(app=app))
                 conn.execute(hardening())
                 db.execute(conn, "record_migration", record)
             bootstrapped = True
             newly_applied.append(_label(migration))
+        # The rules' own SQL, generated from their definitions and the policy.
+        rules_installed = install_rules(conn, settings)
         # Again on every migrate: API roles created since (Supabase's anon) lose access too.
         with db.transaction(conn, settings):
             conn.execute(hardening())
     finally:
         with db.best_effort():
             db.fetch_value(conn, "migration_unlock")
-    return MigrateResult(newly_applied, len(done), settings.app_schema)
+    return MigrateResult(newly_applied, len(done), settings.app_schema, rules_installed)

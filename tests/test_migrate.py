@@ -33,6 +33,7 @@ def test_migrate_says_what_it_did_and_a_second_time_nothing(bare_cli: Cli) -> No
         "applied": [],
         "alreadyApplied": len(migrations()),
         "appSchema": "public",
+        "rulesInstalled": False,
     }
     assert bare_cli("status").exit_code == 0
 
@@ -236,17 +237,32 @@ def test_migrate_waits_no_longer_than_the_lock_timeout_and_applies_nothing_half(
         blocked = bare_cli("migrate", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
 
         application.rollback()
-        left = count(application, "select count(*) from pg_namespace where nspname = 'maintenance'")
+        # The migrations touch only maintctl's schema; the rules' generated SQL (which adds
+        # compacted_at to import_jobs) is what waits, and none of it is installed.
+        installed = count(application, "select count(*) from maintenance.installed_rules")
+        compacted_at = count(
+            application,
+            "select count(*) from pg_attribute where attrelid = 'import_jobs'::regclass "
+            "and attname = 'compacted_at'",
+        )
 
     assert blocked.exit_code == 1
     assert blocked.stderr == (
         "maintctl: error: gave up waiting for a lock after MAINTCTL_LOCK_TIMEOUT: "
         "canceling statement due to lock timeout\n"
     )
-    assert left == 0, "the schema comes with the first migration, or not at all"
+    assert (installed, compacted_at) == (0, 0)
+    refused = bare_cli("status")
+    assert refused.exit_code == 78
+    assert refused.stderr.endswith("run: maintctl migrate\n")
     assert bare_cli("migrate").exit_code == 0
+    assert bare_cli("status").exit_code == 0
     # What the README promises, which this test shows: writes wait behind the ALTER TABLE for
-    # lock_timeout at most, and migrate gives up without applying anything.
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    # lock_timeout at most, and migrate gives up without installing the rules.
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
     promise = "writes to `import_jobs` queue behind it for up to `MAINTCTL_LOCK_TIMEOUT` (5 s)"
-    assert promise in " ".join(readme.split())
+    assert promise in readme
+    assert (
+        "(exit 1, the rules' SQL not installed: other commands exit 78 with "
+        "`run: maintctl migrate`)" in readme
+    )

@@ -85,7 +85,7 @@ def test_migrate_in_the_wrong_database_says_where_it_looked_and_creates_nothing(
     dbname = conninfo_to_dict(empty_db_url)["dbname"]
     assert result.stderr == (
         "maintctl: error: application tables not found: searched schema 'public' of database "
-        f"'{dbname}' for import_runs, raw_import_items, temp_uploads, import_jobs and found none "
+        f"'{dbname}' for import_runs, temp_uploads, import_jobs, raw_import_items and found none "
         "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)\n"
     )
     assert catalog(empty_db_url) == before
@@ -101,8 +101,8 @@ def test_migrate_as_a_role_that_does_not_own_the_tables_refuses_and_the_owner_ca
     assert refused.exit_code == 77
     assert refused.stderr.startswith(
         "maintctl: error: migrate must run as the owner of the application's tables: role "
-        f"'{stranger}' does not own public.import_runs, public.raw_import_items, "
-        "public.temp_uploads, public.import_jobs (owner "
+        f"'{stranger}' does not own public.import_runs, public.temp_uploads, public.import_jobs, "
+        "public.raw_import_items (owner "
     )
     assert refused.stderr.count("\n") == 1
     assert catalog(bare_db_url) == before
