@@ -45,6 +45,7 @@ class Preflight:
     role: str
     database: str
     can_create_schema: bool
+    can_create_in_app_schema: bool
     maintenance_owner: str | None
     owns_maintenance: bool
 
@@ -76,7 +77,9 @@ def applied_migrations(conn: db.Connection) -> list[AppliedMigration]:
 
 def check_app_schema(conn: db.Connection, settings: Settings) -> None:
     if not db.fetch_value(conn, "schema_exists", {"schema": settings.app_schema}):
-        database = db.fetch_one(conn, "migrate_preflight", {}, Preflight).database
+        database = db.fetch_one(
+            conn, "migrate_preflight", {"schema": settings.app_schema}, Preflight
+        ).database
         raise ConfigError(
             f"application schema {settings.app_schema!r} not found in database {database!r} "
             "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)"
@@ -96,7 +99,7 @@ def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
         raise _newer_maintctl(applied[-1].version, newest_known)
     policy = policy_of(settings)
     wanted = application_tables(policy)
-    where = db.fetch_one(conn, "migrate_preflight", {}, Preflight)
+    where = db.fetch_one(conn, "migrate_preflight", {"schema": settings.app_schema}, Preflight)
     params = {"schema": settings.app_schema, "tables": list(wanted)}
     tables = db.fetch_all(conn, "application_table_owners", params, TableOwner)
     missing = [table.table_name for table in tables if table.owner is None]
@@ -120,6 +123,12 @@ def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
             f"migrate must run as the owner of the application's tables: role {where.role!r} "
             f"does not own {names} (owner {', '.join(owners)}); run maintctl migrate as "
             f"{owners[0]}"
+        )
+    if not where.can_create_in_app_schema:
+        raise PermissionDenied(
+            f"role {where.role!r} may not create in schema {settings.app_schema!r}, where the "
+            "rules' indexes go (it needs CREATE on the schema); run maintctl migrate as the "
+            "schema's owner, or grant it CREATE on the schema"
         )
     if where.maintenance_owner is None and not where.can_create_schema:
         raise PermissionDenied(

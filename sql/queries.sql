@@ -16,10 +16,13 @@ select current_setting('server_version_num')::integer as server_version_num;
 select exists (select 1 from pg_namespace where nspname = %(schema)s) as exists;
 
 -- name: migrate_preflight
--- Before migrate creates anything: who connects to which database, and whether it may create the
--- maintenance schema (or already owns it).
+-- Before migrate creates anything: who connects to which database, whether it may create the
+-- maintenance schema (or already owns it), and whether it may create in the application schema
+-- (the rules' indexes go there).
 select current_user as role, current_database() as database,
        has_database_privilege(current_database(), 'CREATE') as can_create_schema,
+       coalesce((select has_schema_privilege(n.oid, 'CREATE') from pg_namespace n
+                 where n.nspname = %(schema)s), false) as can_create_in_app_schema,
        (select pg_get_userbyid(nspowner) from pg_namespace where nspname = 'maintenance')
          as maintenance_owner,
        coalesce((select pg_has_role(current_user, nspowner, 'USAGE')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -130,3 +131,69 @@ def test_migrate_on_a_database_a_newer_maintctl_migrated_refuses_with_78(
         f"this maintctl knows up to {newer - 1}); upgrade maintctl\n"
     )
     assert catalog(url) == before
+
+
+PURGE_AUDIT_LOG = """
+[[purge]]
+name = "audit-log"
+table = "audit_log"
+time_column = "created_at"
+older_than = "90d"
+"""
+AUDIT_LOG = "create table audit_log (id bigint primary key, created_at timestamptz not null)"
+
+
+def test_migrate_looks_for_the_tables_of_the_policy_s_purge_rules_too(
+    bare_db_url: str, bare_cli: Cli, tmp_path: Path
+) -> None:
+    (tmp_path / "maintctl.toml").write_text(PURGE_AUDIT_LOG)
+    before = catalog(bare_db_url)
+
+    result = bare_cli("migrate")
+
+    assert result.exit_code == 78
+    dbname = conninfo_to_dict(bare_db_url)["dbname"]
+    assert result.stderr == (
+        "maintctl: error: application tables not found: searched schema 'public' of database "
+        f"'{dbname}' for import_runs, temp_uploads, import_jobs, raw_import_items, audit_log and "
+        "found not audit_log (set MAINTCTL_SCHEMA or --schema, or check the database in the URL)\n"
+    )
+    assert catalog(bare_db_url) == before
+
+
+def test_migrate_must_own_a_purge_rule_s_table_as_well_as_the_four(
+    bare_db_url: str, stranger: str, tmp_path: Path
+) -> None:
+    """The stranger owns the four tables, not the [[purge]] rule's: migrate, which indexes it,
+    refuses and names only that one."""
+    (tmp_path / "maintctl.toml").write_text(PURGE_AUDIT_LOG)
+    role = sql.Identifier(stranger)
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute(AUDIT_LOG)
+        for table in ("import_runs", "temp_uploads", "import_jobs", "raw_import_items"):
+            conn.execute(sql.SQL("alter table {} owner to {}").format(sql.Identifier(table), role))
+    before = catalog(bare_db_url)
+
+    refused = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
+
+    assert refused.exit_code == 77
+    assert refused.stderr.startswith(
+        "maintctl: error: migrate must run as the owner of the application's tables: role "
+        f"'{stranger}' does not own public.audit_log (owner "
+    )
+    assert catalog(bare_db_url) == before
+    # Without the [[purge]] rule the stranger owns every table the rules name; the rules'
+    # indexes go into the schema, so it needs CREATE there too, and then migrates.
+    (tmp_path / "maintctl.toml").unlink()
+    no_create = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
+    assert no_create.exit_code == 77
+    assert no_create.stderr == (
+        f"maintctl: error: role '{stranger}' may not create in schema 'public', where the rules' "
+        "indexes go (it needs CREATE on the schema); run maintctl migrate as the schema's owner, "
+        "or grant it CREATE on the schema\n"
+    )
+    assert catalog(bare_db_url) == before
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("grant create on schema public to {}").format(role))
+    done = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
+    assert done.exit_code == 0, done.stderr
