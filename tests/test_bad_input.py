@@ -603,16 +603,29 @@ def test_no_password_ever_appears_in_output_ledger_or_server_log(
             assert secret not in text, f"{secret} in the {where}"
 
 
-def test_with_json_every_failure_is_one_error_object_on_stdout(cli: Cli, conn: Conn) -> None:
+def test_with_json_every_failure_is_one_error_object_on_stdout(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
     unparsed = cli("run", "--batch-size", "many", "--json")
     refused = cli("purge-temp", "--older-than", "soon", "--json")
     unreachable = cli(
         "status", "--json", env={"MAINTCTL_DATABASE_URL": "postgresql://x@127.0.0.1:1/y"}
     )
+    no_such_rule = cli("purge", "nope", "--json")
+    (tmp_path / "maintctl.toml").write_text('[rules.stuck]\ntabel = "x"\n')
+    bad_policy = cli("config", "--json")
+    (tmp_path / "maintctl.toml").unlink()
     conn.execute("drop schema maintenance cascade")
     not_migrated = cli("history", "--json")
 
-    for result, code in ((unparsed, 2), (refused, 2), (unreachable, 69), (not_migrated, 78)):
+    for result, code in (
+        (unparsed, 2),
+        (refused, 2),
+        (unreachable, 69),
+        (no_such_rule, 78),
+        (bad_policy, 78),
+        (not_migrated, 78),
+    ):
         assert result.exit_code == code
         document = json.loads(result.stdout)
         assert set(document) == {"error", "exitCode"}
