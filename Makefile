@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean lock bench
+.PHONY: demo test lint format clean lock bench wheel-check
 
 $(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 ## test: the whole suite (MAINTCTL_TEST_DSN, else a Docker engine, else embedded PostgreSQL)
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## wheel-check: the built wheel alone in a fresh virtual environment, its declared dependencies only
+## (from the package index), runs every command's --help, cron, and migrate + run on a real database
+wheel-check: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_wheel_alone.py
 
 ## bench: maintctl against single statements at scale (MAINTCTL_BENCH_DSN, else 127.0.0.1:5432,
 ## else embedded PostgreSQL); BENCH_ARGS="--scale 0.05" for a quick try; figures in bench-results.json

@@ -132,11 +132,18 @@ class Maintenance:
 
         return run_json(report)
 
-    def status(self, *, max_age: timedelta | None = None, exact: bool = False) -> StatusReport:
+    def status(
+        self,
+        *,
+        max_age: timedelta | None = None,
+        exact: bool = False,
+        max_age_text: str | None = None,
+    ) -> StatusReport:
+        """What is waiting. `max_age_text`: --max-age as the user wrote it, echoed back."""
         from maintctl.status import get_status
 
         with self.connect() as conn:
-            return get_status(conn, self.settings, max_age, exact=exact)
+            return get_status(conn, self.settings, max_age, exact=exact, max_age_text=max_age_text)
 
     def doctor(self) -> list[Check]:
         """Doctor's checks, in order; it stops after the first that fails."""
@@ -162,13 +169,16 @@ class Maintenance:
         with self.connect() as conn:
             return ledger.history(conn, limit, since_time=since_time, since_age=since_age)
 
-    def pause(self, reason: str | None = None) -> PauseState:
+    def pause(self, reason: str | None = None) -> tuple[PauseState, bool]:
+        """The pause switch on, and whether this changed it (already paused: who, when and why
+        stay as they were)."""
         return self._set_pause(paused=True, reason=reason)
 
-    def resume(self) -> PauseState:
+    def resume(self) -> tuple[PauseState, bool]:
+        """The pause switch off, and whether this changed it."""
         return self._set_pause(paused=False, reason=None)
 
-    def _set_pause(self, *, paused: bool, reason: str | None) -> PauseState:
+    def _set_pause(self, *, paused: bool, reason: str | None) -> tuple[PauseState, bool]:
         from maintctl import ledger
 
         with self.connect() as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import os
 import signal
@@ -17,10 +18,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from maintctl import __version__
-from maintctl.errors import ExitCode, MaintctlError, Terminated, UsageError
-from maintctl.log import StepLog
+from maintctl.errors import BATCH_ROLLED_BACK, ExitCode, MaintctlError, Terminated, UsageError
+from maintctl.log import LOG_FORMATS, StepLog
 
 if TYPE_CHECKING:
     from maintctl import runner
@@ -29,8 +31,43 @@ if TYPE_CHECKING:
     from maintctl.settings import Settings
     from maintctl.tasks import Task
 
+
+class _MaintctlGroup(TyperGroup):
+    """The command group: errors of Typer's own parser (an unknown option, a value that does not
+    parse) come out as every maintctl error does: one line on stderr, exit 2, and with --json
+    the error object on stdout."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: list[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        arguments = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(arguments, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = exc.exit_code
+        except ClickException as exc:
+            context = getattr(exc, "ctx", None)  # a UsageError's; other ClickExceptions have none
+            where = context.command_path if context is not None else "maintctl"
+            message = exc.format_message().rstrip(".")
+            _configure_log(None, quiet=False)
+            _fail(f"{message} (see: {where} --help)", exc.exit_code, "--json" in arguments)
+            code = exc.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code or 0)
+
+
 app = typer.Typer(
     name="maintctl",
+    cls=_MaintctlGroup,
     help="Keeps the PostgreSQL database of a data-import system healthy.",
     no_args_is_help=True,
     add_completion=True,
@@ -90,6 +127,7 @@ MaxRuntime = Annotated[
     typer.Option(
         "--max-runtime",
         help="Stop between batches after this long, e.g. 30m; the next run carries on.",
+        metavar="DURATION",
         show_default=False,
     ),
 ]
@@ -98,6 +136,7 @@ OlderThan = Annotated[
     typer.Option(
         "--older-than",
         help="Threshold of this task, e.g. 36h or 1d12h (overrides its MAINTCTL_* setting).",
+        metavar="DURATION",
         show_default=False,
     ),
 ]
@@ -108,12 +147,16 @@ LogFormat = Annotated[
         "--log-format",
         help="The step lines on stderr: text, or json lines for journald or a log shipper "
         "[env: MAINTCTL_LOG_FORMAT; default: text].",
+        metavar="[text|json]",
+        autocompletion=lambda: list(LOG_FORMATS),
         show_default=False,
     ),
 ]
 Quiet = Annotated[
     bool,
-    typer.Option("--quiet", "-q", help="Errors only: no step lines, no table (for cron)."),
+    typer.Option(
+        "--quiet", "-q", help="Errors and warnings only: no step lines, no table (for cron)."
+    ),
 ]
 MetricsFile = Annotated[
     str | None,
@@ -136,8 +179,8 @@ EmitPaths = Annotated[
     str | None,
     typer.Option(
         "--emit-paths",
-        help="Write the files of the temp uploads this run deleted to FILE as JSON lines "
-        "('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
+        help="Write the files of the temp uploads this run deleted to FILE, a new file, as JSON "
+        "lines ('-': stdout, not with --json). They stay in the storage outbox for drain-outbox.",
         metavar="FILE",
         show_default=False,
     ),
@@ -182,6 +225,17 @@ def _error(message: str) -> None:
     _log.error(message)
 
 
+def _fail(message: str, exit_code: int, json_output: bool) -> None:
+    """Every failure: one line on stderr; with --json also one object on stdout, so that a
+    pipeline that parses stdout always gets JSON: {"error": ..., "exitCode": ...}."""
+    _error(message)
+    if json_output:
+        from maintctl.streams import STDOUT
+
+        document = {"error": redact(message), "exitCode": int(exit_code)}
+        STDOUT.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
 def _traceback() -> None:
     sys.stderr.write(redact(traceback.format_exc()))
 
@@ -200,6 +254,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
 
             config_flag.set(kwargs.pop("config", None))
             debug = bool(kwargs.get("debug"))
+            json_output = bool(kwargs.get("json_output"))
             # The driver's own warnings (a rollback that failed after an interrupt, say) would
             # add lines to the one-line error; --debug shows them.
             logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
@@ -209,7 +264,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
             except MaintctlError as exc:
                 if debug:
                     _traceback()
-                _error(exc.message)
+                _fail(exc.message, exc.exit_code, json_output)
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:
                 signal_name, exit_code = (
@@ -217,7 +272,10 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                     if isinstance(exc, Terminated)
                     else ("SIGINT", ExitCode.SIGINT)
                 )
-                _error(f"interrupted by {signal_name}; the batch in flight was rolled back")
+                batch = BATCH_ROLLED_BACK in getattr(exc, "__notes__", ())
+                _error(
+                    f"interrupted by {signal_name}" + (f"; {BATCH_ROLLED_BACK}" if batch else "")
+                )
                 raise typer.Exit(exit_code) from None
             except typer.Exit:
                 raise
@@ -225,7 +283,8 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 if debug:
                     _traceback()
                 hint = "" if debug else " (run again with --debug for the traceback)"
-                _error(f"internal error: {type(exc).__name__}: {exc}{hint}")
+                said = f"internal error: {type(exc).__name__}: {exc}{hint}"
+                _fail(said, ExitCode.SOFTWARE, json_output)
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
@@ -240,7 +299,10 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
         )
-        app.command(name, epilog=f"Example: {example}")(wrapper)
+        # The whole first line of the docstring in the command list, not cut at 45 characters.
+        summary = " ".join((function.__doc__ or "").split("\n\n")[0].split())
+        short_help = summary.split(". ")[0].removesuffix(".") + "."
+        app.command(name, epilog=f"Example: {example}", short_help=short_help)(wrapper)
         return function
 
     return register
@@ -367,7 +429,11 @@ def _run(
     if emit_paths is not None:
         outbox.check_target(emit_paths, "--emit-paths")
     started, clock = time.time(), time.monotonic()
-    _ping(settings, "start", f"maintctl {command_name} started")
+    # Only a full real run is the daily job a dead man's switch watches (as status --max-age and
+    # the metrics' last success count it): a dry run or one task alone pings nothing.
+    pings = command_name == "run" and not dry_run
+    if pings:
+        _ping(settings, "start", f"maintctl {command_name} started")
     # A progress bar only for a person at a terminal (stdout and stderr): not under cron, in a
     # pipe, with --json, --quiet or NO_COLOR.
     show_progress = (
@@ -376,7 +442,7 @@ def _run(
 
     def connected(conn: Connection) -> None:
         _log(
-            "connected", target=db.describe_target(settings), serverVersion=db.server_version(conn)
+            "connected", target=db.describe_connection(conn), serverVersion=db.server_version(conn)
         )
 
     def write_paths(conn: Connection, report: runner.RunReport) -> None:
@@ -399,7 +465,7 @@ def _run(
     except BaseException as exc:
         code = _exit_code_of(exc)
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
-        _monitor(settings, command_name, started, clock, code, None, message)
+        _monitor(settings, command_name, started, clock, code, None, message, pings=pings)
         raise
     # A refused run (disabled, paused) is said once, on stderr; a lock skip is a normal outcome.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
@@ -415,8 +481,9 @@ def _run(
     for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
         _log.warning(f"VACUUM {failed.table}: {failed.error}")
     summary = refusal or describe("run_finished", finished)
-    _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
-    return int(report.exit_code)
+    exit_code = int(report.exit_code)
+    _monitor(settings, command_name, started, clock, exit_code, report, summary, pings=pings)
+    return exit_code
 
 
 def _run_finished(report: runner.RunReport, command_name: str) -> dict[str, Any]:
@@ -454,7 +521,7 @@ def _ping(settings: Settings, suffix: str, body: str) -> None:
     from maintctl.healthcheck import ping
 
     url = settings.healthcheck_url.get_secret_value()
-    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.error)
+    ping(url, suffix, redact(body), timeout=settings.healthcheck_timeout, warn=_log.warning)
 
 
 def _monitor(
@@ -465,9 +532,11 @@ def _monitor(
     exit_code: int,
     report: runner.RunReport | None,
     summary: str,
+    *,
+    pings: bool,
 ) -> None:
-    """After a run command, whatever its outcome: the metrics file, then the healthcheck ping.
-    Neither changes the exit code; a failure is one warning line on stderr."""
+    """After a run command, whatever its outcome: the metrics file, then (`pings`) the healthcheck
+    ping. Neither changes the exit code; a failure is one warning line on stderr."""
     if settings.metrics_file is not None:
         from maintctl import metrics
 
@@ -479,11 +548,12 @@ def _monitor(
             previous = metrics.previous_value(path, metrics.LAST_SUCCESS)
             metrics.write_atomically(path, metrics.run_registry(outcome, previous))
         except OSError as exc:
-            _log.error(
+            _log.warning(
                 f"cannot write the metrics file {path}: {exc.strerror or exc} "
                 "(the exit code is unchanged)"
             )
-    _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
+    if pings:
+        _ping(settings, "" if exit_code == 0 else str(exit_code), summary)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -658,7 +728,8 @@ def status(
         str | None,
         typer.Option(
             "--max-age",
-            help="Exit 1 when the last successful run is older than this, or there is none.",
+            help="Exit 1 when the last successful full run is older than this, or there is none.",
+            metavar="DURATION",
             show_default=False,
         ),
     ] = None,
@@ -678,14 +749,14 @@ def status(
 
     settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
-    report = _maintenance(settings).status(max_age=age, exact=exact)
+    report = _maintenance(settings).status(max_age=age, exact=exact, max_age_text=max_age)
     if settings.metrics_file is not None:
         from maintctl import metrics
 
         try:
             metrics.write_atomically(settings.metrics_file, metrics.status_registry(report))
         except OSError as exc:
-            _log.error(
+            _log.warning(
                 f"cannot write the metrics file {settings.metrics_file}: {exc.strerror or exc} "
                 "(the exit code is unchanged)"
             )
@@ -773,11 +844,11 @@ def _set_pause(
     from maintctl import render
 
     maintenance = _maintenance(_settings(database_url, schema))
-    state = maintenance.pause(reason) if paused else maintenance.resume()
+    state, changed = maintenance.pause(reason) if paused else maintenance.resume()
     if json_output:
-        render.emit_json(render.pause_json(state))
+        render.emit_json({**render.pause_json(state), "changed": changed})
     else:
-        render.print_pause(state)
+        render.print_pause(state, changed)
 
 
 @command("pause", 'maintctl pause --reason "restoring a backup"')
@@ -790,7 +861,8 @@ def pause(
     ] = None,
     debug: Debug = False,
 ) -> None:
-    """Pause maintenance in the database: task commands exit 75 until resume."""
+    """Pause maintenance in the database: task commands exit 75 until resume (a dry run still
+    counts, noting the pause)."""
     _set_pause(database_url, schema, json_output, paused=True, reason=reason)
 
 
@@ -810,7 +882,8 @@ def drain_outbox(
     file: Annotated[
         str,
         typer.Argument(
-            help="New file to write (never overwritten): one JSON line per file to delete.",
+            help="New file to write (never overwritten), or - for stdout: one JSON line per "
+            "file to delete.",
             metavar="FILE",
             show_default=False,
         ),
@@ -832,11 +905,15 @@ def drain_outbox(
     never lose one: the cleaner must treat a missing file as done."""
     from maintctl import outbox, render
 
+    if file == outbox.STDOUT and json_output:
+        raise UsageError("drain-outbox -: stdout carries the paths; drop --json or name a file")
     settings = _settings(database_url, schema)
     with _connected(settings) as conn:
         result = outbox.drain(conn, settings, file)
     if json_output:
         render.emit_json(render.drain_json(result))
+    elif file == outbox.STDOUT:  # stdout is the hand-over itself: the summary goes to stderr
+        _log("drained", message=render.drain_sentence(result))
     else:
         render.print_drain(result)
 
@@ -873,13 +950,25 @@ def _this_maintctl() -> str:
 @command("cron", "maintctl cron --schedule '30 2 * * *' > /etc/cron.d/maintctl")
 def cron(
     schedule: Annotated[
-        str, typer.Option("--schedule", help="When to run, a five-field cron schedule in UTC.")
+        str,
+        typer.Option(
+            "--schedule",
+            help="When to run, a five-field cron schedule in UTC (written in the host's zone "
+            "unless --cron-tz).",
+        ),
     ] = "0 3 * * *",
     env_file: Annotated[
         str,
         typer.Option("--env-file", help="The file of NAME=value settings the job reads."),
     ] = "/etc/maintctl.env",
-    user: Annotated[str, typer.Option("--user", help="The user the job runs as.")] = "maintctl",
+    user: Annotated[
+        str,
+        typer.Option(
+            "--user",
+            help="The system user the job runs as; create it with: useradd --system "
+            "--user-group --no-create-home --shell /usr/sbin/nologin maintctl",
+        ),
+    ] = "maintctl",
     maintctl_path: Annotated[
         str | None,
         typer.Option(
@@ -892,6 +981,23 @@ def cron(
         str | None,
         typer.Option("--metrics-file", help="Have each run write this metrics file."),
     ] = None,
+    cron_tz: Annotated[
+        bool,
+        typer.Option(
+            "--cron-tz",
+            help="This cron honours CRON_TZ (cronie: Fedora, RHEL, Arch): write CRON_TZ=UTC and "
+            "the UTC schedule. Debian's and Ubuntu's cron ignore it.",
+        ),
+    ] = False,
+    host_timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--host-timezone",
+            help="The zone cron runs in [default: this host's, from /etc/timezone or "
+            "/etc/localtime].",
+            show_default=False,
+        ),
+    ] = None,
     systemd: Annotated[
         bool, typer.Option("--systemd", help="A systemd .service and .timer instead.")
     ] = False,
@@ -899,13 +1005,20 @@ def cron(
         str | None,
         typer.Option(
             "--on-calendar",
-            help="The timer's OnCalendar, when the schedule has no exact equivalent.",
+            help="With --systemd: the timer's OnCalendar, when the schedule has no exact "
+            "equivalent.",
             show_default=False,
         ),
     ] = None,
     randomized_delay: Annotated[
-        str, typer.Option("--randomized-delay", help="The timer's RandomizedDelaySec.")
-    ] = "15m",
+        str | None,
+        typer.Option(
+            "--randomized-delay",
+            help="With --systemd: the timer's RandomizedDelaySec [default: 15m].",
+            metavar="DURATION",
+            show_default=False,
+        ),
+    ] = None,
     output_dir: Annotated[
         str | None,
         typer.Option(
@@ -921,6 +1034,18 @@ def cron(
 
     from maintctl import schedule as scheduling
 
+    given = {
+        "--on-calendar": on_calendar,
+        "--randomized-delay": randomized_delay,
+        "--output-dir": output_dir,
+        "--cron-tz": cron_tz or None,
+        "--host-timezone": host_timezone,
+    }
+    systemd_only = ("--on-calendar", "--randomized-delay", "--output-dir")
+    for flag, value in given.items():
+        if value is not None and (flag in systemd_only) != systemd:
+            needs = "only with --systemd" if flag in systemd_only else "only without --systemd"
+            raise UsageError(f"{flag} does something {needs}")
     try:
         when = scheduling.check_schedule(schedule)
         job = scheduling.Job(
@@ -931,15 +1056,21 @@ def cron(
             metrics_file=metrics_file,
         )
         if not systemd:
-            sys.stdout.write(scheduling.crontab(job))
+            zone = host_timezone or scheduling.host_zone()
+            cron_time = scheduling.cron_time(when, zone, cron_tz=cron_tz)
+            sys.stdout.write(scheduling.crontab(job, cron_time))
             return
-        calendar = on_calendar or scheduling.on_calendar(when)
+        if on_calendar is not None:
+            calendar = scheduling.check_on_calendar(on_calendar)
+        else:
+            calendar = scheduling.on_calendar(when)
+        delay = scheduling.check_randomized_delay(randomized_delay or "15m")
     except scheduling.ScheduleError as exc:
         message = str(exc)
         raise UsageError(
             message if message.startswith("--") else f"--schedule: {message}"
         ) from None
-    units = scheduling.systemd_units(job, calendar, randomized_delay)
+    units = scheduling.systemd_units(job, calendar, delay)
     if output_dir is None:
         sys.stdout.write("\n".join(units.values()))
         return

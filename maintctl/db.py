@@ -78,15 +78,35 @@ def passwords_in(conninfo: str) -> list[str]:
     return [secret for secret in found if secret]
 
 
-def describe_target(settings: Settings) -> str:
-    """Where maintctl connects, for messages: user@host:port/dbname, never the password."""
+def describe_target(settings: Settings, said: str = "") -> str:
+    """Where maintctl connects, for messages: user@host:port/dbname, never the password, with
+    libpq's defaults (PG* variables, then its compiled defaults) for what the URL leaves out.
+    `said` is libpq's error, which names the socket when the host is libpq's default one."""
+    from psycopg import pq
+
     params = conninfo_params(settings.conninfo())
     if params is None or "@" in params.get("host", ""):
         return "the configured database"
-    host = params.get("host") or "(libpq default host)"
-    port, dbname, user = (params.get(key, "") for key in ("port", "dbname", "user"))
-    where = f"{host}:{port}" if port else host
+    defaults = {
+        option.keyword.decode(): (option.val or option.compiled or b"").decode()
+        for option in pq.Conninfo.get_defaults()
+    }
+
+    def given(key: str) -> str:
+        return params.get(key) or defaults.get(key) or ""
+
+    socket = re.search(r'socket "(.+)/\.s\.PGSQL\.\d+"', said)
+    host = given("host") or given("hostaddr") or (socket.group(1) if socket else "")
+    user = given("user")
+    dbname = given("dbname") or user  # libpq's default database is the user's name
+    where = f"{host or '(libpq default socket)'}:{given('port')}".removesuffix(":")
     return f"{user + '@' if user else ''}{where}{'/' + dbname if dbname else ''}"
+
+
+def describe_connection(conn: Connection) -> str:
+    """Where this connection went, as libpq resolved it: user@host:port/dbname."""
+    info = conn.info
+    return f"{info.user}@{info.host}:{info.port}/{info.dbname}"
 
 
 def server_version(conn: Connection) -> str:
@@ -124,17 +144,21 @@ def connect(settings: Settings) -> Connection:
             )
         except psycopg.OperationalError as exc:
             # 'connection failed: connection to server at "h", port 5432 failed: FATAL:  why'
-            reason = re.sub(r"^.*failed:\s*(FATAL:\s*)?", "", first_line(exc))
+            said = first_line(exc)
+            reason = re.sub(r"^.*failed:\s*(FATAL:\s*)?", "", said)
+            target = describe_target(settings, said)
             if _REFUSED.search(reason):
-                raise PermissionDenied(f"the database refused the connection: {reason}") from None
-            if _NO_DATABASE.search(reason):
-                raise DatabaseUnavailable(f"cannot connect: {reason}") from None
-            if _BAD_OPTION.search(reason):
-                raise ConfigError(f"the database URL has an invalid option: {reason}") from None
-            if time.monotonic() + delay >= deadline:
-                raise DatabaseUnavailable(
-                    f"cannot connect to {describe_target(settings)}: {reason}"
+                raise PermissionDenied(
+                    f"the database refused the connection to {target}: {reason}"
                 ) from None
+            if _NO_DATABASE.search(reason):
+                raise DatabaseUnavailable(f"cannot connect to {target}: {reason}") from None
+            if _BAD_OPTION.search(reason):
+                raise ConfigError(
+                    f"the database URL has an invalid option ({target}): {reason}"
+                ) from None
+            if time.monotonic() + delay >= deadline:
+                raise DatabaseUnavailable(f"cannot connect to {target}: {reason}") from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

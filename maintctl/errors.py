@@ -87,5 +87,10 @@ class BatchTimedOut(TaskError):
     """A batch ran longer than MAINTCTL_STATEMENT_TIMEOUT."""
 
 
+# Added (as a note) to an interrupt that rolled a batch back, so that the message mentions a batch
+# only when one was in flight.
+BATCH_ROLLED_BACK = "the batch in flight was rolled back"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so that psycopg cancels the running statement."""

@@ -22,11 +22,16 @@ API_ROLES = ("anon", "authenticated")
 PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
 
 
+# From PostgreSQL 17 a role can be granted MAINTAIN (VACUUM, ANALYZE); before, only the owner.
+MAINTAIN_SERVER_VERSION = 170000
+
+
 @dataclass(frozen=True)
 class GrantResult:
     role: str
     revoked: bool
     app_schema: str
+    can_vacuum: bool  # MAINTAIN granted (17+): run --vacuum works as the role
     tables: tuple[str, ...] = ()  # the application tables the rules work on
 
 
@@ -46,17 +51,21 @@ def grant_role(
         )
     owner = db.fetch_value(conn, "maintenance_owner")
     statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
+    maintain = int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION
+    names = {
+        "role": sql.Identifier(role),
+        "app": sql.Identifier(settings.app_schema),
+        "owner": sql.Identifier(owner),
+    }
+    tables = table_privileges(settings)
     with db.transaction(conn, settings):
-        names = {
-            "role": sql.Identifier(role),
-            "app": sql.Identifier(settings.app_schema),
-            "owner": sql.Identifier(owner),
-        }
         if revoke:
             conn.execute(statements.format(**names))
-        for table, privileges in table_privileges(settings).items():
+        for table, privileges in tables.items():
+            # From 17, MAINTAIN too: run --vacuum as the role can VACUUM (ANALYZE) the table.
+            given = privileges + (("MAINTAIN",) if maintain else ())
             granted = {
-                "privileges": sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+                "privileges": sql.SQL(", ").join(sql.SQL(p) for p in given),
                 "table": sql.Identifier(settings.app_schema, table),
                 "role": names["role"],
             }
@@ -66,7 +75,7 @@ def grant_role(
                 db.execute_composed(conn, "grant_table", granted)
         if not revoke:
             conn.execute(statements.format(**names))
-    return GrantResult(role, revoke, settings.app_schema, tuple(table_privileges(settings)))
+    return GrantResult(role, revoke, settings.app_schema, maintain and not revoke, tuple(tables))
 
 
 def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:

@@ -15,13 +15,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from maintctl import db, ledger
-from maintctl.errors import LeaseLost
+from maintctl.errors import ConfigError, LeaseLost
 from maintctl.settings import Settings
 
 # A competitor that finds the lease being taken right now (the taker's transaction has not
 # committed yet) looks again for this long to name the new holder; well under the 2 s in which
 # it must give up.
 HOLDER_WAIT_SECONDS = 1.0
+# Triggers put the row back when it is deleted (0010_run_lease_row.sql); only a row removed behind
+# their back (triggers disabled) is missing.
+RUN_LEASE_MISSING = (
+    "maintenance.run_lease has no row, so no run can take the lease: as the owner, "
+    "insert into maintenance.run_lease default values"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,10 @@ def start_guarded_run(
                 start = ledger.start_run(conn, settings, command=command, dry_run=False)
                 db.execute(conn, "attach_run_lease", {"run_id": start.id})
                 return start
-        holder = db.fetch_one(conn, "run_lease_holder", {}, LeaseHolder)
+        holders = db.fetch_all(conn, "run_lease_holder", {}, LeaseHolder)
+        if not holders:
+            raise ConfigError(RUN_LEASE_MISSING)
+        holder = holders[0]
         if holder.live or time.monotonic() >= deadline:
             return holder
         time.sleep(0.1)

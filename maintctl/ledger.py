@@ -98,6 +98,11 @@ def finish_run(
     )
 
 
+def record_tasks(conn: db.Connection, run_id: int, tasks: list[dict[str, Any]]) -> None:
+    """The results of the tasks that have ended, while the run goes on."""
+    db.execute(conn, "record_run_tasks", {"id": run_id, "tasks": Jsonb(tasks)})
+
+
 def prune(conn: db.Connection, settings: Settings) -> None:
     db.execute(conn, "prune_runs", {"retention": settings.history_retention})
 
@@ -129,13 +134,19 @@ def pause_state(conn: db.Connection) -> PauseState:
     return db.fetch_one(conn, "pause_state", {}, PauseState)
 
 
-def set_pause(conn: db.Connection, *, paused: bool, reason: str | None) -> PauseState:
-    return db.fetch_one(
+def set_pause(conn: db.Connection, *, paused: bool, reason: str | None) -> tuple[PauseState, bool]:
+    """The pause switch set, and whether this changed it: pausing what is paused keeps who paused
+    it, when and why; resuming what is not paused does nothing."""
+    before = pause_state(conn)
+    if before.paused == paused:
+        return before, False
+    state = db.fetch_one(
         conn,
         "set_pause",
         {"paused": paused, "reason": reason, "paused_by": whoami()},
         PauseState,
     )
+    return state, True
 
 
 def pause_sentence(state: PauseState) -> str:

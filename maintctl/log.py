@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from maintctl.streams import STDERR
 
 LOG_FORMATS = ("text", "json")
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -89,14 +90,17 @@ class StepLog:
         self.redact = redact
 
     def _out(self) -> TextIO:
-        # Looked up at each write, so that a test harness that swaps sys.stderr is honoured.
-        return self.stream or sys.stderr
+        # stderr as looked up at each write (a test harness swaps it), safe from a dying reader:
+        # a logger that went away must not fail the run (maintctl.streams).
+        return self.stream or STDERR
 
     def __call__(self, event: str, level: str = "info", **fields: Any) -> None:
         self.emit(event, level, **fields)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
-        if self.quiet and LEVELS.get(level, 20) < LEVELS["error"]:
+        # --quiet keeps errors and the warnings about the run's side jobs (a failed ping, an
+        # unwritable metrics file, a failed VACUUM), which nothing else would report under cron.
+        if self.quiet and LEVELS.get(level, 20) < LEVELS["error"] and event != "warning":
             return
         out = self._out()
         if self.log_format == "json":

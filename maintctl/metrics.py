@@ -126,6 +126,17 @@ def status_registry(status: StatusReport) -> CollectorRegistry:
         int(status.pause.paused)
     )
     Gauge(
+        "maintctl_storage_outbox_paths",
+        "Files of deleted temp uploads waiting in the storage outbox for drain-outbox.",
+        registry=registry,
+    ).set(status.outbox.paths)
+    if status.outbox.oldest is not None:
+        Gauge(
+            "maintctl_storage_outbox_oldest_timestamp_seconds",
+            "When the oldest file waiting in the storage outbox was deleted (Unix time).",
+            registry=registry,
+        ).set(status.outbox.oldest.timestamp())
+    Gauge(
         "maintctl_status_timestamp_seconds",
         "When maintctl status last read these (Unix time).",
         registry=registry,

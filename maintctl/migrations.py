@@ -9,8 +9,14 @@ from datetime import datetime
 from psycopg import sql
 
 from maintctl import __version__, db, pooler
-from maintctl.errors import ConfigError, NotMigrated
-from maintctl.rules.install import check_conditions, check_rule_columns, ensure_current
+from maintctl.errors import ConfigError, NotMigrated, PermissionDenied
+from maintctl.rules.generate import application_tables, fingerprint, policy_of
+from maintctl.rules.install import (
+    check_conditions,
+    check_rule_columns,
+    ensure_current,
+    installed_fingerprint,
+)
 from maintctl.rules.install import install as install_rules
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
@@ -35,6 +41,23 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
+class Preflight:
+    role: str
+    database: str
+    can_create_schema: bool
+    can_create_in_app_schema: bool
+    maintenance_owner: str | None
+    owns_maintenance: bool
+
+
+@dataclass(frozen=True)
+class TableOwner:
+    table_name: str
+    owner: str | None  # None: no such table
+    owned: bool
+
+
+@dataclass(frozen=True)
 class MigrateResult:
     applied: list[str]
     already_applied: int
@@ -54,10 +77,78 @@ def applied_migrations(conn: db.Connection) -> list[AppliedMigration]:
 
 def check_app_schema(conn: db.Connection, settings: Settings) -> None:
     if not db.fetch_value(conn, "schema_exists", {"schema": settings.app_schema}):
+        database = db.fetch_one(
+            conn, "migrate_preflight", {"schema": settings.app_schema}, Preflight
+        ).database
         raise ConfigError(
-            f"application schema {settings.app_schema!r} not found "
-            "(set MAINTCTL_SCHEMA or --schema)"
+            f"application schema {settings.app_schema!r} not found in database {database!r} "
+            "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)"
         )
+
+
+def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
+    """Refuse, before anything is created, a migrate that would fail halfway: the wrong database
+    or schema, a newer maintctl's schema, a table or column the enabled rules name that is not
+    there, a [[purge]] rule's bad `where`, a role that does not own the rules' tables (their
+    generated SQL adds columns and indexes to them) or cannot create or does not own the
+    maintenance schema."""
+    check_app_schema(conn, settings)
+    applied = applied_migrations(conn)
+    newest_known = known_migrations()[-1].version
+    if applied and applied[-1].version > newest_known:
+        raise _newer_maintctl(applied[-1].version, newest_known)
+    policy = policy_of(settings)
+    wanted = application_tables(policy)
+    where = db.fetch_one(conn, "migrate_preflight", {"schema": settings.app_schema}, Preflight)
+    params = {"schema": settings.app_schema, "tables": list(wanted)}
+    tables = db.fetch_all(conn, "application_table_owners", params, TableOwner)
+    missing = [table.table_name for table in tables if table.owner is None]
+    if missing:
+        found = "none" if len(missing) == len(tables) else "not " + ", ".join(missing)
+        raise ConfigError(
+            f"application tables not found: searched schema {settings.app_schema!r} of database "
+            f"{where.database!r} for {', '.join(wanted)} and found {found} "
+            "(set MAINTCTL_SCHEMA or --schema, or check the database in the URL)"
+        )
+    check_rule_columns(conn, settings)
+    check_conditions(conn, settings)
+    pending = {m.version for m in applied} < {m.version for m in known_migrations()}
+    if not pending and installed_fingerprint(conn) == fingerprint(policy):
+        return  # nothing to create
+    foreign = [table for table in tables if not table.owned]
+    if foreign:
+        owners = sorted({table.owner or "" for table in foreign})
+        names = ", ".join(f"{settings.app_schema}.{table.table_name}" for table in foreign)
+        raise PermissionDenied(
+            f"migrate must run as the owner of the application's tables: role {where.role!r} "
+            f"does not own {names} (owner {', '.join(owners)}); run maintctl migrate as "
+            f"{owners[0]}"
+        )
+    if not where.can_create_in_app_schema:
+        raise PermissionDenied(
+            f"role {where.role!r} may not create in schema {settings.app_schema!r}, where the "
+            "rules' indexes go (it needs CREATE on the schema); run maintctl migrate as the "
+            "schema's owner, or grant it CREATE on the schema"
+        )
+    if where.maintenance_owner is None and not where.can_create_schema:
+        raise PermissionDenied(
+            f"role {where.role!r} may not create the maintenance schema in database "
+            f"{where.database!r} (it needs CREATE on the database); run maintctl migrate as "
+            "the owner of the application's tables"
+        )
+    if not where.owns_maintenance:
+        raise PermissionDenied(
+            f"the maintenance schema of database {where.database!r} belongs to "
+            f"{where.maintenance_owner!r}, not {where.role!r}; run maintctl migrate as "
+            f"{where.maintenance_owner}"
+        )
+
+
+def _newer_maintctl(applied: int, known: int) -> ConfigError:
+    return ConfigError(
+        f"the database was migrated by a newer maintctl (migration {applied}, "
+        f"this maintctl knows up to {known}); upgrade maintctl"
+    )
 
 
 def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
@@ -68,10 +159,7 @@ def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
         raise NotMigrated("the maintenance schema is not installed; run: maintctl migrate")
     newest_known = known[-1].version
     if applied[-1].version > newest_known:
-        raise ConfigError(
-            f"the database was migrated by a newer maintctl (migration {applied[-1].version}, "
-            f"this maintctl knows up to {newest_known}); upgrade maintctl"
-        )
+        raise _newer_maintctl(applied[-1].version, newest_known)
     if len(applied) < len(known):
         raise NotMigrated(
             f"the maintenance schema is out of date ({len(applied)} of {len(known)} migrations "
@@ -104,14 +192,11 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
         raise ConfigError(
             f"maintctl needs PostgreSQL 15 or newer; this server is {server.server_version}"
         )
-    check_app_schema(conn, settings)
-    check_rule_columns(conn, settings)
-    check_conditions(conn, settings)
+    check_before_migrating(conn, settings)
     pooler.refuse_for_migrate(conn, settings)
     _wait_for_lock(conn)
     try:
-        with db.transaction(conn, settings):
-            conn.execute(read_sql("bootstrap.sql"))
+        check_before_migrating(conn, settings)  # again, under the lock: another may have run
         applied = applied_migrations(conn)
         if applied and applied[-1].app_schema != settings.app_schema:
             raise ConfigError(
@@ -119,6 +204,7 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                 f"{applied[-1].app_schema!r}, not {settings.app_schema!r}"
             )
         done = {migration.version for migration in applied}
+        bootstrapped = bool(db.fetch_value(conn, "migrations_table_exists"))
         app = sql.Identifier(settings.app_schema)
         newly_applied = []
         for migration in known_migrations():
@@ -138,11 +224,16 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                 finally:
                     db.execute(conn, "reset_session_limits")
             with db.transaction(conn, settings):
+                if not bootstrapped:
+                    # The schema and its ledger come with the first migration: a migrate that
+                    # fails there leaves nothing behind.
+                    conn.execute(read_sql("bootstrap.sql"))
                 if migration.transactional:
                     db.execute(conn, "skip_function_body_checks")
                     conn.execute(sql.SQL(migration.text).format(app=app))
                 conn.execute(hardening())
                 db.execute(conn, "record_migration", record)
+            bootstrapped = True
             newly_applied.append(_label(migration))
         # The rules' own SQL, generated from their definitions and the policy.
         rules_installed = install_rules(conn, settings)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from maintctl import db
+from maintctl import db, streams
 from maintctl.durable import fsync_file, sync_directory
 from maintctl.durations import iso_timestamp
 from maintctl.errors import UsageError
@@ -27,9 +29,15 @@ STDOUT = "-"
 
 
 def check_target(target: str, flag: str) -> None:
-    """Refuse, before any work, a file that cannot be created where it is asked for."""
+    """Refuse, before any work, a file that exists (last night's may not be taken yet) or that
+    cannot be created where it is asked for."""
     if target == STDOUT:
         return
+    if Path(target).exists():
+        raise UsageError(
+            f"{flag}: {target} already exists: name a new file, e.g. with the date in it "
+            "(maintctl never overwrites a list of paths that may not have been taken yet)"
+        )
     directory = Path(target).parent
     if not directory.is_dir():
         raise UsageError(f"{flag}: {directory} is not a directory")
@@ -97,14 +105,20 @@ def write_run_paths(
     """Write the files deleted by one run as JSON lines to `target` ('-': stdout); how many."""
     batches = _batches(conn, settings, run_id) if run_id is not None else iter(())
     if target == STDOUT:
-        return _write(batches, sys.stdout)
+        return _write(batches, streams.STDOUT)  # they stay in the outbox: a lost reader loses none
     path = Path(target)
     temporary = _temporary(path)
     try:
         with temporary.open("x", encoding="utf-8") as out:
             written = _write(batches, out)
             fsync_file(out)
-        temporary.replace(path)
+        try:
+            os.link(temporary, path)  # unlike rename, never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise UsageError(
+                f"--emit-paths: {target} appeared during the run; the paths stay in the "
+                "storage outbox (maintctl drain-outbox)"
+            ) from None
     finally:
         temporary.unlink(missing_ok=True)
     sync_directory(path.parent)
@@ -112,9 +126,12 @@ def write_run_paths(
 
 
 def drain(conn: db.Connection, settings: Settings, target: str) -> DrainResult:
-    """Hand the outbox over: write all its files to `target`, a new file, make it durable, then
-    clear exactly the outbox rows written. Refuses to overwrite an existing file (it may be a
-    hand-over the storage cleaner has not taken yet)."""
+    """Hand the outbox over: write all its files to `target`, a new file ('-': stdout), make it
+    durable, then clear exactly the outbox rows written. Refuses to overwrite an existing file
+    (it may be a hand-over the storage cleaner has not taken yet). A write that fails clears
+    nothing."""
+    if target == STDOUT:
+        return _drain_to_stdout(conn, settings)
     path = Path(target)
     if path.exists():
         raise UsageError(
@@ -123,28 +140,66 @@ def drain(conn: db.Connection, settings: Settings, target: str) -> DrainResult:
         )
     check_target(target, "drain-outbox")
     temporary = _temporary(path)
-    ids: list[int] = []
-    paths = size_bytes = 0
+    written = _Written()
     try:
         with temporary.open("x", encoding="utf-8") as out:
-            for batch in _batches(conn, settings, None):
-                out.writelines(batch.lines())
-                ids.append(batch.id)
-                paths += len(batch.upload_ids)
-                size_bytes += sum(size or 0 for size in batch.size_bytes)
+            written.add(out, _batches(conn, settings, None))
             fsync_file(out)
         try:
             os.link(temporary, path)  # unlike rename, never replaces a file that appeared meanwhile
         except FileExistsError:
             raise UsageError(f"{target} appeared while draining; nothing was cleared") from None
+    except OSError as exc:
+        raise UsageError(
+            f"drain-outbox: cannot write {target}: {exc.strerror or exc}; nothing was cleared"
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
     sync_directory(path.parent)
+    return _clear(conn, settings, written, str(path))
+
+
+def _drain_to_stdout(conn: db.Connection, settings: Settings) -> DrainResult:
+    """The hand-over on stdout, to a cleaner reading the pipe: the outbox is cleared only once
+    every line was written (and, when stdout is a file, made durable)."""
+    written = _Written()
+    try:
+        written.add(sys.stdout, _batches(conn, settings, None))
+        sys.stdout.flush()
+        with suppress(OSError, ValueError):  # a pipe or a terminal: nothing to sync
+            if stat.S_ISREG(os.fstat(sys.stdout.fileno()).st_mode):
+                os.fsync(sys.stdout.fileno())
+    except OSError as exc:
+        streams.discard(sys.stdout)
+        raise UsageError(
+            f"drain-outbox: cannot write to stdout: {exc.strerror or exc}; nothing was cleared"
+        ) from None
+    return _clear(conn, settings, written, "stdout")
+
+
+@dataclass
+class _Written:
+    """What a hand-over wrote: the outbox rows, their files and sizes."""
+
+    ids: list[int] = field(default_factory=list)
+    paths: int = 0
+    size_bytes: int = 0
+
+    def add(self, out: IO[str], batches: Iterator[OutboxBatch]) -> None:
+        for batch in batches:
+            out.writelines(batch.lines())
+            self.ids.append(batch.id)
+            self.paths += len(batch.upload_ids)
+            self.size_bytes += sum(size or 0 for size in batch.size_bytes)
+
+
+def _clear(conn: db.Connection, settings: Settings, written: _Written, file: str) -> DrainResult:
     # The file is durable: only now do its rows leave the outbox, each by its id.
+    ids = written.ids
     for start in range(0, len(ids), settings.batch_size):
         with db.transaction(conn, settings):
             db.execute(conn, "outbox_clear", {"ids": ids[start : start + settings.batch_size]})
-    return DrainResult(str(path), paths, size_bytes)
+    return DrainResult(file, written.paths, written.size_bytes)
 
 
 def _write(batches: Iterator[OutboxBatch], out: IO[str]) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from maintctl.policy import ConfigReport
 from maintctl.rules import RULES
 from maintctl.runner import RunReport
 from maintctl.status import Check, StatusReport
+from maintctl.streams import STDOUT
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
 
 
@@ -36,14 +36,26 @@ def _when(moment: datetime | None) -> str | None:
 
 def emit_json(document: object) -> None:
     """The one JSON document of a command, alone on stdout."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+    STDOUT.write(json.dumps(document, ensure_ascii=False) + "\n")
+
+
+PIPE_WIDTH = 10_000
 
 
 def console() -> Console:
     # Sentences are never wrapped (a log shipper or grep sees whole lines); tables fit the terminal.
     # NO_COLOR means no escape codes at all (Rich alone would still send bold and italic).
+    # In a pipe or a file, a table is as wide as its content: an error message in a cell is never
+    # wrapped or cut at 80 columns.
     plain = bool(os.environ.get("NO_COLOR"))
-    return Console(highlight=False, soft_wrap=True, color_system=None if plain else "auto")
+    width = None if STDOUT.isatty() else PIPE_WIDTH
+    return Console(
+        file=STDOUT,
+        highlight=False,
+        soft_wrap=True,
+        color_system=None if plain else "auto",
+        width=width,
+    )
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -105,12 +117,16 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         "lastSuccessAt": _when(status.last_success),
         # A count equal to countLimit means at least that many (status --exact: null, exact).
         "countLimit": status.count_limit,
+        "storageOutbox": {
+            "paths": status.outbox.paths,
+            "oldestDeletedAt": _when(status.outbox.oldest),
+        },
     }
     purged = {name: rows for name, rows in status.counts.items() if name not in TASKS_BY_NAME}
     if purged:  # the [[purge]] rules' counts, by name
         document["purge"] = purged
     if status.max_age is not None:
-        document["maxAge"] = format_duration(status.max_age)
+        document["maxAge"] = status.max_age_text or format_duration(status.max_age)
         document["stale"] = status.stale
     return document
 
@@ -269,24 +285,30 @@ def print_status(status: StatusReport) -> None:
     for _, label, threshold, rows in status.waiting():
         table.add_row(label, threshold, f"{rows:,}" + ("+" if status.at_limit(rows) else ""))
     out.print(table)
+    if status.outbox.paths:
+        since = iso_timestamp(status.outbox.oldest) if status.outbox.oldest else "?"
+        out.print(
+            f"Storage outbox: {status.outbox.paths:,} file(s) waiting for maintctl drain-outbox "
+            f"since {since}"
+        )
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
     last = status.last_run
     if last is None:
         out.print("Last run: none yet")
     else:
+        dry = " (dry run)" if last.dry_run else ""
         out.print(
-            f"Last run: #{last.id} {last.command} {last.status}, started "
+            f"Last run: #{last.id} {last.command}{dry} {last.status}, started "
             f"{iso_timestamp(last.started_at)} on {escape(last.host or '?')}"
         )
         for why in (*last.errors, *([last.skipped] if last.skipped else [])):
             out.print(f"  {escape(why)}")
     success = iso_timestamp(status.last_success) if status.last_success else "never"
-    out.print(f"Last successful run finished: {success}")
+    out.print(f"Last successful full run finished: {success}")
     if status.stale and status.max_age is not None:
-        out.print(
-            f"[bold red]STALE:[/] no successful run in the last {format_duration(status.max_age)}"
-        )
+        age = status.max_age_text or format_duration(status.max_age)
+        out.print(f"[bold red]STALE:[/] no successful full run in the last {escape(age)}")
 
 
 def _took(milliseconds: float) -> str:
@@ -355,15 +377,25 @@ def print_migrate(result: MigrateResult) -> None:
         )
 
 
-def print_pause(state: PauseState) -> None:
-    console().print(escape(pause_sentence(state)) if state.paused else "maintenance resumed")
+def print_pause(state: PauseState, changed: bool = True) -> None:
+    if state.paused:
+        sentence = pause_sentence(state)
+        if not changed:  # "maintenance is already paused since ... by ...: why (maintctl resume)"
+            sentence = sentence.replace("maintenance is paused", "maintenance is already paused", 1)
+        console().print(escape(sentence))
+    else:
+        console().print("maintenance resumed" if changed else "maintenance is not paused")
+
+
+def drain_sentence(result: DrainResult) -> str:
+    return (
+        f"wrote {result.paths:,} path(s) ({result.size_bytes:,} bytes of files) to "
+        f"{result.file} and cleared them from the storage outbox"
+    )
 
 
 def print_drain(result: DrainResult) -> None:
-    console().print(
-        f"wrote {result.paths:,} path(s) ({result.size_bytes:,} bytes of files) to "
-        f"{escape(result.file)} and cleared them from the storage outbox"
-    )
+    console().print(escape(drain_sentence(result)))
 
 
 def print_doctor(checks: Sequence[Check]) -> None:
@@ -384,6 +416,7 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "role": result.role,
         "action": "revoked" if result.revoked else "granted",
         "appSchema": result.app_schema,
+        "canVacuum": result.can_vacuum,
     }
 
 
@@ -396,3 +429,11 @@ def print_grant(result: GrantResult) -> None:
             f"need: schema maintenance, and in schema {escape(result.app_schema)} "
             f"{escape(', '.join(result.tables))}"
         )
+        if result.can_vacuum:
+            console().print("and MAINTAIN on them, so that run --vacuum can VACUUM them")
+        else:
+            console().print(
+                "note: before PostgreSQL 17 only the tables' owner can VACUUM them: run --vacuum "
+                "as the owner (as this role each VACUUM is reported failed), or leave it to "
+                "autovacuum"
+            )

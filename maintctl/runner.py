@@ -83,8 +83,11 @@ def run_maintenance(
         return report
 
     pause = ledger.pause_state(conn)
-    if pause.paused:
+    if pause.paused and not dry_run:
         return skip(ledger.pause_sentence(pause), ExitCode.DISABLED)
+    if pause.paused:  # a dry run changes nothing: it goes on, and says so
+        sentence = ledger.pause_sentence(pause)
+        say("warning", "warning", message=f"{sentence}; a dry run changes nothing, so it goes on")
     if dry_run:  # a dry run changes nothing, so it needs no lease
         start = ledger.start_run(conn, settings, command=command, dry_run=True)
     else:
@@ -152,6 +155,8 @@ def _run_tasks(
             heartbeat=heartbeat,
         )
         report.tasks.append(result)
+        if report.run_id is not None:  # a run killed later still shows what this one did
+            ledger.record_tasks(conn, report.run_id, [r.as_record() for r in report.tasks])
         level = {"ok": "info", "failed": "error"}.get(result.status, "warning")
         say("task_done", level, runId=report.run_id, dryRun=report.dry_run, **result.as_record())
     if vacuum:

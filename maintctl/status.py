@@ -11,12 +11,15 @@ from typing import Any
 from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
+from maintctl.grants import MAINTAIN_SERVER_VERSION
+from maintctl.guard import RUN_LEASE_MISSING
 from maintctl.rules import install
-from maintctl.rules.generate import all_needs, policy_of
+from maintctl.rules.generate import all_needs, application_tables, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
 from maintctl.tasks import all_cutoffs, count_rules, run_task
+from maintctl.vacuum import task_tables
 
 # Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
 # millions of index entries on every poll (sql/migrations/0007_status_counts.sql).
@@ -29,6 +32,14 @@ PendingCounts = dict[str, int]
 
 
 @dataclass(frozen=True)
+class OutboxBacklog:
+    """The storage outbox: files of deleted temp uploads not yet handed to drain-outbox."""
+
+    paths: int
+    oldest: datetime | None
+
+
+@dataclass(frozen=True)
 class StatusReport:
     counts: PendingCounts
     pause: ledger.PauseState
@@ -38,6 +49,8 @@ class StatusReport:
     server_now: datetime
     max_age: timedelta | None
     count_limit: int | None = None  # a count equal to it means "at least that many"
+    outbox: OutboxBacklog = OutboxBacklog(0, None)
+    max_age_text: str | None = None  # --max-age as the user wrote it
 
     @property
     def stale(self) -> bool:
@@ -77,6 +90,7 @@ def get_status(
     max_age: timedelta | None = None,
     *,
     exact: bool = False,
+    max_age_text: str | None = None,
 ) -> StatusReport:
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
@@ -93,6 +107,8 @@ def get_status(
             server_now=server.now,
             max_age=max_age,
             count_limit=limit,
+            outbox=db.fetch_one(conn, "storage_outbox_backlog", {}, OutboxBacklog),
+            max_age_text=max_age_text,
         )
 
 
@@ -127,6 +143,7 @@ class ServerClock:
 
 
 CLOCK_WARNING = timedelta(minutes=5)
+OUTBOX_WARNING = timedelta(days=1)  # files older than this in the outbox: nothing drains it
 
 DoctorStep = Callable[[db.Connection, Settings], list[Check]]
 
@@ -137,7 +154,7 @@ def check_migrations(conn: db.Connection, settings: Settings) -> list[Check]:
 
 
 def check_tables(conn: db.Connection, settings: Settings) -> list[Check]:
-    tables = list(dict.fromkeys(need.table for need in all_needs(policy_of(settings))))
+    tables = application_tables(policy_of(settings))
     absent = [table for table in tables if not _privileges(conn, settings, table).present]
     if absent:
         missing = ", ".join(absent)
@@ -184,6 +201,54 @@ def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     return checks
 
 
+@dataclass(frozen=True)
+class RunLeaseRow:
+    present: bool
+    owner: bool
+    can_delete: bool
+
+
+def check_run_lease(conn: db.Connection, settings: Settings) -> list[Check]:
+    """The lease's single row: without it no run can take the lease (triggers put it back when
+    it is deleted), and a granted role that may delete it can stop every run."""
+    row = db.fetch_one(conn, "run_lease_row", {}, RunLeaseRow)
+    if row.can_delete and not row.owner:
+        raise ConfigError(
+            "this role may delete maintenance.run_lease's row, which would stop every run: as "
+            "the owner, run maintctl grant ROLE again"
+        )
+    if not row.present:
+        raise ConfigError(RUN_LEASE_MISSING)
+    return [Check("run lease", True, "its row is in place")]
+
+
+@dataclass(frozen=True)
+class VacuumPrivilege:
+    table_name: str
+    can_vacuum: bool
+
+
+def check_vacuum(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Whether `run --vacuum` can VACUUM the tables as this role. A warning at most: --vacuum is
+    optional, and autovacuum gets there too."""
+    tables = list(dict.fromkeys(task_tables(settings).values()))
+    params = {"schema": settings.app_schema, "tables": tables}
+    found = db.fetch_all(conn, "vacuum_privileges", params, VacuumPrivilege)
+    refused = [row.table_name for row in found if not row.can_vacuum]
+    if not refused:
+        return [Check("vacuum", True, f"run --vacuum can VACUUM {', '.join(tables)}")]
+    names = ", ".join(refused)
+    if int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION:
+        why = "grant it MAINTAIN on them: maintctl grant ROLE, as the owner"
+    else:
+        why = (
+            "before PostgreSQL 17 only their owner can: run --vacuum as the owner, or leave it "
+            "to autovacuum"
+        )
+    detail = f"run --vacuum cannot VACUUM {names} as this role ({why})"
+    return [Check("vacuum", True, detail, warning=True)]
+
+
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     """This host's clock against the database's. The rules only use the database's clock, so a
     difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
@@ -200,6 +265,19 @@ def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
         "logs, metrics and pings use this host's)"
     )
     return [Check("clock", True, detail, warning=True)]
+
+
+def check_outbox(conn: db.Connection, settings: Settings) -> list[Check]:
+    """The storage outbox's backlog: files whose rows are deleted, waiting for drain-outbox. A
+    day-old backlog is a warning: nothing is handing the files to the storage cleaner."""
+    backlog = db.fetch_one(conn, "storage_outbox_backlog", {}, OutboxBacklog)
+    if backlog.paths == 0 or backlog.oldest is None:
+        return [Check("storage outbox", True, "empty")]
+    now = db.fetch_one(conn, "server_clock", {}, ServerClock).now
+    age = now - backlog.oldest
+    waited = format_duration(timedelta(seconds=max(1, round(age.total_seconds()))))
+    detail = f"{backlog.paths:,} file(s) waiting for maintctl drain-outbox, the oldest for {waited}"
+    return [Check("storage outbox", True, detail, warning=age > OUTBOX_WARNING)]
 
 
 def check_pause(conn: db.Connection, settings: Settings) -> list[Check]:
@@ -246,8 +324,11 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("tables", check_tables),
     ("columns", check_columns),
     ("privileges", check_privileges),
+    ("run lease", check_run_lease),
+    ("vacuum", check_vacuum),
     ("clock", check_clock),
     ("pause", check_pause),
+    ("storage outbox", check_outbox),
     ("dry run", check_dry_run),
 ]
 
@@ -266,7 +347,7 @@ def run_doctor(settings: Settings) -> list[Check]:
         with db.connect(settings) as conn, db.database_errors(conn):
             server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
             elapsed = int((time.monotonic() - started) * 1000)
-            target = db.describe_target(settings)
+            target = db.describe_connection(conn)
             detail = f"{target}, PostgreSQL {server.server_version}, {elapsed} ms"
             checks.append(Check(step, True, detail))
             for name, check in DOCTOR_STEPS:

@@ -17,7 +17,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
-from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError, Terminated
+from maintctl.errors import (
+    BATCH_ROLLED_BACK,
+    BatchTimedOut,
+    DatabaseUnavailable,
+    LeaseLost,
+    TaskError,
+    Terminated,
+)
 from maintctl.rules import RULES, RULES_BY_NAME, Rule
 
 if TYPE_CHECKING:
@@ -218,13 +225,17 @@ def _step(
 
     if stop_requested.is_set():
         raise Terminated
-    with db.statement_timeouts(), db.transaction(conn, settings):
-        if heartbeat is not None:
-            heartbeat.beat(conn)
-        step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
-        if heartbeat is not None:
-            heartbeat.beat(conn)
-        hold.enter_context(db.interrupts_held())
+    try:
+        with db.statement_timeouts(), db.transaction(conn, settings):
+            if heartbeat is not None:
+                heartbeat.beat(conn)
+            step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
+            if heartbeat is not None:
+                heartbeat.beat(conn)
+            hold.enter_context(db.interrupts_held())
+    except KeyboardInterrupt as exc:
+        exc.add_note(BATCH_ROLLED_BACK)
+        raise
     return step
 
 

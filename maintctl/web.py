@@ -83,7 +83,9 @@ def _run_once(settings: Settings) -> RunReport:
         )
     except BaseException as exc:
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
-        cli._monitor(settings, "run", started, clock, cli._exit_code_of(exc), None, message)
+        cli._monitor(
+            settings, "run", started, clock, cli._exit_code_of(exc), None, message, pings=True
+        )
         raise
     # As `maintctl run` says it: a refused run (disabled, paused) as an error, else how it ended.
     refusal = report.skipped if report.exit_code != ExitCode.OK else None
@@ -93,7 +95,9 @@ def _run_once(settings: Settings) -> RunReport:
     else:
         cli._log.error(refusal)
     summary = refusal or describe("run_finished", finished)
-    cli._monitor(settings, "run", started, clock, int(report.exit_code), report, summary)
+    cli._monitor(
+        settings, "run", started, clock, int(report.exit_code), report, summary, pings=True
+    )
     return report
 
 

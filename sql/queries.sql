@@ -7,9 +7,36 @@ select current_setting('server_version') as server_version,
        current_setting('server_version_num')::integer as server_version_num,
        now() as now;
 
+-- name: server_version_num
+-- The server's version as a number (170000 for 17.0), for what depends on it.
+select current_setting('server_version_num')::integer as server_version_num;
+
 -- name: schema_exists
 -- Whether a schema of that name exists.
 select exists (select 1 from pg_namespace where nspname = %(schema)s) as exists;
+
+-- name: migrate_preflight
+-- Before migrate creates anything: who connects to which database, whether it may create the
+-- maintenance schema (or already owns it), and whether it may create in the application schema
+-- (the rules' indexes go there).
+select current_user as role, current_database() as database,
+       has_database_privilege(current_database(), 'CREATE') as can_create_schema,
+       coalesce((select has_schema_privilege(n.oid, 'CREATE') from pg_namespace n
+                 where n.nspname = %(schema)s), false) as can_create_in_app_schema,
+       (select pg_get_userbyid(nspowner) from pg_namespace where nspname = 'maintenance')
+         as maintenance_owner,
+       coalesce((select pg_has_role(current_user, nspowner, 'USAGE')
+                 from pg_namespace where nspname = 'maintenance'), true) as owns_maintenance;
+
+-- name: application_table_owners
+-- The owner of each application table migrate alters or indexes (null: the table is missing),
+-- and whether this session may act as that owner.
+select t.name as table_name, pg_get_userbyid(c.relowner) as owner,
+       coalesce(pg_has_role(current_user, c.relowner, 'USAGE'), false) as owned
+from unnest(%(tables)s::text[]) with ordinality as t(name, position)
+left join pg_namespace n on n.nspname = %(schema)s
+left join pg_class c on c.relnamespace = n.oid and c.relname = t.name and c.relkind in ('r', 'p')
+order by t.position;
 
 -- name: migrations_table_exists
 -- Whether maintctl's migrations ledger exists at all.
@@ -84,6 +111,15 @@ select maintenance.release_run_lease(%(run_id)s) as released;
 -- A sign of life of a dry run (which holds no lease), so that it is not taken for abandoned.
 select maintenance.touch_run(%(run_id)s, %(lease)s::interval);
 
+-- name: run_lease_row
+-- For doctor: whether the run lease's single row is there, and whether this session could delete
+-- it (its owner always can; a granted role must not).
+select exists (select 1 from maintenance.run_lease) as present,
+       pg_has_role(current_user, c.relowner, 'USAGE') as owner,
+       has_table_privilege(c.oid, 'DELETE') or has_table_privilege(c.oid, 'TRUNCATE')
+         as can_delete
+from pg_class c where c.oid = 'maintenance.run_lease'::regclass;
+
 -- name: run_lease_holder
 -- Who holds the lease, for the "another maintenance run is in progress" message.
 select run_id, host, started_at, live from maintenance.run_lease_holder();
@@ -106,6 +142,11 @@ returning id, started_at;
 update maintenance.runs
    set status = %(status)s, finished_at = now(), tasks = %(tasks)s, errors = %(errors)s
  where id = %(id)s;
+
+-- name: record_run_tasks
+-- The results of the tasks a run has finished so far, written as each one ends: a run killed
+-- later still shows what its finished tasks committed.
+update maintenance.runs set tasks = %(tasks)s where id = %(id)s and status = 'running';
 
 -- name: prune_runs
 -- The ledger keeps itself small: finished rows older than the retention go.
@@ -131,6 +172,11 @@ limit %(limit)s;
 select max(finished_at) as finished_at
 from maintenance.runs
 where status = 'succeeded' and not dry_run and command in ('run', 'run_maintenance_cleanup');
+
+-- name: storage_outbox_backlog
+-- The files waiting in the storage outbox for drain-outbox, and since when, for status and doctor.
+select coalesce(sum(cardinality(upload_ids)), 0)::bigint as paths, min(deleted_at) as oldest
+from maintenance.storage_outbox;
 
 -- name: table_privileges
 -- Whether an application table exists, and the privileges this session has on it, for doctor.
@@ -226,6 +272,23 @@ drop table {partition};
 select c.reltuples
 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relname = %(table)s;
+
+-- name: vacuum_privileges
+-- Whether this session may VACUUM each application table: MAINTAIN from PostgreSQL 17; before,
+-- only the table's owner, the database's owner or a superuser.
+select t.name as table_name,
+       case when current_setting('server_version_num')::integer >= 170000
+            then has_table_privilege(c.oid, 'MAINTAIN')
+            else pg_has_role(current_user, c.relowner, 'USAGE')
+                 or pg_has_role(current_user, d.datdba, 'USAGE')
+                 or (select rolsuper from pg_roles where rolname = current_user) end
+         as can_vacuum
+from unnest(%(tables)s::text[]) with ordinality as t(name, position)
+join pg_namespace n on n.nspname = %(schema)s
+join pg_class c on c.relnamespace = n.oid and c.relname = t.name
+cross join pg_database d
+where d.datname = current_database()
+order by t.position;
 
 -- name: vacuum_table
 -- VACUUM (ANALYZE) of a table the run changed a lot (outside any transaction).

@@ -14,6 +14,8 @@ MAINTENANCE_GRANTS = (
     "grant usage on schema maintenance to {}",
     "grant select, insert, update, delete on all tables in schema maintenance to {}",
     "grant execute on all routines in schema maintenance to {}",
+    # ...but not the run lease's single row (doctor fails a role that could delete it).
+    "revoke insert, delete on maintenance.run_lease from {}",
 )
 # On the application's tables, exactly what README, "Privileges", lists.
 APPLICATION_GRANTS = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -183,7 +184,7 @@ def test_every_option_with_garbage_zero_negative_or_huge_values_exits_2(
 def test_an_option_the_parser_refuses_exits_2_naming_it(
     cli: Cli, conn: Conn, args: tuple[str, ...], option: str
 ) -> None:
-    # Typer's parser answers these itself: its usage line, then one `Error:` line.
+    # Typer's parser finds these, and they come out in maintctl's one style: one line, exit 2.
     load_sample(conn)
     before = database_state(conn)
 
@@ -191,8 +192,11 @@ def test_an_option_the_parser_refuses_exits_2_naming_it(
 
     assert result.exit_code == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].startswith("Error: ")
-    assert option in result.stderr.splitlines()[-1]
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("maintctl: error: ")
+    assert result.stderr.endswith(f" (see: maintctl {args[0]} --help)\n")
+    assert option in result.stderr
+    assert result.stdout == ""
     assert database_state(conn) == before
 
 
@@ -502,10 +506,10 @@ def test_a_wrong_password_exits_77_at_once_and_changes_nothing(
 
     assert time.monotonic() - started < 8, "refused credentials are not retried"
     assert result.returncode == 77
-    assert result.stderr == (
-        "maintctl: error: the database refused the connection: "
-        f'password authentication failed for user "{ROLE}"\n'
+    assert result.stderr.startswith(
+        f"maintctl: error: the database refused the connection to {ROLE}@127.0.0.1:"
     )
+    assert result.stderr.endswith(f': password authentication failed for user "{ROLE}"\n')
     with psycopg.connect(right) as conn:
         assert database_state(conn) == before
 
@@ -597,3 +601,54 @@ def test_no_password_ever_appears_in_output_ledger_or_server_log(
             ("server log", server_log),
         ):
             assert secret not in text, f"{secret} in the {where}"
+
+
+def test_with_json_every_failure_is_one_error_object_on_stdout(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    unparsed = cli("run", "--batch-size", "many", "--json")
+    refused = cli("purge-temp", "--older-than", "soon", "--json")
+    unreachable = cli(
+        "status", "--json", env={"MAINTCTL_DATABASE_URL": "postgresql://x@127.0.0.1:1/y"}
+    )
+    no_such_rule = cli("purge", "nope", "--json")
+    (tmp_path / "maintctl.toml").write_text('[rules.stuck]\ntabel = "x"\n')
+    bad_policy = cli("config", "--json")
+    (tmp_path / "maintctl.toml").unlink()
+    conn.execute("drop schema maintenance cascade")
+    not_migrated = cli("history", "--json")
+
+    for result, code in (
+        (unparsed, 2),
+        (refused, 2),
+        (unreachable, 69),
+        (no_such_rule, 78),
+        (bad_policy, 78),
+        (not_migrated, 78),
+    ):
+        assert result.exit_code == code
+        document = json.loads(result.stdout)
+        assert set(document) == {"error", "exitCode"}
+        assert document["exitCode"] == code
+        assert result.stderr == f"maintctl: error: {document['error']}\n"
+
+
+def test_a_connection_error_names_the_target_libpq_would_use(cli: Cli) -> None:
+    # No URL: libpq's PG* variables, then its compiled defaults (the user's name as the
+    # database, the default socket directory, which libpq's own error names).
+    env: dict[str, str | None] = {
+        "MAINTCTL_DATABASE_URL": None,
+        "MAINTCTL_CONNECT_TIMEOUT": "1s",
+        "PGUSER": "someone",
+        "PGPORT": "1",
+    }
+    by_variables = cli("status", env={**env, "PGHOST": "127.0.0.1", "PGDATABASE": "imports"})
+    by_defaults = cli("status", env=env)
+
+    assert by_variables.exit_code == by_defaults.exit_code == 69
+    assert by_variables.stderr.startswith(
+        "maintctl: error: cannot connect to someone@127.0.0.1:1/imports: "
+    )
+    assert re.match(
+        r"maintctl: error: cannot connect to someone@/\S+:1/someone: ", by_defaults.stderr
+    ), by_defaults.stderr

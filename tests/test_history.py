@@ -81,4 +81,4 @@ def test_status_says_why_the_last_run_did_not_succeed(cli: Cli, conn: Conn) -> N
     assert lines[-3].startswith("Last run: #1 run skipped, started ")
     assert lines[-2].startswith("  maintenance is paused since ")
     assert lines[-2].endswith("restoring a backup (maintctl resume)")
-    assert lines[-1] == "Last successful run finished: never"
+    assert lines[-1] == "Last successful full run finished: never"

@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from maintctl.sqlfiles import migrations
 from tests.conftest import Cli
@@ -188,13 +190,14 @@ def test_supabase_api_roles_and_public_get_nothing(bare_db_url: str, bare_cli: C
     assert functions_after == functions_before, "maintctl creates functions only in maintenance"
 
 
-def test_migrate_refuses_a_missing_application_schema(bare_cli: Cli) -> None:
+def test_migrate_refuses_a_missing_application_schema(bare_cli: Cli, bare_db_url: str) -> None:
     result = bare_cli("migrate", "--schema", 'imports"; drop table x; --')
 
     assert result.exit_code == 78
     assert result.stderr == (
-        "maintctl: error: application schema 'imports\"; drop table x; --' not found "
-        "(set MAINTCTL_SCHEMA or --schema)\n"
+        "maintctl: error: application schema 'imports\"; drop table x; --' not found in "
+        f"database {conninfo_to_dict(bare_db_url)['dbname']!r} (set MAINTCTL_SCHEMA or --schema, "
+        "or check the database in the URL)\n"
     )
 
 
@@ -254,3 +257,12 @@ def test_migrate_waits_no_longer_than_the_lock_timeout_and_applies_nothing_half(
     assert refused.stderr.endswith("run: maintctl migrate\n")
     assert bare_cli("migrate").exit_code == 0
     assert bare_cli("status").exit_code == 0
+    # What the README promises, which this test shows: writes wait behind the ALTER TABLE for
+    # lock_timeout at most, and migrate gives up without installing the rules.
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    promise = "writes to `import_jobs` queue behind it for up to `MAINTCTL_LOCK_TIMEOUT` (5 s)"
+    assert promise in readme
+    assert (
+        "(exit 1, the rules' SQL not installed: other commands exit 78 with "
+        "`run: maintctl migrate`)" in readme
+    )

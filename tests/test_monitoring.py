@@ -128,7 +128,7 @@ def test_a_metrics_write_failure_is_logged_and_keeps_the_exit_code(
     result = cli("run", "--quiet", "--metrics-file", str(path))
 
     assert result.exit_code == 0
-    assert result.stderr.startswith(f"maintctl: error: cannot write the metrics file {path}: ")
+    assert result.stderr.startswith(f"maintctl: warning: cannot write the metrics file {path}: ")
     assert result.stderr.rstrip().endswith("(the exit code is unchanged)")
     assert result.stderr.count("\n") == 1
 
@@ -216,7 +216,7 @@ def test_a_failure_pings_its_exit_code(cli: Cli, conn: Conn, monitor: Monitor) -
     task_failed = cli("run", env=env)
     unreachable = cli("run", env={**env, **UNREACHABLE})
     cli("pause", "--reason", "restoring a backup")
-    paused = cli("purge-temp", env=env)
+    paused = cli("run", env=env)
 
     assert (task_failed.exit_code, unreachable.exit_code, paused.exit_code) == (1, 69, 75)
     assert monitor.paths() == [
@@ -239,6 +239,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def test_only_a_full_real_run_pings(cli: Cli, conn: Conn, monitor: Monitor) -> None:
+    load_sample(conn)
+    env = {"MAINTCTL_HEALTHCHECK_URL": monitor.url}
+
+    dry = cli("run", "--dry-run", env=env)
+    single = cli("purge-temp", env=env)
+    single_dry = cli("compact", "--dry-run", env=env)
+    pinged_before = monitor.paths()
+    full = cli("run", env=env)
+
+    assert (dry.exit_code, single.exit_code, single_dry.exit_code, full.exit_code) == (0, 0, 0, 0)
+    assert pinged_before == []
+    assert monitor.paths() == ["/ping/0b5e1d2c/start", "/ping/0b5e1d2c"]
+
+
 def test_an_unreachable_monitor_is_logged_and_never_fails_the_run(cli: Cli, conn: Conn) -> None:
     load_sample(conn)
     url = f"http://user:s3cret@127.0.0.1:{free_port()}/ping/0b5e1d2c?key=k3y"
@@ -249,8 +264,8 @@ def test_an_unreachable_monitor_is_logged_and_never_fails_the_run(cli: Cli, conn
     assert json.loads(result.stdout)["tempUploadsPurged"] == 289
     lines = result.stderr.splitlines()
     assert [line.split(" to ")[0] for line in lines] == [
-        "maintctl: error: healthcheck ping (start)",
-        "maintctl: error: healthcheck ping (success)",
+        "maintctl: warning: healthcheck ping (start)",
+        "maintctl: warning: healthcheck ping (success)",
     ]
     assert "ConnectionRefusedError" in lines[0]
     for secret in ("s3cret", "0b5e1d2c", "k3y", "user"):

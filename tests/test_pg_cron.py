@@ -189,8 +189,8 @@ def test_forced_short_thresholds_are_allowed(conn: Conn) -> None:
     ).fetchone()
 
     assert row is not None
-    # Uploads every 10 minutes from 10 minutes ago, and one at 23h59m: all but two are past 30m.
-    assert rows_by_task(row[0]["tasks"])["temp"] == 431
+    # Uploads every 9m30s from 9m30s ago, then older, and one at 23h: all but three are past 30m.
+    assert rows_by_task(row[0]["tasks"])["temp"] == 430
 
 
 def test_a_cancelled_call_releases_the_run_lock(conn: Conn, db_url: str, cli: Cli) -> None:

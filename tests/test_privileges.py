@@ -83,6 +83,7 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "role": runner_role,
         "action": "granted",
         "appSchema": "public",
+        "canVacuum": conn.info.server_version >= 170000,
     }
     assert healthy.exit_code == 0, healthy.stdout
     assert ran.exit_code == 0, ran.stderr
@@ -204,3 +205,103 @@ def test_grant_refuses_a_missing_or_shared_role(
         ).fetchall()
         == acl
     )
+
+
+def test_the_granted_role_cannot_delete_the_run_lease_and_a_missing_row_comes_back(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    assert cli("grant", runner_role).exit_code == 0
+    conn.execute(sql.SQL("alter role {} login").format(sql.Identifier(runner_role)))
+    url = make_conninfo(db_url, user=runner_role)
+    refused = []
+    with psycopg.connect(url, autocommit=True) as session:
+        for statement in ("delete from maintenance.run_lease", "truncate maintenance.run_lease"):
+            try:
+                session.execute(statement)
+            except errors.InsufficientPrivilege:
+                refused.append(statement)
+    conn.execute("delete from maintenance.run_lease")  # the owner still can: it comes back
+    after_delete = count(conn, "select count(*) from maintenance.run_lease")
+    conn.execute("truncate maintenance.run_lease")
+    after_truncate = count(conn, "select count(*) from maintenance.run_lease")
+    ran = as_role(url, "run", "--json")
+    # Gone behind the triggers' back: doctor says so.
+    conn.execute("alter table maintenance.run_lease disable trigger user")
+    conn.execute("delete from maintenance.run_lease")
+    missing = as_role(url, "doctor", "--json")
+    refused_run = as_role(url, "run", "--quiet")
+
+    assert len(refused) == 2
+    assert after_delete == after_truncate == 1
+    assert ran.exit_code == 0, ran.stderr
+    assert json.loads(ran.stdout)["skipped"] is None
+    sentence = (
+        "maintenance.run_lease has no row, so no run can take the lease: as the owner, "
+        "insert into maintenance.run_lease default values"
+    )
+    lease = next(c for c in json.loads(missing.stdout)["checks"] if c["check"] == "run lease")
+    assert (missing.exit_code, lease["verdict"], lease["detail"]) == (78, "fail", sentence)
+    assert (refused_run.exit_code, refused_run.stderr) == (78, f"maintctl: error: {sentence}\n")
+
+
+def test_doctor_fails_for_a_role_that_may_delete_the_run_lease_and_migrate_takes_it_back(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    role = sql.Identifier(runner_role)
+    assert cli("grant", runner_role).exit_code == 0
+    # What grant gave before migration 0010: DELETE on every table of the schema.
+    conn.execute(sql.SQL("grant insert, delete on maintenance.run_lease to {}").format(role))
+    conn.execute(sql.SQL("alter role {} login").format(role))
+    url = make_conninfo(db_url, user=runner_role)
+
+    flagged = as_role(url, "doctor", "--json")
+    conn.execute("delete from maintenance.schema_migrations where version = 10")
+    conn.execute("drop function maintenance.restore_run_lease_row() cascade")  # and its triggers
+    assert cli("migrate").exit_code == 0
+    healthy = as_role(url, "doctor", "--json")
+
+    assert flagged.exit_code == 78
+    lease = next(c for c in json.loads(flagged.stdout)["checks"] if c["check"] == "run lease")
+    assert lease["ok"] is False
+    assert "may delete maintenance.run_lease's row" in lease["detail"]
+    assert healthy.exit_code == 0, healthy.stdout
+    assert "table maintenance.run_lease DELETE" not in held(conn, runner_role)
+
+
+def test_vacuum_as_the_granted_role_works_from_17_and_before_doctor_and_grant_say_why_not(
+    cli: Cli, conn: Conn, db_url: str, runner_role: str
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path) "
+        "select now() - interval '2 days', 'f' || n from generate_series(1, 2000) n"
+    )
+    maintain = conn.info.server_version >= 170000
+    granted = cli("grant", runner_role)
+    conn.execute(sql.SQL("alter role {} login").format(sql.Identifier(runner_role)))
+    url = make_conninfo(db_url, user=runner_role)
+
+    doctor = as_role(url, "doctor", "--json")
+    ran = as_role(url, "purge-temp", "--vacuum", "--json")
+
+    assert granted.exit_code == 0, granted.stderr
+    line = next(c for c in json.loads(doctor.stdout)["checks"] if c["check"] == "vacuum")
+    [vacuumed] = json.loads(ran.stdout)["vacuum"]
+    assert ran.exit_code == 0, ran.stderr
+    if maintain:
+        assert "and MAINTAIN on them, so that run --vacuum can VACUUM them" in granted.stdout
+        assert line["verdict"] == "ok"
+        assert vacuumed["status"] == "ok", vacuumed
+        assert "table public.temp_uploads MAINTAIN" in held(conn, runner_role)
+    else:
+        assert "note: before PostgreSQL 17 only the tables' owner can VACUUM them" in (
+            granted.stdout
+        )
+        assert line["verdict"] == "warn"
+        assert line["detail"] == (
+            "run --vacuum cannot VACUUM import_runs, temp_uploads, import_jobs, raw_import_items "
+            "as this role (before PostgreSQL 17 only their owner can: run --vacuum as the owner, "
+            "or leave it to autovacuum)"
+        )
+        assert vacuumed["status"] == "failed"
+    assert cli("grant", runner_role, "--revoke").exit_code == 0
+    assert held(conn, runner_role) == []

@@ -38,12 +38,14 @@ CRON_EXAMPLES = [
 
 
 def test_the_page_has_the_cron_and_systemd_examples() -> None:
-    assert len(CRON_EXAMPLES) == 3
+    assert len(CRON_EXAMPLES) == 4
     assert any("--systemd" in args for args, _ in CRON_EXAMPLES)
 
 
 @pytest.mark.parametrize(("args", "output"), CRON_EXAMPLES)
 def test_each_cron_example_prints_what_the_page_shows(args: list[str], output: str) -> None:
+    if "--systemd" not in args and "--host-timezone" not in args:
+        args = [*args, "--host-timezone", "Etc/UTC"]  # the page's host: its clock is UTC
     result = CliRunner().invoke(app, args)
 
     printed = (result.stdout + result.stderr).rstrip("\n")
@@ -99,3 +101,41 @@ def test_the_cronjob_forbids_overlap_and_parses() -> None:
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"][0] == "run"
+    # JSON lines only in the pod's log: no table on stdout.
+    assert {"--log-format", "json", "--quiet"} <= set(container["args"])
+
+
+def test_each_directory_a_transcript_writes_into_is_made_first() -> None:
+    for page in (DOC, DOC.parent / "storage-outbox.md"):
+        lines = page.read_text().splitlines()
+        made: set[str] = set()
+        for line in lines:
+            if not line.startswith("$ "):
+                continue
+            words = shlex.split(line[2:].split("#")[0].split("|")[0].split(">")[0])
+            if words[:1] == ["mkdir"]:
+                made.update(word for word in words[1:] if not word.startswith("-"))
+                continue
+            if words[:1] != ["maintctl"] or ("cron" in words and "--output-dir" not in words):
+                continue
+            for flag in ("--output-dir", "--metrics-file", "--emit-paths"):
+                if flag in words:
+                    target = words[words.index(flag) + 1]
+                    directory = target if flag == "--output-dir" else str(Path(target).parent)
+                    if directory not in (".", "/nonexistent"):
+                        assert directory in made, f"{page.name}: {line}"
+            if words[1:2] == ["drain-outbox"]:
+                assert str(Path(words[2]).parent) in made, f"{page.name}: {line}"
+
+
+def test_the_output_dir_example_runs_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [(args, output)] = examples("maintctl cron --systemd --user root --output-dir")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / args[args.index("--output-dir") + 1]).mkdir()  # the page's mkdir
+
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.rstrip("\n") == output

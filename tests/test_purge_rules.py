@@ -132,9 +132,14 @@ def test_a_bad_where_is_refused_by_migrate_and_doctor_and_nothing_runs(
     assert message in migrated.stderr
     assert migrated.stderr.count("\n") == 1
     assert doctor.exit_code == 78
-    # A check's line, or (a where the policy model refuses) the one error line.
-    said = json.loads(doctor.stdout)["checks"][-1]["detail"] if doctor.stdout else doctor.stderr
+    # A check's line, or (a where the policy model refuses) the one error, which --json gives as
+    # {error, exitCode} on stdout as well as the line on stderr.
+    document = json.loads(doctor.stdout)
+    said = document["checks"][-1]["detail"] if "checks" in document else document["error"]
     assert message in said
+    if "error" in document:
+        assert document["exitCode"] == 78
+        assert doctor.stderr == f"maintctl: error: {document['error']}\n"
     assert run.exit_code == 78
     assert len(levels(conn)) == 4
     with psycopg.connect(conn.info.dsn) as other:

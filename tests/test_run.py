@@ -194,7 +194,7 @@ def test_exit_2_for_a_bad_option(cli: Cli, conn: Conn) -> None:
 
     for result in (unknown, bad_number, bad_duration, zero):
         assert result.exit_code == 2
-    assert "No such option: --frobnicate" in unknown.stderr
+    assert unknown.stderr.startswith("maintctl: error: No such option: --frobnicate")
     assert bad_duration.stderr == (
         "maintctl: error: --older-than: 'soon' is not a duration "
         "(use e.g. 90s, 15m, 24h, 7d, 2w or 1d12h)\n"
@@ -248,6 +248,26 @@ def test_exit_75_when_paused_in_the_database_and_0_after_resume(cli: Cli, conn: 
     resumed = cli("purge-temp", "--json")
     assert resumed.exit_code == 0
     assert json.loads(resumed.stdout)["tempUploadsPurged"] == 1
+
+
+def test_a_dry_run_while_paused_counts_and_notes_the_pause(cli: Cli, conn: Conn) -> None:
+    add_temp_upload(conn, "2 days")
+    assert cli("pause", "--reason", "restoring a backup").exit_code == 0
+
+    dry = cli("run", "--dry-run", "--json")
+    real = cli("run", "--json")
+
+    assert dry.exit_code == 0, dry.stderr
+    document = json.loads(dry.stdout)
+    assert document["skipped"] is None
+    assert document["tempUploadsPurged"] == 1
+    assert "maintctl: warning: maintenance is paused since " in dry.stderr
+    assert dry.stderr.count("maintctl: warning:") == 1
+    assert "restoring a backup (maintctl resume); a dry run changes nothing, so it goes on" in (
+        dry.stderr
+    )
+    assert real.exit_code == 75
+    assert count(conn, "select count(*) from temp_uploads") == 1
 
 
 def test_a_run_is_skipped_with_exit_0_while_another_holds_the_lock(
@@ -362,3 +382,16 @@ def test_a_table_the_application_has_locked_fails_that_task_after_the_lock_timeo
     assert document["errors"] == ["temp: canceling statement due to lock timeout"]
     assert document["tasks"][1]["durationMs"] < 4000
     assert count(conn, "select count(*) from temp_uploads") == 433
+
+
+def test_in_a_pipe_the_table_keeps_a_long_error_whole(cli: Cli, conn: Conn) -> None:
+    conn.execute("alter table temp_uploads rename column created_at to created")
+    document = json.loads(cli("purge-temp", "--json").stdout)
+    error = document["tasks"][0]["error"]
+    assert len(error) > 30, "longer than what 80 columns leave for its cell"
+
+    result = cli("purge-temp", env={"COLUMNS": "80"})
+
+    assert result.exit_code == 1
+    [row] = [row for row in table_rows(result.stdout) if row[0] == "purge-temp"]
+    assert row[1] == f"failed: {error}", "one line, not wrapped or cut at 80 columns"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import Cli, table_rows
 from tests.data import Conn, load_sample
@@ -18,6 +21,7 @@ STATUS_KEYS = {
     "lastRun",
     "lastSuccessAt",
     "countLimit",
+    "storageOutbox",
 }
 
 
@@ -92,7 +96,7 @@ def test_status_for_people(cli: Cli, conn: Conn) -> None:
     ]
     assert result.stdout.splitlines()[-2:] == [
         "Last run: none yet",
-        "Last successful run finished: never",
+        "Last successful full run finished: never",
     ]
 
 
@@ -104,7 +108,8 @@ def test_status_max_age_is_a_dead_mans_switch(cli: Cli, conn: Conn) -> None:
     assert cli("run", "--dry-run").exit_code == 0
     dry_only = cli("status", "--max-age", "26h")
     assert dry_only.exit_code == 1, "a dry run is not a successful run"
-    assert "STALE" in dry_only.stdout
+    assert "STALE: no successful full run in the last 26h" in dry_only.stdout, "as written"
+    assert "Last run: #1 run (dry run) succeeded, started " in dry_only.stdout
 
     assert cli("purge-temp").exit_code == 0
     assert cli("status", "--max-age", "26h").exit_code == 1, "one task is not a full run"
@@ -167,9 +172,10 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
     assert state["reason"] == "restoring a backup"
     assert "@" in state["pausedBy"]
     assert paused.stderr == ""
-    people = cli("pause", "--reason", "restoring a backup")
-    assert people.stdout.startswith("maintenance is paused since ")
-    assert people.stdout.rstrip().endswith(": restoring a backup (maintctl resume)")
+    assert state["changed"] is True
+    people = cli("pause", "--reason", "another reason")
+    assert people.stdout.startswith("maintenance is already paused since ")
+    assert people.stdout.rstrip().endswith(": restoring a backup (maintctl resume)"), "kept"
     status = json.loads(cli("status", "--json").stdout)
     assert status["paused"] is True
     assert status["pause"]["reason"] == "restoring a backup"
@@ -179,11 +185,13 @@ def test_pause_and_resume_say_who_and_why(cli: Cli) -> None:
 
     resumed = cli("resume")
     assert resumed.stdout == "maintenance resumed\n"
+    assert cli("resume").stdout == "maintenance is not paused\n"
     assert json.loads(cli("resume", "--json").stdout) == {
         "paused": False,
         "reason": None,
         "pausedBy": None,
         "pausedAt": None,
+        "changed": False,
     }
     assert json.loads(cli("status", "--json").stdout)["paused"] is False
 
@@ -202,3 +210,45 @@ def test_ledger_prunes_itself(cli: Cli, conn: Conn) -> None:
         "from maintenance.runs"
     ).fetchone()
     assert ages == (0, 2)
+
+
+def test_the_storage_outbox_backlog_is_in_status_the_metrics_and_doctor(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    load_sample(conn)
+    assert cli("purge-temp").exit_code == 0  # 289 files into the outbox
+    conn.execute("update maintenance.storage_outbox set deleted_at = now() - interval '2 days'")
+    metrics = tmp_path / "status.prom"
+
+    document = json.loads(cli("status", "--json", "--metrics-file", str(metrics)).stdout)
+    people = cli("status").stdout
+    doctor = json.loads(cli("doctor", "--json").stdout)
+    assert cli("drain-outbox", str(tmp_path / "handover.jsonl")).exit_code == 0
+    drained = json.loads(cli("status", "--json").stdout)
+
+    assert document["storageOutbox"]["paths"] == 289
+    assert document["storageOutbox"]["oldestDeletedAt"].endswith("Z")
+    assert "Storage outbox: 289 file(s) waiting for maintctl drain-outbox since " in people
+    assert "maintctl_storage_outbox_paths 289.0" in metrics.read_text()
+    line = next(c for c in doctor["checks"] if c["check"] == "storage outbox")
+    assert line["verdict"] == "warn"
+    assert line["detail"].startswith("289 file(s) waiting for maintctl drain-outbox, the oldest ")
+    assert drained["storageOutbox"] == {"paths": 0, "oldestDeletedAt": None}
+
+
+@pytest.mark.parametrize("shift", ["-59 minutes", "59 minutes"])
+def test_the_demo_counts_hold_for_an_hour_either_side_of_every_threshold(
+    conn: Conn, shift: str
+) -> None:
+    load_sample(conn)
+    query = (
+        "select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs "
+        "from maintenance.pending_counts(%(s)s::interval + '24h', %(s)s::interval + '24h', "
+        "%(s)s::interval + '7d', %(s)s::interval + '30d')"
+    )
+
+    at_defaults = conn.execute(query, {"s": "0"}).fetchone()
+    shifted = conn.execute(query, {"s": shift}).fetchone()
+
+    assert at_defaults == (15, 289, 250, 210)
+    assert shifted == at_defaults, "no demo row within an hour of a threshold"

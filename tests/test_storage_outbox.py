@@ -216,3 +216,79 @@ def test_a_file_that_cannot_be_written_is_refused_before_anything_is_deleted(
     assert drain.stderr == f"maintctl: error: drain-outbox: {missing.parent} is not a directory\n"
     assert count(conn, "select count(*) from temp_uploads") == 2
     assert count(conn, "select count(*) from maintenance.runs") == 0
+
+
+def test_drain_to_dash_writes_stdout_and_a_closed_stdout_clears_nothing(
+    cli: Cli, conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    from tests.test_commands import cron_environment, maintctl_command
+
+    old = add_uploads(conn, 3, "2 days")
+    assert cli("purge-temp").exit_code == 0
+    reading, writing = os.pipe()
+    os.close(reading)  # the storage cleaner died before reading
+
+    refused_json = cli("drain-outbox", "-", "--json")
+    broken = subprocess.run(
+        [*maintctl_command(), "drain-outbox", "-"],
+        env=cron_environment(db_url),
+        stdout=writing,
+        capture_output=False,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    os.close(writing)
+    kept = outbox(conn)
+    drained = cli("drain-outbox", "-")
+
+    assert refused_json.exit_code == 2
+    assert refused_json.stderr == (
+        "maintctl: error: drain-outbox -: stdout carries the paths; drop --json or name a file\n"
+    )
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("maintctl: error: drain-outbox: cannot write to stdout: ")
+    assert broken.stderr.endswith("; nothing was cleared\n")
+    assert kept == old
+    assert drained.exit_code == 0, drained.stderr
+    handed = [json.loads(line) for line in drained.stdout.splitlines()]
+    assert {line["uploadId"]: line["path"] for line in handed} == old
+    assert drained.stderr == (
+        "maintctl: wrote 3 path(s) (6 bytes of files) to stdout and cleared them from the "
+        "storage outbox\n"
+    )
+    assert not (tmp_path / "-").exists()
+    assert outbox(conn) == {}
+
+
+def test_drain_to_a_place_it_cannot_create_files_is_one_line_and_clears_nothing(
+    cli: Cli, conn: Conn
+) -> None:
+    old = add_uploads(conn, 2, "2 days")
+    assert cli("purge-temp").exit_code == 0
+
+    result = cli("drain-outbox", "/proc/maintctl-paths.jsonl")
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "maintctl: error: drain-outbox: cannot write /proc/maintctl-paths.jsonl: "
+    )
+    assert result.stderr.endswith("; nothing was cleared\n")
+    assert result.stderr.count("\n") == 1
+    assert outbox(conn) == old
+
+
+def test_emit_paths_never_overwrites_last_nights_file(cli: Cli, conn: Conn, tmp_path: Path) -> None:
+    add_uploads(conn, 2, "2 days")
+    target = tmp_path / "deleted.jsonl"
+    target.write_text("last night's, not yet taken\n")
+
+    result = cli("purge-temp", "--emit-paths", str(target))
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"maintctl: error: --emit-paths: {target} already exists: name a new file, e.g. with the "
+        "date in it (maintctl never overwrites a list of paths that may not have been taken yet)\n"
+    )
+    assert target.read_text() == "last night's, not yet taken\n"
+    assert count(conn, "select count(*) from temp_uploads") == 2, "refused before any work"

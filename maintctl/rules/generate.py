@@ -186,6 +186,11 @@ def all_needs(policy: Policy) -> list[TableNeeds]:
     return [need for rule in policy.rules for need in needs(rule, policy)]
 
 
+def application_tables(policy: Policy) -> tuple[str, ...]:
+    """The application's tables the enabled rules work on, each once, in the rules' order."""
+    return tuple(dict.fromkeys(need.table for need in all_needs(policy)))
+
+
 # --- templates -----------------------------------------------------------------------------
 
 

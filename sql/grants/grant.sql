@@ -14,11 +14,13 @@ alter default privileges for role {owner} in schema maintenance
   grant usage, select on sequences to {role};
 alter default privileges for role {owner} in schema maintenance
   grant execute on routines to {role};
--- ...except that the migrations ledger and the record of the generated rules are read-only and
--- the pause switch's single row stays.
+-- ...except that the migrations ledger and the record of the generated rules are read-only, and
+-- the single rows of the pause switch and the run lease stay (a deleted lease row stopped every
+-- run; triggers put it back).
 revoke insert, update, delete on maintenance.schema_migrations from {role};
 revoke insert, update, delete on maintenance.installed_rules from {role};
 revoke insert, delete on maintenance.pause from {role};
+revoke insert, delete on maintenance.run_lease from {role};
 
 -- The application's schema; on its tables, what the rules do to each (maintctl/rules/, granted by
 -- maintctl.grants). Nothing else of {app}.
