@@ -24,6 +24,7 @@ from maintctl.log import StepLog
 
 if TYPE_CHECKING:
     from maintctl import runner
+    from maintctl.archive import Destination
     from maintctl.db import Connection
     from maintctl.settings import Settings
     from maintctl.tasks import Task
@@ -132,6 +133,17 @@ EmitPaths = Annotated[
     ),
 ]
 
+ArchiveDest = Annotated[
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Archive every row removed, before its batch commits: a directory, or the "
+        "postgresql:// URL of another database [env: MAINTCTL_ARCHIVE].",
+        metavar="DEST",
+        show_default=False,
+    ),
+]
+
 # --- error handling: one place --------------------------------------------------------------
 
 
@@ -179,7 +191,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def command(name: str, example: str) -> Callable[[Command], Command]:
+archive_app = typer.Typer(
+    name="archive",
+    help="Check and prune the archive of removed rows (MAINTCTL_ARCHIVE).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(archive_app)
+
+
+def command(name: str, example: str, group: typer.Typer = app) -> Callable[[Command], Command]:
     """Register a command whose errors become one line on stderr and the contract's exit code."""
 
     def register(function: Command) -> Command:
@@ -215,7 +236,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
-        app.command(name, epilog=f"Example: {example}")(wrapper)
+        group.command(name, epilog=f"Example: {example}")(wrapper)
         return function
 
     return register
@@ -229,6 +250,7 @@ _FLAG_NAMES = {
     "batch_size": "--batch-size",
     "log_format": "--log-format",
     "metrics_file": "--metrics-file",
+    "archive": "--archive",
 }
 
 
@@ -245,7 +267,11 @@ def _settings(
     from maintctl.settings import load_settings
 
     _remember_passwords(
-        database_url, os.environ.get("MAINTCTL_DATABASE_URL"), os.environ.get("DATABASE_URL")
+        database_url,
+        os.environ.get("MAINTCTL_DATABASE_URL"),
+        os.environ.get("DATABASE_URL"),
+        flags.get("archive"),
+        os.environ.get("MAINTCTL_ARCHIVE"),
     )
     if database_url and (conninfo_params(database_url) or {}).get("password"):
         sys.stderr.write(
@@ -260,6 +286,8 @@ def _settings(
     floor = tuple(task.threshold for task in tasks)
     settings = load_settings(given, names, floor=floor, force=force)
     _remember_passwords(settings.conninfo())  # from .env, maybe
+    if settings.archive is not None:
+        _remember_passwords(settings.archive.get_secret_value())
     return settings
 
 
@@ -316,6 +344,7 @@ def _run(
     quiet: bool = False,
     metrics_file: str | None = None,
     emit_paths: str | None = None,
+    archive: str | None = None,
 ) -> int:
     from maintctl import db, outbox, render, runner
     from maintctl.log import describe, wants_color
@@ -328,6 +357,7 @@ def _run(
         batch_size=batch_size,
         log_format=log_format,
         metrics_file=metrics_file,
+        archive=archive,
         **(thresholds or {}),
     )
     _log.log_format = settings.log_format
@@ -347,6 +377,9 @@ def _run(
         if not settings.enabled:
             report = runner.disabled_report(dry_run)
         else:
+            destination = _archive_destination(settings, None) if not dry_run else None
+            if destination is not None:
+                destination.check_writable()  # refused before anything is touched
             with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
                 _log(
                     "connected",
@@ -363,6 +396,7 @@ def _run(
                     notify=_log,
                     on_batch=on_batch,
                     vacuum=vacuum,
+                    archive=destination,
                 )
                 if emit_paths is not None:
                     outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
@@ -393,6 +427,8 @@ def _run(
         _error(refusal)
     for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
         _log.warning(f"VACUUM {failed.table}: {failed.error}")
+    if report.archive_pruned:
+        _log("archive_pruned", message=f"archive: pruned run(s) {_numbers(report.archive_pruned)}")
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
@@ -472,6 +508,7 @@ def run(
     metrics_file: MetricsFile = None,
     vacuum: Vacuum = False,
     emit_paths: EmitPaths = None,
+    archive: ArchiveDest = None,
     debug: Debug = False,
 ) -> int:
     """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
@@ -492,6 +529,7 @@ def run(
         metrics_file=metrics_file,
         vacuum=vacuum,
         emit_paths=emit_paths,
+        archive=archive,
     )
 
 
@@ -515,6 +553,7 @@ def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bo
         metrics_file: MetricsFile = None,
         vacuum: Vacuum = False,
         emit_paths: EmitPaths = None,
+        archive: ArchiveDest = None,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -533,6 +572,7 @@ def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bo
             quiet=quiet,
             metrics_file=metrics_file,
             emit_paths=emit_paths,
+            archive=archive,
         )
 
     if not emits_paths:  # only purge-temp deletes files' rows: the others take no --emit-paths
@@ -905,6 +945,116 @@ def grant(
         render.emit_json(render.grant_json(result))
     else:
         render.print_grant(result)
+
+
+def _archive_destination(settings: Settings, dest: str | None) -> Destination | None:
+    """The archive named by an argument, else by --archive / MAINTCTL_ARCHIVE; None when neither."""
+    from maintctl.archive import open_destination
+
+    if dest is not None:
+        _remember_passwords(dest)
+        return open_destination(dest)
+    if settings.archive is None:
+        return None
+    return open_destination(settings.archive.get_secret_value())
+
+
+def _numbers(values: list[int]) -> str:
+    return ", ".join(str(value) for value in values)
+
+
+def _required_archive(settings: Settings, dest: str | None) -> Destination:
+    found = _archive_destination(settings, dest)
+    if found is None:
+        raise UsageError("name the archive: DEST, --archive or MAINTCTL_ARCHIVE")
+    return found
+
+
+ArchiveArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="The archive: a directory or a postgresql:// URL [default: MAINTCTL_ARCHIVE].",
+        metavar="[DEST]",
+        show_default=False,
+    ),
+]
+
+
+@command("verify", "maintctl archive verify /var/lib/maintctl/archive", group=archive_app)
+def archive_verify(
+    dest: ArchiveArgument = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> int:
+    """Re-read every run of the archive (files, row counts, checksums); exit 1 naming each
+    problem."""
+    from maintctl import render
+
+    settings = _settings(None, None)
+    report = _required_archive(settings, dest).verify()
+    if json_output:
+        render.emit_json(render.verify_json(report))
+    else:
+        render.print_verify(report)
+    for problem in report.problems:
+        _error(problem)
+    return 0 if report.ok else int(ExitCode.TASK_FAILED)
+
+
+@command("prune", "maintctl archive prune --older-than 90d", group=archive_app)
+def archive_prune(
+    dest: ArchiveArgument = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Delete the runs that ended longer ago [default: MAINTCTL_ARCHIVE_RETENTION].",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Delete the archived runs older than the retention (run does this after each run too)."""
+    from maintctl import render
+
+    settings = _settings(None, None)
+    retention = _duration_flag("--older-than", older_than) or settings.archive_retention
+    if retention is None:
+        raise UsageError("say how old: --older-than or MAINTCTL_ARCHIVE_RETENTION")
+    pruned = _required_archive(settings, dest).prune(retention)
+    if json_output:
+        render.emit_json({"pruned": pruned})
+    else:
+        render.print_pruned(pruned)
+
+
+@command("restore", "maintctl restore --run 42 --dry-run")
+def restore(
+    run_id: Annotated[
+        int, typer.Option("--run", help="The run to undo (maintctl history shows its id).")
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be put back; change nothing.")
+    ] = False,
+    archive: ArchiveDest = None,
+    debug: Debug = False,
+) -> None:
+    """Put back what a run removed, from the archive: rows whose key exists again are left alone."""
+    from maintctl import render
+    from maintctl.archive.restore import restore_run
+
+    settings = _settings(database_url, schema, archive=archive)
+    destination = _required_archive(settings, None)
+    with _connected(settings) as conn:
+        result = restore_run(conn, settings, destination, run_id, dry_run=dry_run)
+    if json_output:
+        render.emit_json(render.restore_json(result))
+    else:
+        render.print_restore(result)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from maintctl import db, guard, ledger
 from maintctl.errors import ExitCode
@@ -12,6 +13,10 @@ from maintctl.log import Notify
 from maintctl.settings import Settings
 from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
 from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
+
+if TYPE_CHECKING:
+    from maintctl.archive import Destination
+    from maintctl.archive.capture import RunArchive
 
 
 @dataclass
@@ -26,6 +31,7 @@ class RunReport:
     skip_exit_code: ExitCode = ExitCode.OK
     duration_ms: int = 0
     vacuum: list[VacuumResult] | None = None  # with --vacuum: what was vacuumed, and how
+    archive_pruned: list[int] = field(default_factory=list)  # runs the retention removed
 
     @property
     def errors(self) -> list[str]:
@@ -61,13 +67,16 @@ def run_maintenance(
     notify: Notify | None = None,
     on_batch: ProgressCallback | None = None,
     vacuum: bool = False,
+    archive: Destination | None = None,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
     lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lease taken,
     run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
-    are vacuumed afterwards.
+    are vacuumed afterwards. With an `archive` (not on a dry run), the run's removed rows are
+    archived there batch by batch, its manifest written when the run ends, and then the runs
+    older than MAINTCTL_ARCHIVE_RETENTION pruned.
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -95,10 +104,15 @@ def run_maintenance(
     report.run_id, report.started = start.id, start.started_at
     heartbeat = guard.Heartbeat(start.id, settings.run_lease, guarded=not dry_run)
     deadline = clock + max_runtime.total_seconds() if max_runtime else None
+    archived: RunArchive | None = None
     try:
         if not dry_run:
             say("lease_taken")
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
+        if archive is not None and not dry_run:
+            from maintctl.archive.capture import RunArchive
+
+            archived = RunArchive.start(conn, settings, archive, start.id)
         _run_tasks(
             conn,
             settings,
@@ -109,7 +123,10 @@ def run_maintenance(
             on_batch=on_batch,
             heartbeat=heartbeat,
             vacuum=vacuum and not dry_run,
+            archive=archived,
         )
+        if archived is not None:
+            archived.close(datetime.now(UTC))
     except (Exception, KeyboardInterrupt) as exc:
         cause: BaseException = exc
         if isinstance(exc, TaskAborted):
@@ -123,6 +140,8 @@ def run_maintenance(
             _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
         raise cause from cause.__cause__  # the original, its own chain kept
     _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
+    if archive is not None and settings.archive_retention is not None:
+        report.archive_pruned = archive.prune(settings.archive_retention)
     return report
 
 
@@ -137,6 +156,7 @@ def _run_tasks(
     on_batch: ProgressCallback | None,
     heartbeat: guard.Heartbeat,
     vacuum: bool,
+    archive: RunArchive | None,
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
@@ -150,6 +170,7 @@ def _run_tasks(
             run_id=report.run_id,
             on_batch=on_batch,
             heartbeat=heartbeat,
+            archive=archive,
         )
         report.tasks.append(result)
         level = {"ok": "info", "failed": "error"}.get(result.status, "warning")

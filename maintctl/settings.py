@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     metrics_file: Path | None = None
     healthcheck_url: SecretStr | None = None
     healthcheck_timeout: Duration = timedelta(seconds=10)
+    # The archive (docs/archive.md): a directory, or the postgresql:// URL of another database
+    # (a secret: it may carry a password); runs older than the retention are pruned by `run`.
+    archive: SecretStr | None = None
+    archive_retention: Duration | None = None
 
     @field_validator("healthcheck_url")
     @classmethod

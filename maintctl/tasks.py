@@ -19,6 +19,7 @@ from maintctl.durations import iso_timestamp
 from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
 
 if TYPE_CHECKING:
+    from maintctl.archive.capture import RunArchive
     from maintctl.db import Connection
     from maintctl.guard import Heartbeat
     from maintctl.settings import Settings
@@ -132,10 +133,16 @@ class TaskProgress:
 
 @dataclass(frozen=True)
 class Step:
-    """What one batch did, and where the walk goes on (None: nothing left)."""
+    """What one batch did, and where the walk goes on (None: nothing left); with an archive,
+    what it removed (0012_archive_capture.sql): the table, the action, the columns the rows
+    carry and the rows as JSON lines."""
 
     rows: int
     next_position: dict[str, Any] | None
+    archive_table: str | None = None
+    archive_action: str | None = None
+    archive_columns: list[str] | None = None
+    archive_rows: str | None = None
 
 
 ProgressCallback = Callable[[TaskProgress], None]
@@ -164,16 +171,21 @@ def _step(
     params: dict[str, Any],
     hold: ExitStack,
     heartbeat: Heartbeat | None,
+    archive: RunArchive | None,
 ) -> Step:
-    """One batch, its own transaction, the run lease renewed at its start and end. From just
-    before its COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch:
-    an interrupt in between would leave a committed batch out of the ledger."""
+    """One batch, its own transaction, the run lease renewed at its start and end. What it
+    removed is made durable in the `archive` before the COMMIT (an archive that fails rolls the
+    batch back). From just before its COMMIT, SIGINT and SIGTERM wait in `hold` until the caller
+    has counted the batch: an interrupt in between would leave a committed batch out of the
+    ledger."""
     from maintctl import db
 
     with db.statement_timeouts(), db.transaction(conn, settings):
         if heartbeat is not None:
             heartbeat.beat(conn)
         step = db.fetch_one(conn, task.batch_query, params, Step)
+        if archive is not None:
+            archive.record(conn, step)
         if heartbeat is not None:
             heartbeat.beat(conn)
         hold.enter_context(db.interrupts_held())
@@ -190,6 +202,7 @@ def run_task(
     run_id: int | None = None,
     on_batch: ProgressCallback | None = None,
     heartbeat: Heartbeat | None = None,
+    archive: RunArchive | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
@@ -199,7 +212,9 @@ def run_task(
     counts what is left. A pre-step (PRE_STEPS) may first drop whole partitions. `on_batch` hears
     of each committed batch, with the rows eligible at the start. The run's `heartbeat` beats
     inside each transaction: a real run's batch renews the run lease at its start (which also
-    keeps the lease row locked while the batch works) and at its end.
+    keeps the lease row locked while the batch works) and at its end. With an `archive`, each
+    batch's removed rows are made durable there before the batch commits, and the pre-step is
+    skipped (a dropped partition's rows would not be archived).
 
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
@@ -233,7 +248,7 @@ def run_task(
                 rows = count_eligible()
                 return result("ok")
             total = count_eligible() if on_batch is not None else None
-            rows = _pre_step(conn, settings, task, cutoff, run_id)
+            rows = _pre_step(conn, settings, task, cutoff, run_id) if archive is None else 0
             position: dict[str, Any] | None = None
             while True:
                 params = {
@@ -242,11 +257,12 @@ def run_task(
                     "batch_size": batch_size,
                     "position": db.jsonb(position),
                     "run_id": run_id,
+                    "archive": archive is not None,
                 }
                 batch_started = time.monotonic()
                 with ExitStack() as hold:
                     try:
-                        step = _step(conn, settings, task, params, hold, heartbeat)
+                        step = _step(conn, settings, task, params, hold, heartbeat, archive)
                     except BatchTimedOut as exc:
                         batch_size = _smaller_after_timeout(batch_size, exc)
                         continue

@@ -55,7 +55,7 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def names_used_in_code() -> set[str]:
-    source = "\n".join(path.read_text() for path in (ROOT / "maintctl").glob("*.py"))
+    source = "\n".join(path.read_text() for path in (ROOT / "maintctl").rglob("*.py"))
     calls = re.findall(
         r"\b(?:db\.)?(?:fetch_one|fetch_all|fetch_value|fetch_optional|execute|execute_composed"
         r"|fetch_composed|try_outside_transaction|try_in_transaction)"

@@ -1,0 +1,273 @@
+-- The archive's capture (README "Archive and restore"): each removing step takes `p_archive boolean`
+-- and returns, besides `rows` and `next_position`, an OUT `removed jsonb`: null when p_archive is
+-- false, else a jsonb object (table, action 'delete' or 'compact', rows: an array), filled from the
+-- DML's own RETURNING. A purge returns each whole deleted row (to_jsonb of the row); a compaction
+-- returns the key and the values it replaced (read under FOR UPDATE, so they are the values the
+-- UPDATE overwrote). The client writes `removed` to the archive and makes it durable inside the
+-- still-open batch transaction, and only then commits: a kill at any point leaves a row in the
+-- table, in the archive, or in both, never in neither.
+--
+-- This is the only place the archive touches the step SQL: one parameter, one OUT column and one
+-- aggregate per DML. 0006's signatures are dropped first (a new overload beside them would make
+-- the 3- and 4-argument calls ambiguous); p_archive defaults to false, so the callers of 0006
+-- (the *_batch wrappers, compact_old_import_jobs, the pg_cron procedure) resolve to these, by the
+-- same positional arguments, and archive nothing. The stuck step is not archived: it removes no
+-- row and replaces no payload, only moves a run from 'processing' to 'failed' (docs/archive.md).
+
+drop function if exists maintenance.purge_temp_uploads_step(timestamptz, integer, jsonb, bigint);
+drop function if exists maintenance.compact_import_jobs_step(timestamptz, integer, jsonb);
+drop function if exists maintenance.purge_raw_items_step(timestamptz, integer, jsonb);
+
+create function maintenance.purge_temp_uploads_step(
+  p_cutoff timestamptz, p_batch_size integer, p_position jsonb, p_run_id bigint,
+  p_archive boolean default false,
+  out rows integer, out next_position jsonb, out removed jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  after_at timestamptz := coalesce((p_position ->> 'createdAt')::timestamptz, '-infinity');
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  upto_at timestamptz;
+  upto_id bigint;
+  more boolean := false;
+  configured_lock_timeout text := current_setting('lock_timeout');
+begin
+  select t.created_at, t.id into upto_at, upto_id
+    from {app}.temp_uploads t
+   where t.created_at < p_cutoff and (t.created_at, t.id) > (after_at, after_id)
+   order by t.created_at, t.id
+  offset p_batch_size - 1 limit 1;
+  if upto_at is null then
+    upto_at := p_cutoff;
+    upto_id := 0;
+  else
+    more := exists (select 1 from {app}.temp_uploads t
+                     where t.created_at < p_cutoff and (t.created_at, t.id) > (upto_at, upto_id));
+  end if;
+  begin
+    perform set_config('lock_timeout', '50ms', true);
+    with gone as (
+      delete from {app}.temp_uploads t
+       where t.created_at < p_cutoff
+         and (t.created_at, t.id) > (after_at, after_id) and (t.created_at, t.id) <= (upto_at, upto_id)
+      returning t.id, t.storage_path, t.size_bytes, case when p_archive then to_jsonb(t) end as whole
+    ), outboxed as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.id), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone having count(*) > 0
+    )
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive) into rows, removed from gone;
+    perform set_config('lock_timeout', configured_lock_timeout, true);
+  exception when lock_not_available then
+    with picked as (
+      select t.id from {app}.temp_uploads t
+       where t.created_at < p_cutoff
+         and (t.created_at, t.id) > (after_at, after_id) and (t.created_at, t.id) <= (upto_at, upto_id)
+      for update skip locked
+    ), gone as (
+      delete from {app}.temp_uploads t using picked
+       where t.id = picked.id and t.created_at < p_cutoff
+      returning t.id, t.storage_path, t.size_bytes, case when p_archive then to_jsonb(t) end as whole
+    ), outboxed as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.id), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone having count(*) > 0
+    )
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive) into rows, removed from gone;
+  end;
+  removed := case when p_archive then jsonb_build_object(
+    'table', 'temp_uploads', 'action', 'delete', 'rows', coalesce(removed, '[]')) end;
+  next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
+end
+$$;
+
+-- compact: the rows are locked and their old values read by the same statement that updates
+-- them (UPDATE ... RETURNING only sees the new values).
+create function maintenance.compact_import_jobs_step(
+  p_cutoff timestamptz, p_batch_size integer, p_position jsonb,
+  p_archive boolean default false,
+  out rows integer, out next_position jsonb, out removed jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  after_at timestamptz := coalesce((p_position ->> 'endedAt')::timestamptz, '-infinity');
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  upto_at timestamptz;
+  upto_id bigint;
+  more boolean := false;
+  configured_lock_timeout text := current_setting('lock_timeout');
+begin
+  select coalesce(j.finished_at, j.created_at), j.id into upto_at, upto_id
+    from {app}.import_jobs j
+   where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+     and coalesce(j.finished_at, j.created_at) < p_cutoff
+     and (coalesce(j.finished_at, j.created_at), j.id) > (after_at, after_id)
+   order by coalesce(j.finished_at, j.created_at), j.id
+  offset p_batch_size - 1 limit 1;
+  if upto_at is null then
+    upto_at := p_cutoff;
+    upto_id := 0;
+  else
+    more := exists (select 1 from {app}.import_jobs j
+                     where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+                       and coalesce(j.finished_at, j.created_at) < p_cutoff
+                       and (coalesce(j.finished_at, j.created_at), j.id) > (upto_at, upto_id));
+  end if;
+  if not p_archive then  -- 0006's plain UPDATE, unchanged
+    begin
+      perform set_config('lock_timeout', '50ms', true);
+      update {app}.import_jobs j
+         set result = maintenance.import_job_summary(j.status, j.result, j.payload, j.log),
+             payload = null, log = null, compacted_at = now()
+       where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+         and coalesce(j.finished_at, j.created_at) < p_cutoff
+         and (coalesce(j.finished_at, j.created_at), j.id) > (after_at, after_id)
+         and (coalesce(j.finished_at, j.created_at), j.id) <= (upto_at, upto_id);
+      get diagnostics rows = row_count;
+      perform set_config('lock_timeout', configured_lock_timeout, true);
+    exception when lock_not_available then
+      with picked as (
+        select j.id from {app}.import_jobs j
+         where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+           and coalesce(j.finished_at, j.created_at) < p_cutoff
+           and (coalesce(j.finished_at, j.created_at), j.id) > (after_at, after_id)
+           and (coalesce(j.finished_at, j.created_at), j.id) <= (upto_at, upto_id)
+        for update skip locked
+      )
+      update {app}.import_jobs j
+         set result = maintenance.import_job_summary(j.status, j.result, j.payload, j.log),
+             payload = null, log = null, compacted_at = now()
+        from picked
+       where j.id = picked.id
+         and j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+         and coalesce(j.finished_at, j.created_at) < p_cutoff;
+      get diagnostics rows = row_count;
+    end;
+    next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+    return;
+  end if;
+  -- With the archive: the range is locked first (the values read are the latest committed), then
+  -- updated through the lock; RETURNING pairs each row with the values it had.
+  begin
+    perform set_config('lock_timeout', '50ms', true);
+    with picked as (
+      select j.id, j.payload, j.log, j.result, j.compacted_at from {app}.import_jobs j
+       where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+         and coalesce(j.finished_at, j.created_at) < p_cutoff
+         and (coalesce(j.finished_at, j.created_at), j.id) > (after_at, after_id)
+         and (coalesce(j.finished_at, j.created_at), j.id) <= (upto_at, upto_id)
+      for update
+    ), changed as (
+      update {app}.import_jobs j
+         set result = maintenance.import_job_summary(j.status, j.result, j.payload, j.log),
+             payload = null, log = null, compacted_at = now()
+        from picked
+       where j.id = picked.id
+      returning jsonb_build_object('id', picked.id, 'payload', picked.payload, 'log', picked.log,
+                                   'result', picked.result, 'compacted_at', picked.compacted_at) as old
+    )
+    select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+    perform set_config('lock_timeout', configured_lock_timeout, true);
+  exception when lock_not_available then
+    with picked as (
+      select j.id, j.payload, j.log, j.result, j.compacted_at from {app}.import_jobs j
+       where j.status in ('completed', 'failed', 'cancelled') and j.compacted_at is null
+         and coalesce(j.finished_at, j.created_at) < p_cutoff
+         and (coalesce(j.finished_at, j.created_at), j.id) > (after_at, after_id)
+         and (coalesce(j.finished_at, j.created_at), j.id) <= (upto_at, upto_id)
+      for update skip locked
+    ), changed as (
+      update {app}.import_jobs j
+         set result = maintenance.import_job_summary(j.status, j.result, j.payload, j.log),
+             payload = null, log = null, compacted_at = now()
+        from picked
+       where j.id = picked.id
+      returning jsonb_build_object('id', picked.id, 'payload', picked.payload, 'log', picked.log,
+                                   'result', picked.result, 'compacted_at', picked.compacted_at) as old
+    )
+    select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+  end;
+  removed := jsonb_build_object('table', 'import_jobs', 'action', 'compact',
+                                'rows', coalesce(removed, '[]'));
+  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+end
+$$;
+
+create function maintenance.purge_raw_items_step(
+  p_cutoff timestamptz, p_batch_size integer, p_position jsonb,
+  p_archive boolean default false,
+  out rows integer, out next_position jsonb, out removed jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  from_run bigint := coalesce((p_position ->> 'runId')::bigint, 0);
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  run bigint;
+  upto_id bigint;
+  deleted integer;
+  deleted_rows jsonb;
+begin
+  rows := 0;
+  removed := case when p_archive then jsonb_build_object(
+    'table', 'raw_import_items', 'action', 'delete', 'rows', '[]'::jsonb) end;
+  loop
+    select r.id into run
+      from {app}.import_runs r
+     cross join lateral (select i.id from {app}.raw_import_items i
+                          where i.run_id = r.id
+                            and i.id > case when r.id = from_run then after_id else 0 end
+                          order by i.id
+                          limit 1) as has_items
+     where r.status = 'failed' and coalesce(r.finished_at, r.started_at, r.created_at) < p_cutoff
+       and r.id >= from_run
+     order by r.id
+     limit 1
+     for share of r skip locked;
+    if run is null then
+      next_position := null;
+      return;
+    end if;
+    if run > from_run then
+      after_id := 0;
+    end if;
+    upto_id := null;
+    select i.id into upto_id
+      from {app}.raw_import_items i
+     where i.run_id = run and i.id > after_id
+     order by i.id
+    offset p_batch_size - rows - 1 limit 1;
+    with gone as (
+      delete from {app}.raw_import_items i
+       where i.run_id = run and i.id > after_id and (upto_id is null or i.id <= upto_id)
+      returning case when p_archive then to_jsonb(i) end as whole
+    )
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive) into deleted, deleted_rows
+      from gone;
+    rows := rows + deleted;
+    if deleted_rows is not null then
+      removed := jsonb_set(removed, '{{rows}}', (removed -> 'rows') || deleted_rows);
+    end if;
+    if upto_id is not null then
+      next_position := jsonb_build_object('runId', run, 'id', upto_id);
+      return;
+    end if;
+    from_run := run + 1;
+    after_id := 0;
+  end loop;
+end
+$$;
+
+-- A step's `removed` as the client stores it: the table, the action, the columns the rows carry,
+-- and the rows as JSON lines in PostgreSQL's own text (a numeric keeps every digit, which a
+-- round trip through the client's JSON numbers would not). Nulls when nothing is archived.
+create or replace function maintenance.archive_lines(
+  p_removed jsonb,
+  out archive_table text, out archive_action text, out archive_columns text[],
+  out archive_rows text)
+language sql immutable set search_path = pg_catalog, pg_temp
+as $$
+  select p_removed ->> 'table', p_removed ->> 'action',
+         array(select jsonb_object_keys(p_removed -> 'rows' -> 0)),
+         (select string_agg(r.value::text, E'\n' order by r.n)
+            from jsonb_array_elements(p_removed -> 'rows') with ordinality as r (value, n))
+$$;
