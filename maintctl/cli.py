@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -160,6 +160,12 @@ def _remember_passwords(*conninfos: str | None) -> None:
             _known_passwords.update(passwords_in(conninfo))
 
 
+def _remember_archive_password(dest: str | None) -> None:
+    """An archive is a directory (no secret) or a database URL (maybe with a password)."""
+    if dest and dest.startswith(("postgresql://", "postgres://")):
+        _remember_passwords(dest)
+
+
 def redact(text: str) -> str:
     """The text with every known password replaced by asterisks."""
     secrets = _known_passwords | {os.environ.get("PGPASSWORD") or ""}
@@ -270,9 +276,9 @@ def _settings(
         database_url,
         os.environ.get("MAINTCTL_DATABASE_URL"),
         os.environ.get("DATABASE_URL"),
-        flags.get("archive"),
-        os.environ.get("MAINTCTL_ARCHIVE"),
     )
+    _remember_archive_password(flags.get("archive"))
+    _remember_archive_password(os.environ.get("MAINTCTL_ARCHIVE"))
     if database_url and (conninfo_params(database_url) or {}).get("password"):
         sys.stderr.write(
             "maintctl: warning: a password on the command line is visible to other users (ps); "
@@ -287,7 +293,7 @@ def _settings(
     settings = load_settings(given, names, floor=floor, force=force)
     _remember_passwords(settings.conninfo())  # from .env, maybe
     if settings.archive is not None:
-        _remember_passwords(settings.archive.get_secret_value())
+        _remember_archive_password(settings.archive.get_secret_value())
     return settings
 
 
@@ -378,9 +384,11 @@ def _run(
             report = runner.disabled_report(dry_run)
         else:
             destination = _archive_destination(settings, None) if not dry_run else None
-            if destination is not None:
-                destination.check_writable()  # refused before anything is touched
-            with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
+            with (
+                _archive_open(destination),
+                _connected(settings) as conn,
+                render.progress_bar(show_progress) as on_batch,
+            ):
                 _log(
                     "connected",
                     target=db.describe_target(settings),
@@ -952,11 +960,24 @@ def _archive_destination(settings: Settings, dest: str | None) -> Destination | 
     from maintctl.archive import open_destination
 
     if dest is not None:
-        _remember_passwords(dest)
+        _remember_archive_password(dest)
         return open_destination(dest)
     if settings.archive is None:
         return None
     return open_destination(settings.archive.get_secret_value())
+
+
+@contextmanager
+def _archive_open(destination: Destination | None) -> Iterator[Destination | None]:
+    """The archive checked writable before anything is touched, and closed afterwards."""
+    if destination is None:
+        yield None
+        return
+    try:
+        destination.check_writable()
+        yield destination
+    finally:
+        destination.close()
 
 
 def _numbers(values: list[int]) -> str:
@@ -991,7 +1012,8 @@ def archive_verify(
     from maintctl import render
 
     settings = _settings(None, None)
-    report = _required_archive(settings, dest).verify()
+    with closing(_required_archive(settings, dest)) as archive:
+        report = archive.verify()
     if json_output:
         render.emit_json(render.verify_json(report))
     else:
@@ -1022,7 +1044,8 @@ def archive_prune(
     retention = _duration_flag("--older-than", older_than) or settings.archive_retention
     if retention is None:
         raise UsageError("say how old: --older-than or MAINTCTL_ARCHIVE_RETENTION")
-    pruned = _required_archive(settings, dest).prune(retention)
+    with closing(_required_archive(settings, dest)) as archive:
+        pruned = archive.prune(retention)
     if json_output:
         render.emit_json({"pruned": pruned})
     else:
@@ -1048,8 +1071,7 @@ def restore(
     from maintctl.archive.restore import restore_run
 
     settings = _settings(database_url, schema, archive=archive)
-    destination = _required_archive(settings, None)
-    with _connected(settings) as conn:
+    with closing(_required_archive(settings, None)) as destination, _connected(settings) as conn:
         result = restore_run(conn, settings, destination, run_id, dry_run=dry_run)
     if json_output:
         render.emit_json(render.restore_json(result))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,9 @@ def run_maintenance(
         if archived is not None:
             archived.close(datetime.now(UTC))
     except (Exception, KeyboardInterrupt) as exc:
+        if archived is not None:  # what was archived stays readable: its manifest says so
+            with db.best_effort(), contextlib.suppress(OSError):
+                archived.close(datetime.now(UTC))
         cause: BaseException = exc
         if isinstance(exc, TaskAborted):
             report.tasks.append(exc.result)  # the rows its committed batches touched

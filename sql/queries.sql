@@ -56,10 +56,11 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
 select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
 
 -- name: mark_stuck_runs_step
--- One batch of the stuck rule (nothing to archive: it removes no data, see docs/archive.md).
-select rows, next_position, null::text as archive_table, null::text as archive_action,
-       null::text[] as archive_columns, null::text as archive_rows
-from maintenance.mark_stuck_runs_step(%(cutoff)s, %(threshold)s::interval, %(batch_size)s);
+-- One batch of the stuck rule; with the archive, the values it replaced.
+select s.rows, s.next_position, a.*
+from maintenance.mark_stuck_runs_step(%(cutoff)s, %(threshold)s::interval, %(batch_size)s,
+                                      %(archive)s) as s
+cross join maintenance.archive_lines(s.removed) as a;
 
 -- name: purge_temp_uploads_step
 -- One batch of the temp rule, from where the walk stands; the files go to the storage outbox.

@@ -233,6 +233,10 @@ class DirectoryArchive:
             with contextlib.suppress(OSError):
                 probe.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        """Nothing stays open between the batches' writes but the run's files (closed by the
+        run's writer)."""
+
     def open_run(self, run_id: int, source: dict[str, Any]) -> DirectoryRunWriter:
         return DirectoryRunWriter(self, run_id, source)
 

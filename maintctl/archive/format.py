@@ -40,7 +40,7 @@ class ArchivedTable:
     """The rows one task took from one table in one run, batch after batch."""
 
     table: str
-    action: str  # delete: whole rows | compact: the key and the values replaced
+    action: str  # delete: whole rows | compact, mark: the key and the values replaced
     columns: list[Column]
     batches: Iterator[list[str]]  # each batch: its rows, each the JSON text of one row
 
@@ -96,3 +96,6 @@ class Destination(Protocol):
 
     def prune(self, older_than: timedelta) -> list[int]:
         """Delete the runs that finished (or, without a manifest, started) longer ago; which."""
+
+    def close(self) -> None:
+        """Let go of what the archive holds open (a database connection)."""

@@ -11,12 +11,54 @@
 -- aggregate per DML. 0006's signatures are dropped first (a new overload beside them would make
 -- the 3- and 4-argument calls ambiguous); p_archive defaults to false, so the callers of 0006
 -- (the *_batch wrappers, compact_old_import_jobs, the pg_cron procedure) resolve to these, by the
--- same positional arguments, and archive nothing. The stuck step is not archived: it removes no
--- row and replaces no payload, only moves a run from 'processing' to 'failed' (docs/archive.md).
+-- same positional arguments, and archive nothing. The stuck step removes no row, but it
+-- overwrites status, finished_at and error_message: with p_archive it returns their previous
+-- values (action "mark"), so that a restore can put a run back as it was.
 
+drop function if exists maintenance.mark_stuck_runs_step(timestamptz, interval, integer);
 drop function if exists maintenance.purge_temp_uploads_step(timestamptz, integer, jsonb, bigint);
 drop function if exists maintenance.compact_import_jobs_step(timestamptz, integer, jsonb);
 drop function if exists maintenance.purge_raw_items_step(timestamptz, integer, jsonb);
+
+-- stuck: without the archive, 0002's batch function; with it, the same statement returning the
+-- values it replaced (read under its FOR UPDATE, so they are the ones overwritten).
+create function maintenance.mark_stuck_runs_step(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer,
+  p_archive boolean default false,
+  out rows integer, out next_position jsonb, out removed jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if not p_archive then
+    rows := maintenance.mark_stuck_runs_batch(p_cutoff, p_threshold, p_batch_size);
+  else
+    with picked as (
+      select r.id, r.status, r.finished_at, r.error_message from {app}.import_runs r
+      where r.status = 'processing' and coalesce(r.heartbeat_at, r.started_at, r.created_at) < p_cutoff
+      order by r.id
+      limit p_batch_size
+      for update skip locked
+    ), marked as (
+      update {app}.import_runs r
+         set status = 'failed',
+             finished_at = now(),
+             error_message = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
+                                    maintenance.duration_text(p_threshold))
+        from picked
+       where r.id = picked.id
+         and r.status = 'processing'
+         and coalesce(r.heartbeat_at, r.started_at, r.created_at) < p_cutoff
+      returning jsonb_build_object('id', picked.id, 'status', picked.status,
+                                   'finished_at', picked.finished_at,
+                                   'error_message', picked.error_message) as old
+    )
+    select count(*), jsonb_agg(marked.old) into rows, removed from marked;
+    removed := jsonb_build_object('table', 'import_runs', 'action', 'mark',
+                                  'rows', coalesce(removed, '[]'));
+  end if;
+  next_position := case when rows >= p_batch_size then jsonb_build_object('more', true) end;
+end
+$$;
 
 create function maintenance.purge_temp_uploads_step(
   p_cutoff timestamptz, p_batch_size integer, p_position jsonb, p_run_id bigint,
