@@ -425,11 +425,16 @@ def print_restore(result: RestoreResult) -> None:
             f"run {result.run_id} has no manifest (it was interrupted): its whole batches only"
         )
     for table in result.tables:
-        what = "rows" if table.action == "delete" else "compacted rows' values"
-        line = (
-            f"{table.table}: {verb} {table.restored:,} of {table.archived:,} {what}; "
-            f"{table.present:,} already there"
-        )
+        if table.action == "delete":
+            line = (
+                f"{table.table}: {verb} {table.restored:,} of {table.archived:,} deleted rows; "
+                f"{table.present:,} were there again"
+            )
+        else:
+            line = (
+                f"{table.table}: {verb} the values {table.action} replaced on "
+                f"{table.restored:,} of {table.archived:,} rows; {table.present:,} had them already"
+            )
         if table.missing:
             line += f", {table.missing:,} rows gone since"
         out.print(escape(line))
