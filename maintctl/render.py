@@ -432,15 +432,16 @@ def print_restore(result: RestoreResult) -> None:
             )
         else:
             line = (
-                f"{table.table}: {verb} the values {table.action} replaced on "
-                f"{table.restored:,} of {table.archived:,} rows; {table.present:,} had them already"
+                f"{table.table}: {verb} the old values of {table.restored:,} of "
+                f"{table.archived:,} rows ({table.action}); {table.present:,} had them already"
             )
         if table.missing:
             line += f", {table.missing:,} rows gone since"
         out.print(escape(line))
     if result.files_kept or result.files_handed_over:
+        taken = "would be taken" if result.dry_run else "taken"
         out.print(
-            f"temp uploads: {result.files_kept:,} file(s) taken back from the storage outbox; "
+            f"temp uploads: {result.files_kept:,} file(s) {taken} back from the storage outbox; "
             f"{result.files_handed_over:,} were already handed to the storage cleaner "
             "(those files may be gone)"
         )
