@@ -1067,12 +1067,18 @@ def restore(
     debug: Debug = False,
 ) -> None:
     """Put back what a run removed, from the archive: rows whose key exists again are left alone."""
-    from maintctl import render
+    from maintctl import ledger, render
     from maintctl.archive.restore import restore_run
 
     settings = _settings(database_url, schema, archive=archive)
     with closing(_required_archive(settings, None)) as destination, _connected(settings) as conn:
         result = restore_run(conn, settings, destination, run_id, dry_run=dry_run)
+        paused = ledger.pause_state(conn).paused
+    if not dry_run and not paused and result.restored:
+        _log.warning(
+            "maintenance is not paused: the next run removes these rows again unless their rule "
+            "or threshold changed (maintctl pause, until it has)"
+        )
     if json_output:
         render.emit_json(render.restore_json(result))
     else:

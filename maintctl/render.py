@@ -411,7 +411,7 @@ def restore_json(result: RestoreResult) -> dict[str, Any]:
             }
             for table in result.tables
         ],
-        "restored": sum(table.restored for table in result.tables),
+        "restored": result.restored,
         "filesKept": result.files_kept,
         "filesHandedOver": result.files_handed_over,
     }

@@ -440,3 +440,122 @@ def test_sigkill_of_a_real_purge_never_loses_a_row_and_restore_brings_all_back(
 
     assert restored.exit_code == 0, restored.stderr
     assert snapshot(conn) == before
+
+
+def test_a_restore_while_maintenance_runs_warns_that_the_next_run_removes_the_rows_again(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    load_sample(conn)
+    archive = str(tmp_path / "archive")
+    assert cli("purge-temp", "--archive", archive).exit_code == 0
+    run_id = str(last_run_id(conn))
+    assert cli("pause", "--reason", "restoring run " + run_id).exit_code == 0
+    quiet = cli("restore", "--run", run_id, "--archive", archive)
+    assert quiet.exit_code == 0
+    assert quiet.stderr == ""
+    assert cli("resume").exit_code == 0
+    assert cli("purge-temp", "--archive", archive).exit_code == 0
+
+    warned = cli("restore", "--run", str(last_run_id(conn)), "--archive", archive)
+
+    assert warned.exit_code == 0
+    assert warned.stderr == (
+        "maintctl: warning: maintenance is not paused: the next run removes these rows again "
+        "unless their rule or threshold changed (maintctl pause, until it has)\n"
+    )
+
+
+def test_restore_refuses_a_run_the_archive_does_not_hold_and_needs_an_archive(
+    cli: Cli, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    archive.mkdir()
+
+    unknown = cli("restore", "--run", "99", "--archive", str(archive))
+    unnamed = cli("restore", "--run", "99")
+
+    assert unknown.exit_code == 1
+    assert unknown.stderr == f"maintctl: error: run 99 is not in the archive {archive}\n"
+    assert unnamed.exit_code == 2
+    assert (
+        unnamed.stderr == "maintctl: error: name the archive: DEST, --archive or MAINTCTL_ARCHIVE\n"
+    )
+
+
+def test_a_dry_run_writes_no_archive(cli: Cli, conn: Conn, tmp_path: Path) -> None:
+    load_sample(conn)
+    archive = tmp_path / "archive"
+
+    result = cli("run", "--dry-run", "--archive", str(archive))
+
+    assert result.exit_code == 0, result.stderr
+    assert not archive.exists()
+
+
+def test_verify_of_a_database_archive_names_a_damaged_batch_and_a_run_without_manifest(
+    cli: Cli, conn: Conn, archive_db_url: str
+) -> None:
+    load_sample(conn)
+    assert cli("run", "--archive", archive_db_url).exit_code == 0
+    first = last_run_id(conn)
+    load_sample(conn)
+    assert cli("run", "--archive", archive_db_url).exit_code == 0
+    second = last_run_id(conn)
+    assert cli("archive", "verify", archive_db_url).exit_code == 0
+    with psycopg.connect(archive_db_url, autocommit=True) as archive:
+        archive.execute(
+            "update maintctl_archive.batches "
+            "set rows = jsonb_set(rows, '{0,storage_path}', '\"elsewhere.csv\"') "
+            "where id = (select min(id) from maintctl_archive.batches "
+            "where run_id = %s and table_name = 'temp_uploads')",
+            [first],
+        )
+        archive.execute(
+            "update maintctl_archive.runs set manifest = null, finished_at = null "
+            "where run_id = %s",
+            [second],
+        )
+
+    failed = cli("archive", "verify", archive_db_url, "--json")
+
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["problems"] == [
+        f"run {first}: temp_uploads: 1 batch(es) whose rows no longer match their checksum",
+        f"run {second}: no manifest (the run was interrupted, or still runs)",
+    ]
+    pruned = cli("archive", "prune", archive_db_url, "--older-than", "1h", "--json")
+    assert json.loads(pruned.stdout) == {"pruned": []}
+
+
+def test_a_run_stopped_by_sigterm_leaves_a_manifest_and_restore_brings_everything_back(
+    cli: Cli, db_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path, size_bytes) "
+        "select now() - interval '2 days', 'f' || n, n from generate_series(1, 20) n"
+    )
+    before = snapshot(conn)
+    slow_down_deletes(conn, 0.1)
+    archive = tmp_path / "archive"
+    process = subprocess.Popen(
+        [*maintctl_command(), "purge-temp", "--batch-size", "2", "--archive", str(archive)],
+        env=cron_environment(db_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while count(conn, "select count(*) from temp_uploads") > 16:
+        assert time.monotonic() < deadline, "the purge never got going"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    conn.execute("drop trigger slow on temp_uploads")
+
+    verified = cli("archive", "verify", str(archive))
+    restored = cli("restore", "--run", str(last_run_id(conn)), "--archive", str(archive))
+
+    assert verified.exit_code == 0, verified.stderr
+    assert restored.exit_code == 0, restored.stderr
+    assert snapshot(conn) == before

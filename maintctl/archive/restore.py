@@ -53,6 +53,10 @@ class RestoreResult:
     files_kept: int = 0  # temp uploads restored whose files were still in the outbox
     files_handed_over: int = 0  # ... whose files the storage cleaner may already have deleted
 
+    @property
+    def restored(self) -> int:
+        return sum(table.restored for table in self.tables)
+
 
 @dataclass(frozen=True)
 class _Deleted:
