@@ -284,6 +284,16 @@ def _settings(
             "maintctl: warning: a password on the command line is visible to other users (ps); "
             "use MAINTCTL_DATABASE_URL, PGPASSWORD or ~/.pgpass instead\n"
         )
+    archive = flags.get("archive")
+    if (
+        archive
+        and archive.startswith("postgres")
+        and (conninfo_params(archive) or {}).get("password")
+    ):
+        sys.stderr.write(
+            "maintctl: warning: the password in --archive is visible to other users (ps); "
+            "use MAINTCTL_ARCHIVE or ~/.pgpass instead\n"
+        )
     given = {"database_url": database_url, "app_schema": schema, **flags}
     names = {
         **_FLAG_NAMES,

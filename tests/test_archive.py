@@ -348,19 +348,22 @@ def test_the_archive_database_password_is_never_printed(cli: Cli, conn: Conn) ->
     load_sample(conn)
     before = snapshot(conn)
 
-    result = cli(
-        "run",
-        "--archive",
-        "postgresql://keeper:s3cret-Pa55@127.0.0.1:1/archive",
-        env={"MAINTCTL_CONNECT_TIMEOUT": "1s"},
-    )
+    url = "postgresql://keeper:s3cret-Pa55@127.0.0.1:1/archive"
 
-    assert result.exit_code == 1
-    assert "s3cret-Pa55" not in result.stdout + result.stderr
-    assert result.stderr.startswith(
+    from_env = cli("run", env={"MAINTCTL_CONNECT_TIMEOUT": "1s", "MAINTCTL_ARCHIVE": url})
+    from_flag = cli("run", "--archive", url, env={"MAINTCTL_CONNECT_TIMEOUT": "1s"})
+
+    for result in (from_env, from_flag):
+        assert result.exit_code == 1
+        assert "s3cret-Pa55" not in result.stdout + result.stderr
+    assert from_env.stderr == (
         "maintctl: error: cannot reach the archive database keeper@127.0.0.1:1/archive: "
+        "cannot connect to keeper@127.0.0.1:1/archive: Connection refused\n"
     )
-    assert result.stderr.count("\n") == 1
+    assert from_flag.stderr == (
+        "maintctl: warning: the password in --archive is visible to other users (ps); use "
+        "MAINTCTL_ARCHIVE or ~/.pgpass instead\n" + from_env.stderr
+    )
     assert snapshot(conn) == before
 
 
@@ -558,4 +561,24 @@ def test_a_run_stopped_by_sigterm_leaves_a_manifest_and_restore_brings_everythin
 
     assert verified.exit_code == 0, verified.stderr
     assert restored.exit_code == 0, restored.stderr
+    assert snapshot(conn) == before
+
+
+def test_restore_of_rows_whose_parent_is_gone_fails_whole_and_says_why(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    load_sample(conn)
+    archive = str(tmp_path / "archive")
+    assert cli("purge-raw", "--archive", archive).exit_code == 0
+    run_dir = tmp_path / "archive" / f"run-{last_run_id(conn)}"
+    _, rows = archived_lines(run_dir / "raw_import_items.jsonl.gz")
+    conn.execute("delete from import_runs where id = %s", [rows[0]["run_id"]])
+    before = snapshot(conn)
+
+    result = cli("restore", "--run", str(last_run_id(conn)), "--archive", archive)
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"maintctl: error: cannot restore run {last_run_id(conn)}: ")
+    assert "violates foreign key constraint" in result.stderr
+    assert result.stderr.endswith("; nothing was restored\n")
     assert snapshot(conn) == before

@@ -71,17 +71,17 @@ class DatabaseArchive:
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: db.Connection | None = None
+        # maintctl's own timeouts and connection retries, towards the archive database.
+        self.settings = Settings(database_url=SecretStr(url))
 
     def describe(self) -> str:
-        settings = Settings(database_url=SecretStr(self.url))
-        return f"database {db.describe_target(settings)}"
+        return f"database {db.describe_target(self.settings)}"
 
     def connection(self) -> db.Connection:
         """The archive database's connection (autocommit: each write commits at once)."""
         if self._conn is None or self._conn.closed:
-            settings = Settings(database_url=SecretStr(self.url))
             try:
-                self._conn = db.connect(settings)
+                self._conn = db.connect(self.settings)
             except Exception as exc:
                 message = getattr(exc, "message", type(exc).__name__)
                 raise ArchiveError(
@@ -210,7 +210,10 @@ class DatabaseRunWriter:
             "rows": "[" + ",".join(rows) + "]",
         }
         try:
-            db.execute(conn, "archive_db_insert_batch", params)  # autocommit: committed here
+            # Committed when the block ends, under the configured lock and statement timeouts
+            # (the source's batch waits for it with its transaction open).
+            with db.transaction(conn, self.archive.settings):
+                db.execute(conn, "archive_db_insert_batch", params)
         except psycopg.Error as exc:
             raise self.archive.fail(exc) from None
 

@@ -68,8 +68,16 @@ class _TableFile:
     digest: Any = field(default_factory=hashlib.sha256)
 
     def append(self, data: bytes) -> None:
-        self.out.write(data)
-        fsync_file(self.out)
+        try:
+            self.out.write(data)
+            fsync_file(self.out)
+        except OSError:
+            # A batch half written (a full disk) rolls back: its bytes go too, so that the
+            # file stays whole batches and matches what the manifest will say.
+            with contextlib.suppress(OSError):
+                self.out.truncate(self.size)
+                self.out.seek(self.size)
+            raise
         self.digest.update(data)
         self.size += len(data)
 

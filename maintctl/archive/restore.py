@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from maintctl import db
@@ -85,13 +86,17 @@ def restore_run(
     result = RestoreResult(run_id, dry_run, archived.complete)
     _check_columns(conn, settings, archived)
     try:
-        with db.database_errors(conn), db.transaction(conn, settings):
+        with db.transaction(conn, settings):
             for table in archived.tables:
                 result.tables.append(_restore_table(conn, settings, table, result))
             if dry_run:
                 raise RollBack
     except RollBack:
         pass
+    except pg_errors.IntegrityError as exc:  # a foreign key's row gone since, a new constraint
+        raise ArchiveError(
+            f"cannot restore run {run_id}: {db.first_line(exc)}; nothing was restored"
+        ) from exc
     return result
 
 
