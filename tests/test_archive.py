@@ -8,10 +8,11 @@ import gzip
 import hashlib
 import json
 import re
+import resource
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -581,4 +582,51 @@ def test_restore_of_rows_whose_parent_is_gone_fails_whole_and_says_why(
     assert result.stderr.startswith(f"maintctl: error: cannot restore run {last_run_id(conn)}: ")
     assert "violates foreign key constraint" in result.stderr
     assert result.stderr.endswith("; nothing was restored\n")
+    assert snapshot(conn) == before
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        # Past the limit a write fails with EFBIG, as on a full disk (and SIGXFSZ is ignored,
+        # as it is by anything that handles the error).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_an_archive_that_fills_up_mid_run_fails_the_task_and_keeps_whole_batches(
+    cli: Cli, db_url: str, conn: Conn, tmp_path: Path
+) -> None:
+    conn.execute(
+        "insert into temp_uploads (created_at, storage_path, size_bytes) "
+        "select now() - interval '2 days', 'uploads/2026/11/' || n || '.csv', n "
+        "from generate_series(1, 200) n"
+    )
+    before = snapshot(conn)
+    everything = {row[0] for row in before["temp_uploads"]}
+    archive = tmp_path / "archive"
+
+    completed = subprocess.run(
+        [*maintctl_command(), "purge-temp", "--batch-size", "5", "--archive", str(archive)],
+        # No bytecode caches: the size limit would cut them short for every later import.
+        env={**cron_environment(db_url), "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        preexec_fn=_file_size_limit(4000),
+    )
+
+    assert completed.returncode == 1, completed.stderr
+    assert "cannot write the archive" in completed.stderr
+    assert "File too large" in completed.stderr
+    left = {row[0] for row in snapshot(conn)["temp_uploads"]}
+    assert 0 < len(left) < 200
+    run_dir = archive / f"run-{last_run_id(conn)}"
+    _, rows = archived_lines(run_dir / "temp_uploads.jsonl.gz")
+    assert left | {row["id"] for row in rows} == everything
+    assert cli("archive", "verify", str(archive)).exit_code == 0
+    restored = cli("restore", "--run", str(last_run_id(conn)), "--archive", str(archive))
+    assert restored.exit_code == 0, restored.stderr
     assert snapshot(conn) == before

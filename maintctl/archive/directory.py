@@ -68,14 +68,17 @@ class _TableFile:
     digest: Any = field(default_factory=hashlib.sha256)
 
     def append(self, data: bytes) -> None:
+        # Unbuffered: a write that stops short (a full disk) is seen here, not at a later flush.
         try:
-            self.out.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[self.out.write(view) or 0 :]
             fsync_file(self.out)
         except OSError:
-            # A batch half written (a full disk) rolls back: its bytes go too, so that the
-            # file stays whole batches and matches what the manifest will say.
+            # A batch half written rolls back: its bytes go too, so that the file stays whole
+            # batches and matches what the manifest will say.
             with contextlib.suppress(OSError):
-                self.out.truncate(self.size)
+                os.ftruncate(self.out.fileno(), self.size)
                 self.out.seek(self.size)
             raise
         self.digest.update(data)
@@ -119,7 +122,7 @@ class DirectoryRunWriter:
             lines = []
             if found is None:
                 path = self.directory / f"{table}{SUFFIX}"
-                found = _TableFile(path, path.open("xb"), table, action, columns)
+                found = _TableFile(path, path.open("xb", buffering=0), table, action, columns)
                 self.files[table] = found
                 sync_directory(self.directory)
                 header = {
