@@ -140,17 +140,19 @@ class DirectoryRunWriter:
             raise self.archive.cannot_write(exc) from None
 
     def close(self, finished_at: datetime) -> None:
-        manifest = {
-            "format": FORMAT,
-            "runId": self.run_id,
-            **self.source,
-            "finishedAt": iso_timestamp(finished_at),
-            "files": [found.entry() for found in self.files.values()],
-        }
         temporary = self.directory / f".{MANIFEST}.{os.getpid()}.tmp"
         try:
             for found in self.files.values():
                 found.out.close()
+                if found.size == 0:  # its only batch failed to write: nothing to list
+                    found.path.unlink()
+            manifest = {
+                "format": FORMAT,
+                "runId": self.run_id,
+                **self.source,
+                "finishedAt": iso_timestamp(finished_at),
+                "files": [found.entry() for found in self.files.values() if found.size],
+            }
             with temporary.open("x", encoding="utf-8") as out:
                 json.dump(manifest, out, ensure_ascii=False, indent=2)
                 out.write("\n")
