@@ -427,6 +427,10 @@ insert into maintctl_archive.runs (run_id, source) values (%(run_id)s, %(source)
 on conflict (run_id) do nothing
 returning true as started;
 
+-- name: archive_db_durable_commit
+-- The archive's commit waits for its WAL to be flushed, whatever the archive database's default.
+select set_config('synchronous_commit', 'on', true);
+
 -- name: archive_db_insert_batch
 -- One batch, committed before the source's batch commits.
 insert into maintctl_archive.batches (run_id, table_name, action, columns, rows, row_count, sha256)

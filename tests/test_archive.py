@@ -635,3 +635,30 @@ def test_an_archive_that_fills_up_mid_run_fails_the_task_and_keeps_whole_batches
     restored = cli("restore", "--run", str(last_run_id(conn)), "--archive", str(archive))
     assert restored.exit_code == 0, restored.stderr
     assert snapshot(conn) == before
+
+
+def test_the_archive_database_commits_synchronously_whatever_its_default(
+    cli: Cli, conn: Conn, archive_db_url: str
+) -> None:
+    assert cli("run", "--archive", archive_db_url).exit_code == 0  # creates the archive's tables
+    with psycopg.connect(archive_db_url, autocommit=True) as archive:
+        name = psycopg.sql.Identifier(conninfo_to_dict(archive_db_url)["dbname"])
+        archive.execute(
+            psycopg.sql.SQL("alter database {} set synchronous_commit = off").format(name)
+        )
+        archive.execute("create table seen (setting text)")
+        archive.execute(
+            "create function note_commit_mode() returns trigger language plpgsql as $$ begin "
+            "insert into seen values (current_setting('synchronous_commit')); return new; end $$"
+        )
+        archive.execute(
+            "create trigger note_commit_mode after insert on maintctl_archive.batches "
+            "for each row execute function note_commit_mode()"
+        )
+    load_sample(conn)
+
+    assert cli("purge-temp", "--archive", archive_db_url).exit_code == 0
+
+    with psycopg.connect(archive_db_url) as archive:
+        settings = {row[0] for row in archive.execute("select setting from seen")}
+    assert settings == {"on"}

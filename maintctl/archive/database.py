@@ -213,6 +213,7 @@ class DatabaseRunWriter:
             # Committed when the block ends, under the configured lock and statement timeouts
             # (the source's batch waits for it with its transaction open).
             with db.transaction(conn, self.archive.settings):
+                db.execute(conn, "archive_db_durable_commit")
                 db.execute(conn, "archive_db_insert_batch", params)
         except psycopg.Error as exc:
             raise self.archive.fail(exc) from None
