@@ -642,7 +642,7 @@ def test_the_archive_database_commits_synchronously_whatever_its_default(
 ) -> None:
     assert cli("run", "--archive", archive_db_url).exit_code == 0  # creates the archive's tables
     with psycopg.connect(archive_db_url, autocommit=True) as archive:
-        name = psycopg.sql.Identifier(conninfo_to_dict(archive_db_url)["dbname"])
+        name = psycopg.sql.Identifier(str(conninfo_to_dict(archive_db_url)["dbname"]))
         archive.execute(
             psycopg.sql.SQL("alter database {} set synchronous_commit = off").format(name)
         )
