@@ -248,10 +248,12 @@ declare
   upto_id bigint;
   deleted integer;
   deleted_rows jsonb;
+  -- Each run's deleted rows, appended in place (a growing jsonb would be copied at each run of
+  -- a batch that spans thousands of small runs), joined once at the end.
+  parts jsonb[] := array[]::jsonb[];
 begin
   rows := 0;
-  removed := case when p_archive then jsonb_build_object(
-    'table', 'raw_import_items', 'action', 'delete', 'rows', '[]'::jsonb) end;
+  next_position := null;
   loop
     select r.id into run
       from {app}.import_runs r
@@ -265,10 +267,7 @@ begin
      order by r.id
      limit 1
      for share of r skip locked;
-    if run is null then
-      next_position := null;
-      return;
-    end if;
+    exit when run is null;  -- no eligible run has items left: the walk is done
     if run > from_run then
       after_id := 0;
     end if;
@@ -287,15 +286,22 @@ begin
       from gone;
     rows := rows + deleted;
     if deleted_rows is not null then
-      removed := jsonb_set(removed, '{{rows}}', (removed -> 'rows') || deleted_rows);
+      parts := parts || deleted_rows;
     end if;
-    if upto_id is not null then
+    if upto_id is not null then  -- the batch is full; this run may have more
       next_position := jsonb_build_object('runId', run, 'id', upto_id);
-      return;
+      exit;
     end if;
     from_run := run + 1;
     after_id := 0;
   end loop;
+  if p_archive then
+    removed := jsonb_build_object('table', 'raw_import_items', 'action', 'delete', 'rows',
+      coalesce((select jsonb_agg(e.value order by p.n, e.n)
+                  from unnest(parts) with ordinality as p (batch, n)
+                 cross join lateral jsonb_array_elements(p.batch) with ordinality as e (value, n)),
+               '[]'::jsonb));
+  end if;
 end
 $$;
 
