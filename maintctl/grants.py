@@ -12,12 +12,14 @@ from psycopg import sql
 
 from maintctl import db
 from maintctl.errors import ConfigError
+from maintctl.rules.generate import all_needs, policy_of
 from maintctl.settings import Settings
 from maintctl.sqlfiles import read_sql
 
 # Supabase's API roles: the hardening takes everything away from them on every migrate, and
 # granting them maintenance would hand it to every visitor of the API.
 API_ROLES = ("anon", "authenticated")
+PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class GrantResult:
     role: str
     revoked: bool
     app_schema: str
+    tables: tuple[str, ...] = ()  # the application tables the rules work on
 
 
 def grant_role(
@@ -44,11 +47,34 @@ def grant_role(
     owner = db.fetch_value(conn, "maintenance_owner")
     statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
     with db.transaction(conn, settings):
-        conn.execute(
-            statements.format(
-                role=sql.Identifier(role),
-                app=sql.Identifier(settings.app_schema),
-                owner=sql.Identifier(owner),
-            )
-        )
-    return GrantResult(role, revoke, settings.app_schema)
+        names = {
+            "role": sql.Identifier(role),
+            "app": sql.Identifier(settings.app_schema),
+            "owner": sql.Identifier(owner),
+        }
+        if revoke:
+            conn.execute(statements.format(**names))
+        for table, privileges in table_privileges(settings).items():
+            granted = {
+                "privileges": sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+                "table": sql.Identifier(settings.app_schema, table),
+                "role": names["role"],
+            }
+            if revoke:
+                db.execute_composed(conn, "revoke_table", granted)
+            else:
+                db.execute_composed(conn, "grant_table", granted)
+        if not revoke:
+            conn.execute(statements.format(**names))
+    return GrantResult(role, revoke, settings.app_schema, tuple(table_privileges(settings)))
+
+
+def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """What the rules do to each application table (maintctl/rules/), by table."""
+    held: dict[str, list[str]] = {}
+    for need in all_needs(policy_of(settings)):
+        held.setdefault(need.table, [])
+        held[need.table] += [p for p in need.privileges if p not in held[need.table]]
+    # A privilege keyword from the rules' definitions, never from the policy: they are SQL text.
+    assert all(p in PRIVILEGES for found in held.values() for p in found)
+    return {table: tuple(p for p in PRIVILEGES if p in found) for table, found in held.items()}

@@ -18,11 +18,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.conftest import Cli, _create_database, _drop_database, unique_name
 from tests.data import Conn, count, load_sample, slow_down_deletes, snapshot
 from tests.test_commands import cron_environment, maintctl_command
+from tests.test_policy_file import load_both_sides, renamed, renamed_url  # noqa: F401 (fixtures)
+from tests.test_purge_rules import add_entries, audited  # noqa: F401 (a fixture)
 
 REMOVING = {
     "import_runs": "mark",
@@ -662,3 +665,82 @@ def test_the_archive_database_commits_synchronously_whatever_its_default(
     with psycopg.connect(archive_db_url) as archive:
         settings = {row[0] for row in archive.execute("select setting from seen")}
     assert settings == {"on"}
+
+
+def imports_snapshot(conn: Conn) -> dict[str, list[Any]]:
+    """Every row of the renamed schema's tables (tests/test_policy_file.py), whole."""
+    tables = ("batches", "batch_rows", "uploads", "tasks")
+    return {
+        table: conn.execute(
+            sql.SQL("select * from {} order by 1").format(sql.Identifier("imports", table))
+        ).fetchall()
+        for table in tables
+    }
+
+
+def test_a_renamed_schema_is_archived_under_the_policy_s_names_and_restored_by_its_keys(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # Every rule archives what it removes whatever the policy calls its table and columns, and
+    # restore finds them (and the outbox's table, the keys) through the rules and the policy.
+    # (The fixtures of tests/test_policy_file.py, by name.)
+    policy_cli: Cli = request.getfixturevalue("renamed")
+    url: str = request.getfixturevalue("renamed_url")
+    assert policy_cli("migrate").exit_code == 0
+    archive = tmp_path / "archive"
+    with psycopg.connect(url, autocommit=True) as conn:
+        load_both_sides(conn)
+        before = imports_snapshot(conn)
+
+        result = policy_cli("run", "--archive", str(archive), "--json")
+
+        assert result.exit_code == 0, result.stderr
+        assert imports_snapshot(conn) != before
+        run_id = last_run_id(conn)
+        manifest = json.loads((archive / f"run-{run_id}" / "manifest.json").read_text())
+        held = {f["table"]: (f["action"], f["rows"]) for f in manifest["files"]}
+        assert held == {
+            "batches": ("mark", 2),
+            "uploads": ("delete", 1),
+            "tasks": ("compact", 2),
+            "batch_rows": ("delete", 3),
+        }
+        header, rows = archived_lines(archive / f"run-{run_id}" / "tasks.jsonl.gz")
+        assert {c["name"] for c in header["columns"]} == {
+            "task_id",
+            "input",
+            "trace",
+            "output",
+            "compacted_at",
+        }
+        assert sorted(row["task_id"] for row in rows) == [1, 2]
+
+        restored = policy_cli("restore", "--run", str(run_id), "--archive", str(archive), "--json")
+
+        assert restored.exit_code == 0, restored.stderr
+        assert imports_snapshot(conn) == before
+        assert json.loads(restored.stdout)["filesKept"] == 1
+        assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
+
+
+def test_a_purge_rule_s_deleted_rows_are_archived_and_restored(
+    request: pytest.FixtureRequest, conn: Conn, tmp_path: Path
+) -> None:
+    purging: Cli = request.getfixturevalue("audited")  # tests/test_purge_rules.py's
+    add_entries(conn)
+    before = conn.execute("select * from audit_log order by id").fetchall()
+    archive = tmp_path / "archive"
+
+    purged = purging("purge", "audit-log", "--archive", str(archive), "--batch-size", "1")
+
+    assert purged.exit_code == 0, purged.stderr
+    run_id = last_run_id(conn)
+    _, rows = archived_lines(archive / f"run-{run_id}" / "audit_log.jsonl.gz")
+    assert sorted((row["id"], row["level"]) for row in rows) == [(1, "info"), (2, "info")]
+    assert count(conn, "select count(*) from audit_log") == 2
+
+    restored = purging("restore", "--run", str(run_id), "--archive", str(archive), "--json")
+
+    assert restored.exit_code == 0, restored.stderr
+    assert conn.execute("select * from audit_log order by id").fetchall() == before
+    assert json.loads(restored.stdout)["tables"][0]["restored"] == 2

@@ -9,6 +9,9 @@ rows: a step hands over its `removed` document (table, action, rows) and this pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from maintctl.archive.format import (
     ArchivedRun,
     ArchivedTable,
@@ -26,6 +29,7 @@ __all__ = [
     "Destination",
     "RunWriter",
     "open_destination",
+    "opened",
 ]
 
 
@@ -38,3 +42,16 @@ def open_destination(dest: str) -> Destination:
     from maintctl.archive.directory import DirectoryArchive
 
     return DirectoryArchive(dest)
+
+
+@contextmanager
+def opened(destination: Destination | None) -> Iterator[Destination | None]:
+    """The archive checked writable before anything is touched, and closed afterwards."""
+    if destination is None:
+        yield None
+        return
+    try:
+        destination.check_writable()
+        yield destination
+    finally:
+        destination.close()

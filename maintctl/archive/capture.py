@@ -11,6 +11,7 @@ from maintctl.archive.format import Column, Destination, RunWriter
 from maintctl.settings import Settings
 
 if TYPE_CHECKING:
+    from maintctl.rules import Rule
     from maintctl.tasks import Step
 
 
@@ -34,15 +35,28 @@ class RunArchive:
         }
         return cls(destination, destination.open_run(run_id, source), settings)
 
-    def record(self, conn: db.Connection, step: Step) -> None:
+    def parameter(self, rule: Rule) -> list[str]:
+        """The step's p_archive: for a rule that updates, the columns whose old values it keeps
+        under the policy's names; for one that deletes, none (its rows go whole)."""
+        from maintctl.rules.generate import column_names, policy_of
+
+        policy = policy_of(self.settings)
+        return [name for key in rule.archived for name in column_names(rule, key, policy)]
+
+    def table_of(self, rule: Rule) -> str:
+        """The application table the rule changes, under the policy's names."""
+        from maintctl.rules.generate import policy_of, table_name
+
+        return table_name(rule, rule.table(rule.changes), policy_of(self.settings))
+
+    def record(self, conn: db.Connection, rule: Rule, step: Step) -> None:
         """Make the rows `step` removed durable in the archive (its batch has not committed)."""
-        if step.archive_table is None or step.archive_action is None or not step.archive_rows:
+        if step.archive_action is None or not step.archive_rows:
             return
+        table = self.table_of(rule)
         carried = set(step.archive_columns or ())
-        columns = [c for c in self.columns(conn, step.archive_table) if c.name in carried]
-        self.writer.write(
-            step.archive_table, step.archive_action, columns, step.archive_rows.split("\n")
-        )
+        columns = [c for c in self.columns(conn, table) if c.name in carried]
+        self.writer.write(table, step.archive_action, columns, step.archive_rows.split("\n"))
 
     def columns(self, conn: db.Connection, table: str) -> list[Column]:
         """The table's columns as the catalog describes them, looked up once per run."""

@@ -7,6 +7,10 @@ counted, so a second restore changes nothing. The archived columns must still ma
 happens entirely or not at all, and `--dry-run` is the same transaction rolled back, so its
 counts are exact.
 
+Tables and keys are the rules' (maintctl/rules/) under the policy's names: a row is matched by
+the key of the rule that changes its table (a table no rule of the policy changes, by its primary
+key).
+
 Temp uploads: a restored upload's file is taken out of the storage outbox when it is still there
 (not yet handed to the storage cleaner: the file still exists). One whose path was already drained
 is restored all the same and counted as `filesHandedOver`: the storage cleaner may have deleted its
@@ -26,9 +30,6 @@ from maintctl import db
 from maintctl.archive.format import ArchivedRun, ArchivedTable, ArchiveError, Column, Destination
 from maintctl.errors import ConfigError
 from maintctl.settings import Settings
-
-# The application table whose rows the storage outbox records (0006_batch_engine.sql).
-OUTBOX_TABLE = "temp_uploads"
 
 
 class RollBack(Exception):
@@ -85,10 +86,11 @@ def restore_run(
     archived = destination.read_run(run_id)
     result = RestoreResult(run_id, dry_run, archived.complete)
     _check_columns(conn, settings, archived)
+    rules = _RuleTables.of(settings)
     try:
         with db.transaction(conn, settings):
             for table in archived.tables:
-                result.tables.append(_restore_table(conn, settings, table, result))
+                result.tables.append(_restore_table(conn, settings, rules, table, result))
             if dry_run:
                 raise RollBack
     except RollBack:
@@ -124,12 +126,41 @@ def _check_columns(conn: db.Connection, settings: Settings, archived: ArchivedRu
             )
 
 
+@dataclass(frozen=True)
+class _RuleTables:
+    """What the rules of the policy say of the tables they change: each one's key columns, and
+    the table whose deleted rows' files the storage outbox records (None: no rule has files)."""
+
+    keys: dict[str, tuple[str, ...]]
+    outbox: str | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> _RuleTables:
+        from maintctl.rules.generate import column_names, policy_of, table_name
+
+        policy = policy_of(settings)
+        keys: dict[str, tuple[str, ...]] = {}
+        outbox = None
+        for rule in policy.rules:
+            changed = table_name(rule, rule.table(rule.changes), policy)
+            keys.setdefault(changed, column_names(rule, "key", policy))
+            if rule.emits_paths and column_names(rule, "storage_path", policy):
+                outbox = changed
+        return cls(keys, outbox)
+
+
 def _restore_table(
-    conn: db.Connection, settings: Settings, table: ArchivedTable, result: RestoreResult
+    conn: db.Connection,
+    settings: Settings,
+    rules: _RuleTables,
+    table: ArchivedTable,
+    result: RestoreResult,
 ) -> RestoredTable:
     done = RestoredTable(table.table, table.action)
     target = sql.Identifier(settings.app_schema, table.table)
-    key = [column.name for column in table.columns if column.key]
+    carried = {column.name for column in table.columns}
+    by_rule = [name for name in rules.keys.get(table.table, ()) if name in carried]
+    key = by_rule or [column.name for column in table.columns if column.key]
     if not key:
         raise ArchiveError(f"the archive of {table.table} names no primary key to restore by")
     for batch in _batches(table.batches, settings.batch_size):
@@ -145,13 +176,13 @@ def _restore_table(
             done.archived += deleted.archived
             done.restored += deleted.restored
             done.present += deleted.archived - deleted.restored
-            if table.table == OUTBOX_TABLE and deleted.keys:
+            if table.table == rules.outbox and deleted.keys:
                 ids = [found[key[0]] for found in deleted.keys]
                 kept = int(db.fetch_value(conn, "outbox_withdraw_uploads", {"ids": ids}))
                 result.files_kept += kept
                 result.files_handed_over += len(ids) - kept
         else:
-            values = [c.name for c in table.columns if not c.key]
+            values = [c.name for c in table.columns if c.name not in key]
             names = {
                 "table": target,
                 "targets": sql.SQL(", ").join(map(sql.Identifier, values)),
