@@ -112,7 +112,7 @@ class Maintenance:
         chosen = tuple(rules) if rules is not None else self.rules()
         if not self.settings.enabled:
             return runner.disabled_report(dry_run)
-        destination = None if dry_run else archive or self.archive()
+        destination = None if dry_run else archive if archive is not None else self.archive()
         with opened(destination), self.connect() as conn:
             if on_connected is not None:
                 on_connected(conn)
