@@ -744,3 +744,27 @@ def test_a_purge_rule_s_deleted_rows_are_archived_and_restored(
     assert restored.exit_code == 0, restored.stderr
     assert conn.execute("select * from audit_log order by id").fetchall() == before
     assert json.loads(restored.stdout)["tables"][0]["restored"] == 2
+
+
+def test_restore_matches_compacted_rows_by_the_rule_s_key_not_the_primary_key(
+    cli: Cli, conn: Conn, tmp_path: Path
+) -> None:
+    # The policy walks import_jobs by another unique key than its primary key: the archive keeps
+    # that key (the rule's), and restore puts the values back by it.
+    conn.execute("alter table import_jobs add column uid bigint generated always as identity")
+    conn.execute("alter table import_jobs add constraint import_jobs_uid unique (uid)")
+    (tmp_path / "maintctl.toml").write_text('[rules.compact]\nkey = "uid"\n')
+    assert cli("migrate").exit_code == 0
+    load_sample(conn)
+    before = snapshot(conn)
+    archive = tmp_path / "archive"
+    assert cli("compact", "--archive", str(archive)).exit_code == 0
+    run_id = last_run_id(conn)
+    header, _ = archived_lines(archive / f"run-{run_id}" / "import_jobs.jsonl.gz")
+    assert "id" not in {column["name"] for column in header["columns"]}
+
+    restored = cli("restore", "--run", str(run_id), "--archive", str(archive), "--json")
+
+    assert restored.exit_code == 0, restored.stderr
+    assert json.loads(restored.stdout)["tables"][0]["restored"] == 210
+    assert snapshot(conn) == before
