@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from maintctl.errors import ConfigError
 
 if TYPE_CHECKING:
+    from maintctl.archive import Destination
     from maintctl.db import Connection
     from maintctl.grants import GrantResult
     from maintctl.ledger import PauseState, RunRecord
@@ -97,17 +98,22 @@ class Maintenance:
         on_batch: ProgressCallback | None = None,
         on_connected: Callable[[Connection], None] | None = None,
         after: Callable[[Connection, RunReport], None] | None = None,
+        archive: Destination | None = None,
     ) -> RunReport:
         """A maintenance run of `rules` (default: every rule the policy applies): disabled by
         MAINTCTL_ENABLED=false, paused or leased elsewhere it is skipped and says why. The report
         is what `maintctl run --json` prints (run_document). `on_connected` and `after` hear of
-        the connection before and after the run (the CLI logs it and writes --emit-paths)."""
+        the connection before and after the run (the CLI logs it and writes --emit-paths). What
+        the run removes is archived (not on a dry run) to `archive`, else to MAINTCTL_ARCHIVE
+        when set, checked writable before the database is touched (docs/archive.md)."""
         from maintctl import runner
+        from maintctl.archive import opened
 
         chosen = tuple(rules) if rules is not None else self.rules()
         if not self.settings.enabled:
             return runner.disabled_report(dry_run)
-        with self.connect() as conn:
+        destination = None if dry_run else archive if archive is not None else self.archive()
+        with opened(destination), self.connect() as conn:
             if on_connected is not None:
                 on_connected(conn)
             report = runner.run_maintenance(
@@ -120,10 +126,20 @@ class Maintenance:
                 notify=notify,
                 on_batch=on_batch,
                 vacuum=vacuum,
+                archive=destination,
             )
             if after is not None:
                 after(conn, report)
         return report
+
+    def archive(self) -> Destination | None:
+        """The archive MAINTCTL_ARCHIVE (or --archive) names: a directory or a postgresql:// URL;
+        None when it is not set."""
+        from maintctl.archive import open_destination
+
+        if self.settings.archive is None:
+            return None
+        return open_destination(self.settings.archive.get_secret_value())
 
     @staticmethod
     def run_document(report: RunReport) -> dict[str, Any]:

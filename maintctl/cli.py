@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -27,6 +27,7 @@ from maintctl.log import LOG_FORMATS, StepLog
 if TYPE_CHECKING:
     from maintctl import runner
     from maintctl.api import Maintenance
+    from maintctl.archive import Destination
     from maintctl.db import Connection
     from maintctl.settings import Settings
     from maintctl.tasks import Task
@@ -186,6 +187,17 @@ EmitPaths = Annotated[
     ),
 ]
 
+ArchiveDest = Annotated[
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Archive every row removed, before its batch commits: a directory, or the "
+        "postgresql:// URL of another database [env: MAINTCTL_ARCHIVE].",
+        metavar="DEST",
+        show_default=False,
+    ),
+]
+
 # --- error handling: one place --------------------------------------------------------------
 
 
@@ -200,6 +212,12 @@ def _remember_passwords(*conninfos: str | None) -> None:
     for conninfo in conninfos:
         if conninfo:
             _known_passwords.update(passwords_in(conninfo))
+
+
+def _remember_archive_password(dest: str | None) -> None:
+    """An archive is a directory (no secret) or a database URL (maybe with a password)."""
+    if dest and dest.startswith(("postgresql://", "postgres://")):
+        _remember_passwords(dest)
 
 
 def redact(text: str) -> str:
@@ -244,7 +262,16 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
-def command(name: str, example: str) -> Callable[[Command], Command]:
+archive_app = typer.Typer(
+    name="archive",
+    help="Check and prune the archive of removed rows (MAINTCTL_ARCHIVE).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(archive_app)
+
+
+def command(name: str, example: str, group: typer.Typer = app) -> Callable[[Command], Command]:
     """Register a command whose errors become one line on stderr and the contract's exit code."""
 
     def register(function: Command) -> Command:
@@ -302,7 +329,7 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
         # The whole first line of the docstring in the command list, not cut at 45 characters.
         summary = " ".join((function.__doc__ or "").split("\n\n")[0].split())
         short_help = summary.split(". ")[0].removesuffix(".") + "."
-        app.command(name, epilog=f"Example: {example}", short_help=short_help)(wrapper)
+        group.command(name, epilog=f"Example: {example}", short_help=short_help)(wrapper)
         return function
 
     return register
@@ -317,6 +344,7 @@ _FLAG_NAMES = {
     "log_format": "--log-format",
     "metrics_file": "--metrics-file",
     "public_dashboard": "--public-dashboard",
+    "archive": "--archive",
 }
 
 
@@ -333,12 +361,26 @@ def _settings(
     from maintctl.settings import load_settings
 
     _remember_passwords(
-        database_url, os.environ.get("MAINTCTL_DATABASE_URL"), os.environ.get("DATABASE_URL")
+        database_url,
+        os.environ.get("MAINTCTL_DATABASE_URL"),
+        os.environ.get("DATABASE_URL"),
     )
+    _remember_archive_password(flags.get("archive"))
+    _remember_archive_password(os.environ.get("MAINTCTL_ARCHIVE"))
     if database_url and (conninfo_params(database_url) or {}).get("password"):
         sys.stderr.write(
             "maintctl: warning: a password on the command line is visible to other users (ps); "
             "use MAINTCTL_DATABASE_URL, PGPASSWORD or ~/.pgpass instead\n"
+        )
+    archive = flags.get("archive")
+    if (
+        archive
+        and archive.startswith("postgres")
+        and (conninfo_params(archive) or {}).get("password")
+    ):
+        sys.stderr.write(
+            "maintctl: warning: the password in --archive is visible to other users (ps); "
+            "use MAINTCTL_ARCHIVE or ~/.pgpass instead\n"
         )
     given = {"database_url": database_url, "app_schema": schema, **flags}
     names = {
@@ -352,6 +394,8 @@ def _settings(
     floor = tuple(task.threshold for task in tasks)
     settings = load_settings(given, names, floor=floor, force=force)
     _remember_passwords(settings.conninfo())  # from .env, maybe
+    if settings.archive is not None:
+        _remember_archive_password(settings.archive.get_secret_value())
     return settings
 
 
@@ -407,6 +451,7 @@ def _run(
     quiet: bool = False,
     metrics_file: str | None = None,
     emit_paths: str | None = None,
+    archive: str | None = None,
 ) -> int:
     from maintctl import db, outbox, render
     from maintctl.log import describe, wants_color
@@ -419,6 +464,7 @@ def _run(
         batch_size=batch_size,
         log_format=log_format,
         metrics_file=metrics_file,
+        archive=archive,
         **(thresholds or {}),
     )
     _log.log_format = settings.log_format
@@ -480,6 +526,8 @@ def _run(
         _error(refusal)
     for failed in [v for v in report.vacuum or [] if v.status == "failed"]:
         _log.warning(f"VACUUM {failed.table}: {failed.error}")
+    if report.archive_pruned:
+        _log("archive_pruned", message=f"archive: pruned run(s) {_numbers(report.archive_pruned)}")
     summary = refusal or describe("run_finished", finished)
     exit_code = int(report.exit_code)
     _monitor(settings, command_name, started, clock, exit_code, report, summary, pings=pings)
@@ -592,6 +640,7 @@ def run(
     metrics_file: MetricsFile = None,
     vacuum: Vacuum = False,
     emit_paths: EmitPaths = None,
+    archive: ArchiveDest = None,
     debug: Debug = False,
 ) -> int:
     """Run every task in order: stuck, purge-temp, compact, purge-raw."""
@@ -612,6 +661,7 @@ def run(
         metrics_file=metrics_file,
         vacuum=vacuum,
         emit_paths=emit_paths,
+        archive=archive,
     )
 
 
@@ -632,6 +682,7 @@ def _task_command(task: Task) -> None:
         metrics_file: MetricsFile = None,
         vacuum: Vacuum = False,
         emit_paths: EmitPaths = None,
+        archive: ArchiveDest = None,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -650,6 +701,7 @@ def _task_command(task: Task) -> None:
             quiet=quiet,
             metrics_file=metrics_file,
             emit_paths=emit_paths,
+            archive=archive,
         )
 
     if not task.emits_paths:  # only a rule whose rows have files takes --emit-paths
@@ -689,6 +741,7 @@ def purge(
     quiet: Quiet = False,
     metrics_file: MetricsFile = None,
     vacuum: Vacuum = False,
+    archive: ArchiveDest = None,
     debug: Debug = False,
 ) -> int:
     """Run one [[purge]] rule of the policy file alone: delete the rows of its table older than
@@ -716,6 +769,7 @@ def purge(
         log_format=log_format,
         quiet=quiet,
         metrics_file=metrics_file,
+        archive=archive,
     )
 
 
@@ -1166,6 +1220,121 @@ def serve(
     if settings.cron_secret is None:
         _log.warning("MAINTCTL_CRON_SECRET is not set: /api/admin/maintenance answers 500")
     web.serve(settings, host, port)
+
+
+def _archive_destination(settings: Settings, dest: str | None) -> Destination | None:
+    """The archive named by an argument, else by --archive / MAINTCTL_ARCHIVE; None when neither."""
+    from maintctl.archive import open_destination
+
+    if dest is not None:
+        _remember_archive_password(dest)
+        return open_destination(dest)
+    return _maintenance(settings).archive()
+
+
+def _numbers(values: list[int]) -> str:
+    return ", ".join(str(value) for value in values)
+
+
+def _required_archive(settings: Settings, dest: str | None) -> Destination:
+    found = _archive_destination(settings, dest)
+    if found is None:
+        raise UsageError("name the archive: DEST, --archive or MAINTCTL_ARCHIVE")
+    return found
+
+
+ArchiveArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="The archive: a directory or a postgresql:// URL [default: MAINTCTL_ARCHIVE].",
+        metavar="[DEST]",
+        show_default=False,
+    ),
+]
+
+
+@command("verify", "maintctl archive verify /var/lib/maintctl/archive", group=archive_app)
+def archive_verify(
+    dest: ArchiveArgument = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> int:
+    """Re-read every run of the archive (files, row counts, checksums); exit 1 naming each
+    problem."""
+    from maintctl import render
+
+    settings = _settings(None, None)
+    with closing(_required_archive(settings, dest)) as archive:
+        report = archive.verify()
+    if json_output:
+        render.emit_json(render.verify_json(report))
+    else:
+        render.print_verify(report)
+    for problem in report.problems:
+        _error(problem)
+    return 0 if report.ok else int(ExitCode.TASK_FAILED)
+
+
+@command("prune", "maintctl archive prune --older-than 90d", group=archive_app)
+def archive_prune(
+    dest: ArchiveArgument = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Delete the runs that ended longer ago [default: MAINTCTL_ARCHIVE_RETENTION].",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Delete the archived runs older than the retention (run does this after each run too)."""
+    from maintctl import render
+
+    settings = _settings(None, None)
+    retention = _duration_flag("--older-than", older_than) or settings.archive_retention
+    if retention is None:
+        raise UsageError("say how old: --older-than or MAINTCTL_ARCHIVE_RETENTION")
+    with closing(_required_archive(settings, dest)) as archive:
+        pruned = archive.prune(retention)
+    if json_output:
+        render.emit_json({"pruned": pruned})
+    else:
+        render.print_pruned(pruned)
+
+
+@command("restore", "maintctl restore --run 42 --dry-run")
+def restore(
+    run_id: Annotated[
+        int, typer.Option("--run", help="The run to undo (maintctl history shows its id).")
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be put back; change nothing.")
+    ] = False,
+    archive: ArchiveDest = None,
+    debug: Debug = False,
+) -> None:
+    """Put back what a run removed, from the archive: rows whose key exists again are left alone."""
+    from maintctl import ledger, render
+    from maintctl.archive.restore import restore_run
+
+    settings = _settings(database_url, schema, archive=archive)
+    with closing(_required_archive(settings, None)) as destination, _connected(settings) as conn:
+        result = restore_run(conn, settings, destination, run_id, dry_run=dry_run)
+        paused = ledger.pause_state(conn).paused
+    if not dry_run and not paused and result.restored:
+        _log.warning(
+            "maintenance is not paused: the next run removes these rows again unless their rule "
+            "or threshold changed (maintctl pause, until it has)"
+        )
+    if json_output:
+        render.emit_json(render.restore_json(result))
+    else:
+        render.print_restore(result)
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from maintctl.archive.format import VerifyReport
+from maintctl.archive.restore import RestoreResult
 from maintctl.durations import format_duration, iso_timestamp
 from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
@@ -437,3 +439,89 @@ def print_grant(result: GrantResult) -> None:
                 "as the owner (as this role each VACUUM is reported failed), or leave it to "
                 "autovacuum"
             )
+
+
+# --- the archive -------------------------------------------------------------------------------
+
+
+def verify_json(report: VerifyReport) -> dict[str, Any]:
+    return {
+        "archive": report.destination,
+        "ok": report.ok,
+        "runs": [
+            {"runId": run.run_id, "finishedAt": _when(run.finished_at), "rows": run.rows}
+            for run in report.runs
+        ],
+        "problems": report.problems,
+    }
+
+
+def print_verify(report: VerifyReport) -> None:
+    out = console()
+    for run in report.runs:
+        if run.finished_at is None:
+            out.print(f"run {run.run_id}: no manifest")
+            continue
+        rows = ", ".join(f"{table} {count:,}" for table, count in run.rows.items()) or "nothing"
+        out.print(f"run {run.run_id} (ended {_when(run.finished_at)}): {escape(rows)}")
+    verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    out.print(f"{escape(report.destination)}: {len(report.runs)} run(s), {verdict}")
+
+
+def print_pruned(pruned: Sequence[int]) -> None:
+    runs = ", ".join(str(run) for run in pruned)
+    console().print(f"pruned {len(pruned)} run(s){': ' + runs if pruned else ''}")
+
+
+def restore_json(result: RestoreResult) -> dict[str, Any]:
+    return {
+        "runId": result.run_id,
+        "dryRun": result.dry_run,
+        "complete": result.complete,
+        "tables": [
+            {
+                "table": table.table,
+                "action": table.action,
+                "archived": table.archived,
+                "restored": table.restored,
+                "present": table.present,
+                "missing": table.missing,
+            }
+            for table in result.tables
+        ],
+        "restored": result.restored,
+        "filesKept": result.files_kept,
+        "filesHandedOver": result.files_handed_over,
+    }
+
+
+def print_restore(result: RestoreResult) -> None:
+    out = console()
+    verb = "would put back" if result.dry_run else "put back"
+    if not result.complete:
+        out.print(
+            f"run {result.run_id} has no manifest (it was interrupted): its whole batches only"
+        )
+    for table in result.tables:
+        if table.action == "delete":
+            line = (
+                f"{table.table}: {verb} {table.restored:,} of {table.archived:,} deleted rows; "
+                f"{table.present:,} were there again"
+            )
+        else:
+            line = (
+                f"{table.table}: {verb} the old values of {table.restored:,} of "
+                f"{table.archived:,} rows ({table.action}); {table.present:,} had them already"
+            )
+        if table.missing:
+            line += f", {table.missing:,} rows gone since"
+        out.print(escape(line))
+    if result.files_kept or result.files_handed_over:
+        taken = "would be taken" if result.dry_run else "taken"
+        out.print(
+            f"temp uploads: {result.files_kept:,} file(s) {taken} back from the storage outbox; "
+            f"{result.files_handed_over:,} were already handed to the storage cleaner "
+            "(those files may be gone)"
+        )
+    if not result.tables:
+        out.print(f"run {result.run_id} archived nothing")

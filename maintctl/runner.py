@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from maintctl import db, guard, ledger
 from maintctl.errors import ExitCode
@@ -12,6 +14,10 @@ from maintctl.log import Notify
 from maintctl.settings import Settings
 from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
 from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
+
+if TYPE_CHECKING:
+    from maintctl.archive import Destination
+    from maintctl.archive.capture import RunArchive
 
 
 @dataclass
@@ -26,6 +32,7 @@ class RunReport:
     skip_exit_code: ExitCode = ExitCode.OK
     duration_ms: int = 0
     vacuum: list[VacuumResult] | None = None  # with --vacuum: what was vacuumed, and how
+    archive_pruned: list[int] = field(default_factory=list)  # runs the retention removed
 
     @property
     def errors(self) -> list[str]:
@@ -61,13 +68,16 @@ def run_maintenance(
     notify: Notify | None = None,
     on_batch: ProgressCallback | None = None,
     vacuum: bool = False,
+    archive: Destination | None = None,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
     lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lease taken,
     run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
-    are vacuumed afterwards.
+    are vacuumed afterwards. With an `archive` (not on a dry run), the run's removed rows are
+    archived there batch by batch, its manifest written when the run ends, and then the runs
+    older than MAINTCTL_ARCHIVE_RETENTION pruned.
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -82,26 +92,21 @@ def run_maintenance(
         report.duration_ms = int((time.monotonic() - clock) * 1000)
         return report
 
-    pause = ledger.pause_state(conn)
-    if pause.paused and not dry_run:
-        return skip(ledger.pause_sentence(pause), ExitCode.DISABLED)
-    if pause.paused:  # a dry run changes nothing: it goes on, and says so
-        sentence = ledger.pause_sentence(pause)
-        say("warning", "warning", message=f"{sentence}; a dry run changes nothing, so it goes on")
-    if dry_run:  # a dry run changes nothing, so it needs no lease
-        start = ledger.start_run(conn, settings, command=command, dry_run=True)
-    else:
-        opened = guard.start_guarded_run(conn, settings, command=command)
-        if isinstance(opened, guard.LeaseHolder):
-            return skip(opened.sentence(), ExitCode.OK)
-        start = opened
+    start = _open_run(conn, settings, command=command, dry_run=dry_run, say=say)
+    if isinstance(start, tuple):
+        return skip(*start)
     report.run_id, report.started = start.id, start.started_at
     heartbeat = guard.Heartbeat(start.id, settings.run_lease, guarded=not dry_run)
     deadline = clock + max_runtime.total_seconds() if max_runtime else None
+    archived: RunArchive | None = None
     try:
         if not dry_run:
             say("lease_taken")
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
+        if archive is not None and not dry_run:
+            from maintctl.archive.capture import RunArchive
+
+            archived = RunArchive.start(conn, settings, archive, start.id)
         _run_tasks(
             conn,
             settings,
@@ -112,8 +117,14 @@ def run_maintenance(
             on_batch=on_batch,
             heartbeat=heartbeat,
             vacuum=vacuum and not dry_run,
+            archive=archived,
         )
+        if archived is not None:
+            archived.close(datetime.now(UTC))
     except (Exception, KeyboardInterrupt) as exc:
+        if archived is not None:  # what was archived stays readable: its manifest says so
+            with db.best_effort(), contextlib.suppress(OSError):
+                archived.close(datetime.now(UTC))
         cause: BaseException = exc
         if isinstance(exc, TaskAborted):
             report.tasks.append(exc.result)  # the rows its committed batches touched
@@ -126,7 +137,28 @@ def run_maintenance(
             _finish(conn, settings, report, clock, "failed", in_flight=True, error=error)
         raise cause from cause.__cause__  # the original, its own chain kept
     _finish(conn, settings, report, clock, "failed" if report.errors else "succeeded")
+    if archive is not None and settings.archive_retention is not None:
+        report.archive_pruned = archive.prune(settings.archive_retention)
     return report
+
+
+def _open_run(
+    conn: db.Connection, settings: Settings, *, command: str, dry_run: bool, say: Notify
+) -> ledger.RunStart | tuple[str, ExitCode]:
+    """The run's ledger row, or why the run is skipped and its exit code: paused, or (not for a
+    dry run, which changes nothing and needs no lease) another run holds the lease."""
+    pause = ledger.pause_state(conn)
+    if pause.paused and not dry_run:
+        return ledger.pause_sentence(pause), ExitCode.DISABLED
+    if pause.paused:  # a dry run changes nothing: it goes on, and says so
+        sentence = ledger.pause_sentence(pause)
+        say("warning", "warning", message=f"{sentence}; a dry run changes nothing, so it goes on")
+    if dry_run:
+        return ledger.start_run(conn, settings, command=command, dry_run=True)
+    opened = guard.start_guarded_run(conn, settings, command=command)
+    if isinstance(opened, guard.LeaseHolder):
+        return opened.sentence(), ExitCode.OK
+    return opened
 
 
 def _run_tasks(
@@ -140,6 +172,7 @@ def _run_tasks(
     on_batch: ProgressCallback | None,
     heartbeat: guard.Heartbeat,
     vacuum: bool,
+    archive: RunArchive | None,
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
@@ -153,6 +186,7 @@ def _run_tasks(
             run_id=report.run_id,
             on_batch=on_batch,
             heartbeat=heartbeat,
+            archive=archive,
         )
         report.tasks.append(result)
         if report.run_id is not None:  # a run killed later still shows what this one did

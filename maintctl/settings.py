@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     )
     serve_max_runtime: Duration = timedelta(seconds=50)
     public_dashboard: bool = False
+    # The archive (docs/archive.md): a directory, or the postgresql:// URL of another database
+    # (a secret: it may carry a password); runs older than the retention are pruned by `run`.
+    archive: SecretStr | None = None
+    archive_retention: Duration | None = None
     # The [rules.NAME] tables of the policy file: the application's own table and column names
     # (maintctl.policy; the thresholds, older_than, go to the fields above).
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict)

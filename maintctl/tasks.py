@@ -28,6 +28,7 @@ from maintctl.errors import (
 from maintctl.rules import RULES, RULES_BY_NAME, Rule
 
 if TYPE_CHECKING:
+    from maintctl.archive.capture import RunArchive
     from maintctl.db import Connection
     from maintctl.guard import Heartbeat
     from maintctl.settings import Settings
@@ -184,10 +185,15 @@ class TaskProgress:
 
 @dataclass(frozen=True)
 class Step:
-    """What one batch did, and where the walk goes on (None: nothing left)."""
+    """What one batch did, and where the walk goes on (None: nothing left); with an archive,
+    what it removed (maintenance.archive_lines, 0012_archive_capture.sql): the action, the
+    columns the rows carry and the rows as JSON lines."""
 
     rows: int
     next_position: dict[str, Any] | None
+    archive_action: str | None = None
+    archive_columns: list[str] | None = None
+    archive_rows: str | None = None
 
 
 ProgressCallback = Callable[[TaskProgress], None]
@@ -216,11 +222,13 @@ def _step(
     params: dict[str, Any],
     hold: ExitStack,
     heartbeat: Heartbeat | None,
+    archive: RunArchive | None,
 ) -> Step:
     """One batch, its own transaction, the run lease renewed at its start and end; none once a
-    stop is requested (`stop_requested`, as SIGTERM). From just
-    before its COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch:
-    an interrupt in between would leave a committed batch out of the ledger."""
+    stop is requested (`stop_requested`, as SIGTERM). What it removed is made durable in the
+    `archive` before the COMMIT (an archive that fails rolls the batch back). From just before its
+    COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch: an interrupt
+    in between would leave a committed batch out of the ledger."""
     from maintctl import db
 
     if stop_requested.is_set():
@@ -230,6 +238,8 @@ def _step(
             if heartbeat is not None:
                 heartbeat.beat(conn)
             step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
+            if archive is not None:
+                archive.record(conn, task, step)
             if heartbeat is not None:
                 heartbeat.beat(conn)
             hold.enter_context(db.interrupts_held())
@@ -249,6 +259,7 @@ def run_task(
     run_id: int | None = None,
     on_batch: ProgressCallback | None = None,
     heartbeat: Heartbeat | None = None,
+    archive: RunArchive | None = None,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
@@ -258,7 +269,9 @@ def run_task(
     counts what is left. A pre-step (PRE_STEPS) may first drop whole partitions. `on_batch` hears
     of each committed batch, with the rows eligible at the start. The run's `heartbeat` beats
     inside each transaction: a real run's batch renews the run lease at its start (which also
-    keeps the lease row locked while the batch works) and at its end.
+    keeps the lease row locked while the batch works) and at its end. With an `archive`, each
+    batch's removed rows are made durable there before the batch commits, and the pre-step is
+    skipped (a dropped partition's rows would not be archived).
 
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
@@ -293,7 +306,7 @@ def run_task(
                 rows = count_eligible()
                 return result("ok")
             total = count_eligible() if on_batch is not None else None
-            rows = _pre_step(conn, settings, task, cutoff, run_id)
+            rows = _pre_step(conn, settings, task, cutoff, run_id) if archive is None else 0
             position: dict[str, Any] | None = None
             while True:
                 params = {
@@ -303,11 +316,12 @@ def run_task(
                     "position": db.jsonb(position),
                     "run_id": run_id,
                     "cutoffs": db.jsonb(cutoffs),
+                    "archive": archive.parameter(task) if archive is not None else None,
                 }
                 batch_started = time.monotonic()
                 with ExitStack() as hold:
                     try:
-                        step = _step(conn, settings, task, params, hold, heartbeat)
+                        step = _step(conn, settings, task, params, hold, heartbeat, archive)
                     except BatchTimedOut as exc:
                         batch_size = _smaller_after_timeout(batch_size, exc)
                         continue

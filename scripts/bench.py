@@ -492,12 +492,12 @@ def maintctl_side(task: dict[str, Any], run: CliRun, sampler: TransactionSampler
     }
 
 
-def sampled_task(url: str, command: str) -> dict[str, Any]:
-    """The figures of `maintctl COMMAND`, its transactions sampled."""
+def sampled_task(url: str, *command: str) -> dict[str, Any]:
+    """The figures of `maintctl COMMAND...`, its transactions sampled."""
     sampler = TransactionSampler(url)
     sampler.start()
     try:
-        task = task_of(run := maintctl(url, command))
+        task = task_of(run := maintctl(url, *command))
     finally:
         sampler.stopped.set()
         sampler.join()
@@ -613,6 +613,26 @@ def bench_raw(maintctl_url: str, plain_url: str) -> dict[str, Any]:
         if rows
         else None,
     }
+
+
+def bench_archive(url: str, without: dict[str, Any]) -> dict[str, Any]:
+    """purge-temp and compact again, on a copy of their own, archiving into a directory: the
+    archive's cost as the rows/s with it over the rows/s of the same task without it (above)."""
+    archive = Path(tempfile.mkdtemp(prefix="maintctl-bench-archive-"))
+    figures: dict[str, Any] = {}
+    try:
+        for key, command in (("purgeTemp", "purge-temp"), ("compact", "compact")):
+            prepare(url)
+            say(f"{command} --archive DIR: maintctl ...")
+            side = sampled_task(url, command, "--archive", str(archive))
+            plain_rate = without[key]["maintctl"]["rowsPerSecond"]
+            figures[key] = {**side, "ratio": round(side["rowsPerSecond"] / plain_rate, 3)}
+        figures["archiveBytes"] = sum(
+            path.stat().st_size for path in archive.rglob("*") if path.is_file()
+        )
+    finally:
+        shutil.rmtree(archive, ignore_errors=True)
+    return figures
 
 
 def time_status(url: str, repeat: int) -> dict[str, Any]:
@@ -800,6 +820,19 @@ def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("purge-raw throughput", rate(raw["maintctl"]), rate(raw["plainDelete"])),
         *(
             (
+                f"{command} with --archive DIR (vs without)",
+                f"{rate(figures['archive'][key])}: {figures['archive'][key]['ratio']}x",
+                "",
+            )
+            for key, command in (("purgeTemp", "purge-temp"), ("compact", "compact"))
+        ),
+        (
+            "archive written, MB (gzip JSON lines)",
+            f"{figures['archive']['archiveBytes'] / 1e6:,.1f}",
+            "",
+        ),
+        *(
+            (
                 f"status at {status[size_key]['tempUploads']:,} temp uploads, {state_label}",
                 f"{status[size_key][state]['queryMs']} ms in process, "
                 f"{status[size_key][state]['cliMs']} ms CLI",
@@ -900,6 +933,8 @@ def run_bench(server: Server, scale: float, repeat: int, idle_seconds: float) ->
         server.drop(f"{PREFIX}_outbox")  # used only for purge-temp
         figures["purgeRaw"] = bench_raw(maintctl_url, plain_url)
         figures["compact"] = bench_compact(maintctl_url, plain_url)
+        figures["archive"] = bench_archive(database("archived", template=base), figures)
+        server.drop(f"{PREFIX}_archived")
         say("status at full scale, nothing eligible ...")
         settle(maintctl_url)
         large_idle = time_status(maintctl_url, repeat)

@@ -319,6 +319,183 @@ limit %(limit)s;
 -- Removes the outbox rows a durable drain file now holds, by their ids.
 delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);
 
+-- name: archive_table_columns
+-- The columns of an application table as the archive records them (name, type, primary key part,
+-- generated, identity), in table order.
+select a.attname as name, format_type(a.atttypid, a.atttypmod) as type,
+       coalesce(a.attnum = any (i.indkey), false) as key,
+       a.attgenerated <> '' as generated, a.attidentity <> '' as identity
+from pg_attribute a
+left join pg_index i on i.indrelid = a.attrelid and i.indisprimary
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
+-- name: archive_source
+-- Which database a run's archive came from, for its manifest.
+select current_database() as database;
+
+-- name: restore_deleted_rows
+-- Put one archived batch of whole rows back with their own keys; a row whose key exists again is
+-- left alone. {table}, {columns} (those that can be inserted) and {key} are identifiers.
+with archived as (
+  select * from jsonb_populate_recordset(null::{table}, %(rows)s::jsonb)
+), inserted as (
+  insert into {table} ({columns}) overriding system value
+  select {columns} from archived
+  on conflict do nothing
+  returning {key}
+)
+select jsonb_array_length(%(rows)s::jsonb) as archived, count(*)::integer as restored,
+       coalesce(jsonb_agg(to_jsonb(inserted)), '[]') as keys
+from inserted;
+
+-- name: restore_compacted_values
+-- Put one archived batch of compacted values back on their rows; a row already holding them is
+-- left alone, a row gone since is counted. {table}; {targets}: the restored columns, and
+-- {columns}/{archived_columns}, {key}/{archived_key}: them and the key in the table (t) and the
+-- archive (a).
+with archived as (
+  select * from jsonb_populate_recordset(null::{table}, %(rows)s::jsonb)
+), changed as (
+  update {table} as t set ({targets}) = row({archived_columns})
+    from archived as a
+   where ({key}) = ({archived_key}) and row({columns}) is distinct from row({archived_columns})
+  returning 1
+)
+select jsonb_array_length(%(rows)s::jsonb) as archived,
+       (select count(*)::integer from changed) as restored,
+       (select count(*)::integer from archived as a
+         where not exists (select 1 from {table} as t where ({key}) = ({archived_key}))) as missing;
+
+-- name: outbox_withdraw_uploads
+-- Restored temp uploads keep their files: take their paths out of the storage outbox (the files
+-- not handed to the storage cleaner yet). How many were still there.
+with hit as (
+  select o.id from maintenance.storage_outbox o
+   where o.upload_ids && %(ids)s::bigint[]
+   for update
+), kept as (
+  select o.id,
+         array_agg(f.upload_id order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as upload_ids,
+         array_agg(f.storage_path order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as storage_paths,
+         array_agg(f.size_bytes order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as size_bytes,
+         count(*) filter (where f.upload_id = any (%(ids)s::bigint[])) as withdrawn
+    from maintenance.storage_outbox o
+    join hit using (id)
+   cross join lateral unnest(o.upload_ids, o.storage_paths, o.size_bytes)
+     with ordinality as f (upload_id, storage_path, size_bytes, n)
+   group by o.id
+), shrunk as (
+  update maintenance.storage_outbox o
+     set upload_ids = kept.upload_ids, storage_paths = kept.storage_paths, size_bytes = kept.size_bytes
+    from kept
+   where o.id = kept.id and kept.upload_ids is not null
+), emptied as (
+  delete from maintenance.storage_outbox o using kept
+   where o.id = kept.id and kept.upload_ids is null
+)
+select coalesce(sum(kept.withdrawn), 0)::integer as withdrawn from kept;
+
+-- name: archive_db_schema
+-- The archive database's own tables (maintctl writes them on first use; idempotent).
+create schema if not exists maintctl_archive;
+create table if not exists maintctl_archive.runs (
+  run_id      bigint primary key,       -- maintenance.runs.id in the source database
+  source      jsonb not null,           -- which database, schema, when it started
+  started_at  timestamptz not null default now(),
+  finished_at timestamptz,              -- null: no manifest (interrupted, or still running)
+  manifest    jsonb                     -- per table: rows and batches, written last
+);
+create table if not exists maintctl_archive.batches (
+  id         bigint generated always as identity primary key,
+  run_id     bigint not null references maintctl_archive.runs on delete cascade,
+  table_name text not null,
+  action     text not null,             -- delete | compact
+  columns    jsonb not null,
+  rows       jsonb not null,            -- the batch's rows, an array
+  row_count  integer not null,
+  sha256     text not null,             -- of rows::text, checked by archive verify
+  written_at timestamptz not null default now()
+);
+create index if not exists batches_run_id on maintctl_archive.batches (run_id, id);
+
+-- name: archive_db_ready
+-- Whether the archive database has maintctl's tables.
+select to_regclass('maintctl_archive.batches') is not null as ready;
+
+-- name: archive_db_start_run
+-- A run begins in the archive database; false when that run is there already.
+insert into maintctl_archive.runs (run_id, source) values (%(run_id)s, %(source)s)
+on conflict (run_id) do nothing
+returning true as started;
+
+-- name: archive_db_durable_commit
+-- The archive's commit waits for its WAL to be flushed, whatever the archive database's default.
+select set_config('synchronous_commit', 'on', true);
+
+-- name: archive_db_insert_batch
+-- One batch, committed before the source's batch commits.
+insert into maintctl_archive.batches (run_id, table_name, action, columns, rows, row_count, sha256)
+select %(run_id)s, %(table)s, %(action)s, %(columns)s, b.rows, jsonb_array_length(b.rows),
+       encode(sha256(convert_to(b.rows::text, 'UTF8')), 'hex')
+from (select %(rows)s::jsonb as rows) as b;
+
+-- name: archive_db_finish_run
+-- The manifest, last: per table its rows and batches, as the archive database holds them.
+update maintctl_archive.runs r
+   set finished_at = %(finished_at)s,
+       manifest = (select coalesce(jsonb_agg(jsonb_build_object('table', t.table_name,
+                                   'action', t.action, 'rows', t.rows, 'batches', t.batches)
+                                   order by t.table_name), '[]')
+                     from (select b.table_name, min(b.action) as action, sum(b.row_count) as rows,
+                                  count(*) as batches
+                             from maintctl_archive.batches b where b.run_id = r.run_id
+                            group by b.table_name) as t)
+ where r.run_id = %(run_id)s;
+
+-- name: archive_db_runs
+-- Every run of the archive database with its manifest.
+select run_id, finished_at, manifest from maintctl_archive.runs order by run_id;
+
+-- name: archive_db_run
+-- One run of the archive database.
+select run_id, finished_at, manifest from maintctl_archive.runs where run_id = %(run_id)s;
+
+-- name: archive_db_check_batches
+-- Per table of a run, what its batches hold now, and the batches whose rows no longer match
+-- their checksum or count.
+select b.table_name, sum(jsonb_array_length(b.rows))::bigint as rows, count(*)::integer as batches,
+       count(*) filter (where b.sha256 <> encode(sha256(convert_to(b.rows::text, 'UTF8')), 'hex')
+                          or b.row_count <> jsonb_array_length(b.rows))::integer as damaged
+from maintctl_archive.batches b
+where b.run_id = %(run_id)s
+group by b.table_name
+order by b.table_name;
+
+-- name: archive_db_tables
+-- The tables of a run, in the order their first batch was written, with their columns.
+select distinct on (b.table_name) b.table_name, b.action, b.columns, b.id
+from maintctl_archive.batches b
+where b.run_id = %(run_id)s
+order by b.table_name, b.id;
+
+-- name: archive_db_batches
+-- The batches of one table of a run, a few at a time, in the order they were written.
+select b.id, array(select r.value::text
+                    from jsonb_array_elements(b.rows) with ordinality as r (value, n)
+                    order by r.n) as rows
+from maintctl_archive.batches b
+where b.run_id = %(run_id)s and b.table_name = %(table)s and b.id > %(after)s
+order by b.id
+limit %(limit)s;
+
+-- name: archive_db_prune
+-- Runs (and their batches) that ended, or without a manifest began, before the limit.
+delete from maintctl_archive.runs
+where coalesce(finished_at, started_at) < now() - %(older_than)s::interval
+returning run_id;
+
 -- name: skip_function_body_checks
 -- The file migrations create functions on the reference schema's tables, which the generated rules
 -- replace at the end of migrate: a renamed schema has no such tables to check them against.
@@ -358,10 +535,13 @@ create index concurrently {index} {definition};
 comment on index {index} is {comment};
 
 -- name: rule_step
--- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql).
-select rows, next_position
+-- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql);
+-- with %(archive)s (not null), what it removed, as maintenance.archive_lines gives it (0012).
+select s.rows, s.next_position, a.*
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
-                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb);
+                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
+                           %(archive)s::text[]) as s
+cross join maintenance.archive_lines(s.removed) as a;
 
 -- name: rule_count
 -- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;

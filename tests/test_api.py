@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,24 @@ def test_disabled_maintenance_is_a_skipped_report_without_a_connection() -> None
 
     assert report.skipped == "maintenance is disabled (MAINTCTL_ENABLED=false)"
     assert int(report.exit_code) == 75
+
+
+def test_a_run_through_the_api_archives_what_it_removes_to_maintctl_archive(
+    conn: Conn, db_url: str, tmp_path: Path
+) -> None:
+    # The archive is the run's, not the CLI's: Maintenance.run opens MAINTCTL_ARCHIVE itself.
+    load_sample(conn)
+    archive = tmp_path / "archive"
+    maintenance = Maintenance.from_environment(database_url=db_url, archive=str(archive))
+
+    maintenance.run(dry_run=True)
+    assert not archive.exists()
+    real = maintenance.run()
+
+    manifest = json.loads((archive / f"run-{real.run_id}" / "manifest.json").read_text())
+    assert {f["table"]: f["rows"] for f in manifest["files"]} == {
+        "import_runs": 15,
+        "temp_uploads": 289,
+        "import_jobs": 210,
+        "raw_import_items": 250,
+    }

@@ -27,6 +27,7 @@ COMMANDS = [
     "resume",
     "doctor",
     "grant",
+    "restore",
     "config",
     "purge",
 ]
@@ -40,6 +41,15 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert f"Example: maintctl {command}" in result.stdout
     for option in ("--database-url", "--schema", "--json"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize("command", ["verify", "prune"])
+def test_every_archive_command_has_help_with_an_example(command: str) -> None:
+    result = CliRunner().invoke(app, ["archive", command, "--help"])
+
+    assert result.exit_code == 0
+    assert f"Example: maintctl archive {command}" in result.stdout
+    assert "--json" in result.stdout
 
 
 def test_version() -> None:

@@ -20,6 +20,8 @@ from tests.conftest import Cli, make_cli
 ROOT = Path(__file__).resolve().parent.parent
 # The last maintctl whose rules were SQL written by hand (main before issue 9).
 BEFORE_RULES_AS_DATA = "459cfeda6f031957e08b1141282d6271aaa01780"
+# The last maintctl whose generated steps returned no archive capture (issue 9, before 0012).
+BEFORE_ARCHIVE_CAPTURE = "70cd39a"
 
 CATALOG = """
 select 'function', p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
@@ -60,15 +62,15 @@ def catalog(url: str) -> list[tuple[Any, ...]]:
         return conn.execute(CATALOG).fetchall()
 
 
-def old_maintctl(tmp_path: Path) -> Path:
-    """The maintctl of BEFORE_RULES_AS_DATA, unpacked from git."""
+def old_maintctl(tmp_path: Path, commit: str = BEFORE_RULES_AS_DATA) -> Path:
+    """The maintctl of `commit`, unpacked from git."""
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", BEFORE_RULES_AS_DATA, "maintctl", "sql"],
+        ["git", "-C", str(ROOT), "archive", commit, "maintctl", "sql"],
         capture_output=True,
         check=False,
     )
     if archive.returncode != 0:
-        pytest.skip(f"no git history with {BEFORE_RULES_AS_DATA[:7]}: {archive.stderr!r}")
+        pytest.skip(f"no git history with {commit[:7]}: {archive.stderr!r}")
     target = tmp_path / "before"
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as unpacked:
         unpacked.extractall(target, filter="data")
@@ -94,9 +96,10 @@ def test_an_upgrade_from_the_hand_written_rules_gives_a_fresh_install_s_catalog(
     result = upgraded("migrate")
 
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines()[:3] == [
+    assert result.stdout.splitlines()[:4] == [
         "applied 0008_rules_as_data",
         "applied 0010_run_lease_row",
+        "applied 0012_archive_capture",
         "installed the rules' steps, counts and indexes, generated from the policy",
     ]
     fresh = catalog(db_url)
@@ -109,3 +112,64 @@ def test_an_upgrade_from_the_hand_written_rules_gives_a_fresh_install_s_catalog(
         "maintctl_temp_uploads_created_at_id",
     ]
     assert catalog(bare_db_url) == fresh
+
+
+def old_migrate(before: Path, url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from maintctl.cli import main; main()", "migrate"],
+        env={**os.environ, "PYTHONPATH": str(before), "MAINTCTL_DATABASE_URL": url},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_an_upgrade_from_steps_without_the_archive_capture_gives_a_fresh_install_s_catalog(
+    bare_db_url: str, db_url: str, tmp_path: Path
+) -> None:
+    # The generated steps of issue 9 took no p_archive: left beside their successors, every call
+    # by the old arguments (the pg_cron procedure's) would be ambiguous. 0012 drops them.
+    old = old_migrate(old_maintctl(tmp_path, BEFORE_ARCHIVE_CAPTURE), bare_db_url, tmp_path)
+    assert old.returncode == 0, old.stderr
+    assert "0012" not in old.stdout
+    upgraded: Cli = make_cli(bare_db_url)
+
+    result = upgraded("migrate")
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        "applied 0012_archive_capture",
+        "installed the rules' steps, counts and indexes, generated from the policy",
+    ]
+    assert catalog(bare_db_url) == catalog(db_url)
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute("call maintenance.run_maintenance_cleanup()")
+        steps = conn.execute(
+            "select count(*) from pg_proc where proname = 'rule_step'"
+            " and pronamespace = 'maintenance'::regnamespace"
+        ).fetchone()
+    assert steps == (1,)
+
+
+def test_an_upgrade_drops_a_purge_rule_s_old_step_too(bare_db_url: str, tmp_path: Path) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute("create table audit_log (id bigint primary key, logged_at timestamptz)")
+    (tmp_path / "maintctl.toml").write_text(
+        '[[purge]]\nname = "audit"\ntable = "audit_log"\ntime_column = "logged_at"\n'
+        'key = "id"\nolder_than = "90d"\n'
+    )
+    old = old_migrate(old_maintctl(tmp_path, BEFORE_ARCHIVE_CAPTURE), bare_db_url, tmp_path)
+    assert old.returncode == 0, old.stderr
+    upgraded: Cli = make_cli(bare_db_url)
+
+    result = upgraded("migrate", "--config", str(tmp_path / "maintctl.toml"))
+
+    assert result.exit_code == 0, result.stderr
+    with psycopg.connect(bare_db_url) as conn:
+        found = conn.execute(
+            "select pg_get_function_identity_arguments(oid) from pg_proc"
+            " where proname = 'purge_audit_step'"
+        ).fetchall()
+    assert len(found) == 1
+    assert "p_cutoffs jsonb, p_archive text[], OUT rows integer" in found[0][0]

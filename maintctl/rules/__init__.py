@@ -81,6 +81,10 @@ class Rule:
     # its threshold the entry's older_than, its condition the entry's where.
     purge: bool = False
     where: str | None = None
+    # A rule that updates rows rather than deleting them: the keys of the columns whose previous
+    # values the archive keeps (its key first), so that `maintctl restore` can put them back. A
+    # rule that deletes archives whole rows (docs/archive.md).
+    archived: tuple[str, ...] = ()
 
     @property
     def template(self) -> str:

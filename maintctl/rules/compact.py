@@ -30,4 +30,5 @@ RULE = Rule(
     values={"finished": Value(("completed", "failed", "cancelled"))},
     changes="jobs",
     per_status="finished",
+    archived=("key", "clear", "summary_column", "compacted_at"),
 )

@@ -348,9 +348,9 @@ def runner_placeholders(
     dispatch = sql.SQL("\n  ").join(
         sql.SQL(
             "{keyword} p_rule = {name} then\n"
-            "    select s.rows, s.next_position into rows, next_position\n"
+            "    select s.rows, s.next_position, s.removed into rows, next_position, removed\n"
             "      from {step}(p_cutoff, p_threshold, p_batch_size, p_position, p_run_id,\n"
-            "                  p_cutoffs) as s;"
+            "                  p_cutoffs, p_archive) as s;"
         ).format(
             keyword=sql.SQL("if" if position == 0 else "elsif"),
             name=sql.Literal(rule.name),

@@ -25,4 +25,5 @@ RULE = Rule(
     },
     values={"running": Value(("processing",)), "failed": Value("failed")},
     changes="runs",
+    archived=("key", "status_column", "finished_at", "error_column"),
 )

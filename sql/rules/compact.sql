@@ -33,9 +33,15 @@ $$;
 
 -- The same walk as temp's, over (ended_at, key) in the partial index. With a threshold per status,
 -- p_cutoffs holds each status's cutoff and p_cutoff the latest of them, which bounds the walk.
+--
+-- The archive (docs/archive.md): with p_archive (the columns whose old values it keeps, the key
+-- among them), the range is locked first and updated through the lock, and `removed` holds each
+-- row's previous values of those columns (action compact; UPDATE ... RETURNING alone sees only
+-- the new ones); without it, the plain range UPDATE.
 create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
+  out rows integer, out next_position jsonb, out removed jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -64,42 +70,93 @@ begin
       and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
                        and ({j.ended_at}, {j.key}) > (upto_at, upto_id));
   end if;
-  begin
-    perform set_config('lock_timeout', '50ms', true);
-    update {jobs} j
-       set {summary_column} = maintenance.import_job_summary(
-             {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
-           {set_null.clear},
-           {compacted_at} = now()
-     where {j.status_column} in ({finished}) and {j.compacted_at} is null
-       and {j.ended_at} < p_cutoff
-      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
-       and ({j.ended_at}, {j.key}) > (after_at, after_id)
-       and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
-    get diagnostics rows = row_count;
-    perform set_config('lock_timeout', configured_lock_timeout, true);
-  exception when lock_not_available then
-    with picked as (
-      select {j.key} as key from {jobs} j
+  if p_archive is null then  -- the plain range UPDATE
+    begin
+      perform set_config('lock_timeout', '50ms', true);
+      update {jobs} j
+         set {summary_column} = maintenance.import_job_summary(
+               {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+             {set_null.clear},
+             {compacted_at} = now()
        where {j.status_column} in ({finished}) and {j.compacted_at} is null
          and {j.ended_at} < p_cutoff
-      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
          and ({j.ended_at}, {j.key}) > (after_at, after_id)
-         and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
-      for update skip locked
-    )
-    update {jobs} j
-       set {summary_column} = maintenance.import_job_summary(
-             {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
-           {set_null.clear},
-           {compacted_at} = now()
-      from picked
-     where {j.key} = picked.key
-       and {j.status_column} in ({finished}) and {j.compacted_at} is null
-       and {j.ended_at} < p_cutoff
-      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
-    get diagnostics rows = row_count;
-  end;
+         and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
+      get diagnostics rows = row_count;
+      perform set_config('lock_timeout', configured_lock_timeout, true);
+    exception when lock_not_available then
+      with picked as (
+        select {j.key} as key from {jobs} j
+         where {j.status_column} in ({finished}) and {j.compacted_at} is null
+           and {j.ended_at} < p_cutoff
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+           and ({j.ended_at}, {j.key}) > (after_at, after_id)
+           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+        for update skip locked
+      )
+      update {jobs} j
+         set {summary_column} = maintenance.import_job_summary(
+               {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+             {set_null.clear},
+             {compacted_at} = now()
+        from picked
+       where {j.key} = picked.key
+         and {j.status_column} in ({finished}) and {j.compacted_at} is null
+         and {j.ended_at} < p_cutoff
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
+      get diagnostics rows = row_count;
+    end;
+  else
+    -- With the archive: the range is locked first (the values read are the latest committed), then
+    -- updated through the lock; RETURNING pairs each row with the values it had.
+    begin
+      perform set_config('lock_timeout', '50ms', true);
+      with picked as (
+        select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
+          from {jobs} j
+         where {j.status_column} in ({finished}) and {j.compacted_at} is null
+           and {j.ended_at} < p_cutoff
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+           and ({j.ended_at}, {j.key}) > (after_at, after_id)
+           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+        for update
+      ), changed as (
+        update {jobs} j
+           set {summary_column} = maintenance.import_job_summary(
+                 {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+               {set_null.clear},
+               {compacted_at} = now()
+          from picked
+         where {j.key} = picked.key
+        returning picked.old
+      )
+      select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+      perform set_config('lock_timeout', configured_lock_timeout, true);
+    exception when lock_not_available then
+      with picked as (
+        select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
+          from {jobs} j
+         where {j.status_column} in ({finished}) and {j.compacted_at} is null
+           and {j.ended_at} < p_cutoff
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+           and ({j.ended_at}, {j.key}) > (after_at, after_id)
+           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+        for update skip locked
+      ), changed as (
+        update {jobs} j
+           set {summary_column} = maintenance.import_job_summary(
+                 {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+               {set_null.clear},
+               {compacted_at} = now()
+          from picked
+         where {j.key} = picked.key
+        returning picked.old
+      )
+      select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+    end;
+    removed := maintenance.archive_document(p_archive, 'compact', removed);
+  end if;
   next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
 end
 $$;

@@ -16,10 +16,12 @@ as $$
     select from {target} t where {t.time_column} < p_cutoff and {t.where} limit p_limit) as found
 $$;
 
--- The walk of temp's step over (time column, key) in the rule's partial index, without an outbox.
+-- The walk of temp's step over (time column, key) in the rule's partial index, without an outbox;
+-- with p_archive, `removed` holds each deleted row whole, as temp's does.
 create or replace function {step_function}(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
+  out rows integer, out next_position jsonb, out removed jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -46,11 +48,14 @@ begin
   end if;
   begin
     perform set_config('lock_timeout', '50ms', true);
-    delete from {target} t
-     where {t.time_column} < p_cutoff and {t.where}
-       and ({t.time_column}, {t.key}) > (after_at, after_id)
-       and ({t.time_column}, {t.key}) <= (upto_at, upto_id);
-    get diagnostics rows = row_count;
+    with gone as (
+      delete from {target} t
+       where {t.time_column} < p_cutoff and {t.where}
+         and ({t.time_column}, {t.key}) > (after_at, after_id)
+         and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
+      returning case when p_archive is not null then to_jsonb(t) end as whole
+    )
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
     perform set_config('lock_timeout', configured_lock_timeout, true);
   exception when lock_not_available then
     with picked as (
@@ -59,11 +64,14 @@ begin
          and ({t.time_column}, {t.key}) > (after_at, after_id)
          and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
       for update skip locked
+    ), gone as (
+      delete from {target} t using picked
+       where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where}
+      returning case when p_archive is not null then to_jsonb(t) end as whole
     )
-    delete from {target} t using picked
-     where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where};
-    get diagnostics rows = row_count;
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
   end;
+  removed := maintenance.archive_document(p_archive, 'delete', removed);
   next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id) end;
 end
 $$;

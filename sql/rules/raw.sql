@@ -28,10 +28,13 @@ $$;
 
 -- Walks the eligible failed runs in key order, and the items of each through (run, key), run after
 -- run until the batch is full. Each run is share-locked (skipping one a worker holds) so that it
--- cannot be re-queued while its items go.
+-- cannot be re-queued while its items go. With p_archive, `removed` holds each deleted item whole
+-- (action delete): each run's rows are appended to an array in place (a growing jsonb would be
+-- copied at each run of a batch that spans thousands of small runs) and joined once at the end.
 create or replace function maintenance.purge_raw_items_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
+  out rows integer, out next_position jsonb, out removed jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -40,8 +43,11 @@ declare
   run bigint;
   upto_id bigint;
   deleted integer;
+  deleted_rows jsonb;
+  parts jsonb[] := array[]::jsonb[];
 begin
   rows := 0;
+  next_position := null;
   loop
     -- The lateral probe asks the (run, key) index of each candidate run whether items are left:
     -- its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that a
@@ -58,10 +64,7 @@ begin
      order by {r.run_key}
      limit 1
      for share of r skip locked;
-    if run is null then  -- no eligible run has items left: the walk is done
-      next_position := null;
-      return;
-    end if;
+    exit when run is null;  -- no eligible run has items left: the walk is done
     if run > from_run then
       after_id := 0;
     end if;
@@ -71,16 +74,30 @@ begin
      where {i.run_column} = run and {i.key} > after_id
      order by {i.key}
     offset p_batch_size - rows - 1 limit 1;
-    delete from {items} i
-     where {i.run_column} = run and {i.key} > after_id and (upto_id is null or {i.key} <= upto_id);
-    get diagnostics deleted = row_count;
+    with gone as (
+      delete from {items} i
+       where {i.run_column} = run and {i.key} > after_id and (upto_id is null or {i.key} <= upto_id)
+      returning case when p_archive is not null then to_jsonb(i) end as whole
+    )
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
+      into deleted, deleted_rows
+      from gone;
     rows := rows + deleted;
+    if deleted_rows is not null then
+      parts := parts || deleted_rows;
+    end if;
     if upto_id is not null then  -- the batch is full; this run may have more
       next_position := jsonb_build_object('runId', run, 'id', upto_id);
-      return;
+      exit;
     end if;
     from_run := run + 1;
     after_id := 0;
   end loop;
+  if p_archive is not null then
+    removed := maintenance.archive_document(p_archive, 'delete',
+      (select jsonb_agg(e.value order by p.n, e.n)
+         from unnest(parts) with ordinality as p (batch, n)
+        cross join lateral jsonb_array_elements(p.batch) with ordinality as e (value, n)));
+  end if;
 end
 $$;

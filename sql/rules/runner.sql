@@ -5,10 +5,14 @@
 
 -- section: functions
 -- One batch of the named rule from where its walk stands: the rows it touched and where the next
--- batch starts (null: the walk is done).
+-- batch starts (null: the walk is done). With p_archive (not null: for a rule that updates, the
+-- columns whose old values it keeps), `removed` is what the batch removed, for the archive
+-- (docs/archive.md): an object of its action (delete, compact or mark) and its rows; null
+-- without it.
 create or replace function maintenance.rule_step(
   p_rule text, p_cutoff timestamptz, p_threshold interval, p_batch_size integer,
-  p_position jsonb, p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+  p_position jsonb, p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
+  out rows integer, out next_position jsonb, out removed jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 begin

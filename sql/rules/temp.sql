@@ -25,9 +25,13 @@ $$;
 -- cheaper) but waits at most 50 ms for a lock; if the application holds a row of the range, that
 -- attempt rolls back (a subtransaction) and the same range is done again skipping the locked rows,
 -- which the next run picks up. The short wait is undone when the subtransaction ends either way.
+--
+-- The archive (docs/archive.md): with p_archive (not null), `removed` holds each deleted row whole,
+-- from the DELETE's own RETURNING, action delete; null without it.
 create or replace function maintenance.purge_temp_uploads_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
-  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+  p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
+  out rows integer, out next_position jsonb, out removed jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -59,14 +63,15 @@ begin
          and ({t.created_at}, {t.key}) > (after_at, after_id)
          and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
       returning {t.key} as key, {t.storage_path}::text as storage_path,
-                {t.size_bytes}::bigint as size_bytes
+                {t.size_bytes}::bigint as size_bytes,
+                case when p_archive is not null then to_jsonb(t) end as whole
     ), recorded as (
       insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
       select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
         from gone where {has.storage_path} having count(*) > 0
       returning 1
     )
-    select count(*) into rows from gone;
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
     perform set_config('lock_timeout', configured_lock_timeout, true);
   exception when lock_not_available then
     with picked as (
@@ -79,15 +84,17 @@ begin
       delete from {uploads} t using picked
        where {t.key} = picked.key and {t.created_at} < p_cutoff
       returning {t.key} as key, {t.storage_path}::text as storage_path,
-                {t.size_bytes}::bigint as size_bytes
+                {t.size_bytes}::bigint as size_bytes,
+                case when p_archive is not null then to_jsonb(t) end as whole
     ), recorded as (
       insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
       select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
         from gone where {has.storage_path} having count(*) > 0
       returning 1
     )
-    select count(*) into rows from gone;
+    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
   end;
+  removed := maintenance.archive_document(p_archive, 'delete', removed);
   next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
 end
 $$;
