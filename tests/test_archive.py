@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -41,10 +42,13 @@ def archive_db_url(server_url: str) -> Iterator[str]:
     name = unique_name("archive")
     params = conninfo_to_dict(_create_database(server_url, name))
     password = f":{params['password']}" if params.get("password") else ""
-    yield (
-        f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}"
-        f":{params.get('port', 5432)}/{name}"
-    )
+    user = str(params.get("user", "postgres"))
+    host = str(params.get("host", "127.0.0.1"))
+    port = str(params.get("port", 5432))
+    if host.startswith("/"):  # a Unix socket directory (the embedded server): in the query
+        yield f"postgresql://{user}{password}@/{name}?host={quote(host, safe='')}&port={port}"
+    else:
+        yield f"postgresql://{user}{password}@{host}:{port}/{name}"
     _drop_database(server_url, name)
 
 
@@ -341,7 +345,7 @@ def test_an_archive_that_fails_mid_run_rolls_its_batch_back(
     failed_task = result.stderr.splitlines()[0]
     assert re.fullmatch(
         r"maintctl: error: temp: failed, 0 rows in 0 batch\(es\), \d+ ms: cannot write the "
-        r"archive database postgres@127\.0\.0\.1:\d+/maintctl_archive_\w+: could not extend "
+        r"archive database postgres@\S+:\d+/maintctl_archive_\w+: could not extend "
         r"file: No space left on device; nothing was removed that is not archived",
         failed_task,
     ), failed_task
