@@ -363,6 +363,7 @@ def _run(
                     notify=_log,
                     on_batch=on_batch,
                     vacuum=vacuum,
+                    force=force,
                 )
                 if emit_paths is not None:
                     outbox.write_run_paths(conn, settings, report.run_id, emit_paths)

@@ -23,7 +23,8 @@ from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
-from maintctl.runner import RunReport
+from maintctl.runner import RunReport, run_impact
+from maintctl.sizes import format_size
 from maintctl.status import Check, StatusReport
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
 
@@ -59,6 +60,7 @@ def run_json(report: RunReport) -> dict[str, Any]:
             "errors": report.errors,
             "skipped": report.skipped,
             "durationMs": report.duration_ms,
+            **report.impact,
             "tasks": [result.as_record() for result in report.tasks],
         }
     )
@@ -78,6 +80,7 @@ def run_record_json(run: RunRecord) -> dict[str, Any]:
         "version": run.version,
         "dryRun": run.dry_run,
         "thresholds": run.thresholds,
+        **run_impact(run.tasks),
         "tasks": run.tasks,
         "errors": run.errors,
         "skipped": run.skipped,
@@ -282,6 +285,7 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     table.add_column("Status", no_wrap=True)
     table.add_column("Took", justify="right", no_wrap=True)
     table.add_column("Rows")
+    table.add_column("WAL", justify="right", no_wrap=True)
     notes = []
     for run in runs:
         took = (
@@ -294,6 +298,7 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
             run.status,
             _took(took) if took is not None else "-",
             _rows(run.tasks),
+            format_size(run_impact(run.tasks)["walBytes"] or 0),
         )
         for note in (*run.errors, *([run.skipped] if run.skipped else [])):
             notes.append(f"#{run.id}: {note}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from maintctl import db, guard, ledger
+from maintctl import db, guard, health, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
 from maintctl.settings import Settings
@@ -40,6 +41,27 @@ class RunReport:
     def rows(self, task: Task) -> int:
         return sum(t.rows for t in self.tasks if t.task == task.name)
 
+    @property
+    def impact(self) -> dict[str, int | None]:
+        """What the run cost the database, over its tasks (the JSON's and the metrics' keys)."""
+        return run_impact([result.as_record() for result in self.tasks])
+
+
+def run_impact(tasks: list[dict[str, Any]]) -> dict[str, int | None]:
+    """The WAL, the time waited on the health gate and the peak standby lag of a run, from its
+    tasks as the JSON and the ledger record them (older ledger rows lack the keys)."""
+
+    def peak(key: str) -> int | None:
+        seen = [int(task[key]) for task in tasks if task.get(key) is not None]
+        return max(seen) if seen else None
+
+    return {
+        "walBytes": sum(int(task.get("walBytes") or 0) for task in tasks),
+        "throttledMs": sum(int(task.get("throttledMs") or 0) for task in tasks),
+        "peakReplicaLagBytes": peak("peakReplicaLagBytes"),
+        "peakReplicaLagMs": peak("peakReplicaLagMs"),
+    }
+
 
 def disabled_report(dry_run: bool) -> RunReport:
     """The report of a run that MAINTCTL_ENABLED=false stopped before it connected."""
@@ -61,13 +83,14 @@ def run_maintenance(
     notify: Notify | None = None,
     on_batch: ProgressCallback | None = None,
     vacuum: bool = False,
+    force: bool = False,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
     Skips (and says why) when maintenance is paused, or when another non-dry run holds the run
     lease (see maintctl.guard). `notify(event, level, **fields)` hears of each step (lease taken,
     run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
-    are vacuumed afterwards.
+    are vacuumed afterwards. `force` lets a task past the anomaly guard (maintctl.limits).
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -99,6 +122,8 @@ def run_maintenance(
         if not dry_run:
             say("lease_taken")
         say("run_started", runId=start.id, command=command, dryRun=dry_run)
+        if not dry_run and health.read_health(conn).blind:
+            say("gate_blind", "warning", message=health.BLIND_SENTENCE)
         _run_tasks(
             conn,
             settings,
@@ -109,6 +134,7 @@ def run_maintenance(
             on_batch=on_batch,
             heartbeat=heartbeat,
             vacuum=vacuum and not dry_run,
+            force=force,
         )
     except (Exception, KeyboardInterrupt) as exc:
         cause: BaseException = exc
@@ -137,6 +163,7 @@ def _run_tasks(
     on_batch: ProgressCallback | None,
     heartbeat: guard.Heartbeat,
     vacuum: bool,
+    force: bool,
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
@@ -150,6 +177,7 @@ def _run_tasks(
             run_id=report.run_id,
             on_batch=on_batch,
             heartbeat=heartbeat,
+            force=force,
         )
         report.tasks.append(result)
         level = {"ok": "info", "failed": "error"}.get(result.status, "warning")

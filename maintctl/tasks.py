@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskE
 if TYPE_CHECKING:
     from maintctl.db import Connection
     from maintctl.guard import Heartbeat
+    from maintctl.health import Gate
     from maintctl.settings import Settings
 
 
@@ -103,6 +104,12 @@ class TaskResult:
     error: str | None = None
     remaining: int | None = None  # rows still eligible when the task stopped early
     batch_size: int | None = None  # where the batch size ended, adapted to time and timeouts
+    # What the task cost the database (maintctl.health): WAL written, time spent waiting on the
+    # health gate, and the peak standby replay lag the gate saw (None: no standby seen).
+    wal_bytes: int = 0
+    throttled_ms: int = 0
+    peak_replica_lag_bytes: int | None = None
+    peak_replica_lag_ms: int | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The task as the JSON report and the ledger both show it."""
@@ -116,6 +123,10 @@ class TaskResult:
             "error": self.error,
             "remaining": self.remaining,
             "batchSize": self.batch_size,
+            "walBytes": self.wal_bytes,
+            "throttledMs": self.throttled_ms,
+            "peakReplicaLagBytes": self.peak_replica_lag_bytes,
+            "peakReplicaLagMs": self.peak_replica_lag_ms,
         }
 
 
@@ -171,6 +182,9 @@ def _step(
     from maintctl import db
 
     with db.statement_timeouts(), db.transaction(conn, settings):
+        # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
+        # ledger commits synchronously, which flushes the WAL of every batch before it.
+        db.execute(conn, "asynchronous_commit")
         if heartbeat is not None:
             heartbeat.beat(conn)
         step = db.fetch_one(conn, task.batch_query, params, Step)
@@ -190,6 +204,7 @@ def run_task(
     run_id: int | None = None,
     on_batch: ProgressCallback | None = None,
     heartbeat: Heartbeat | None = None,
+    force: bool = False,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
@@ -201,43 +216,53 @@ def run_task(
     inside each transaction: a real run's batch renews the run lease at its start (which also
     keeps the lease row locked while the batch works) and at its end.
 
+    Before each batch the health gate (maintctl.health) may make the task wait, or stop it.
+    MAINTCTL_MAX_ROWS stops it after that many rows; the anomaly guard (maintctl.limits) refuses
+    it before it starts, unless `force`.
+
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
     """
-    from maintctl import db
+    from maintctl import db, health, limits
 
-    started = time.monotonic()
     threshold = getattr(settings, task.threshold)
-    rows = batches = 0
-    batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
-    remaining: int | None = None
-    cutoff: datetime | None = None
-
-    def result(status: str, error: str | None = None) -> TaskResult:
-        elapsed = int((time.monotonic() - started) * 1000)
-        size = None if dry_run else batch_size
-        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error, remaining, size)
+    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_size, FIRST_BATCH_SIZE))
 
     def count_eligible() -> int:
-        with db.transaction(conn, settings):
-            if heartbeat is not None:
-                heartbeat.beat(conn)
-            return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+        return _count_eligible(conn, settings, task, tally.cutoff, heartbeat)
+
+    def stop(gate: health.Gate, reason: str) -> TaskResult:
+        tally.remaining = count_eligible()
+        gate.finish()
+        if tally.remaining == 0 and reason == MAX_ROWS_REACHED:  # the limit fell on the last row
+            tally.remaining = None
+            return tally.result("ok")
+        return tally.result("stopped", reason)
 
     if deadline is not None and time.monotonic() >= deadline:
-        return result("not_run", "max runtime reached before this task started")
+        return tally.result("not_run", "max runtime reached before this task started")
     try:
         with db.task_errors(conn):
-            cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
+            tally.cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
             if dry_run:
-                rows = count_eligible()
-                return result("ok")
+                tally.rows = count_eligible()
+                return tally.result("ok")
+            if not force and (refusal := limits.anomaly(conn, settings, task.name, count_eligible)):
+                return tally.result("failed", refusal)
             total = count_eligible() if on_batch is not None else None
-            rows = _pre_step(conn, settings, task, cutoff, run_id)
+            tally.gate = gate = health.Gate(conn, settings, heartbeat)
+            max_rows = settings.max_rows
+            # A partition drop removes whole partitions at once: with a row limit, rows go by
+            # batches only.
+            if max_rows is None:
+                tally.rows = _pre_step(conn, settings, task, tally.cutoff, run_id)
             position: dict[str, Any] | None = None
             while True:
+                if (throttled := gate.check()) is not None:
+                    return stop(gate, throttled)
+                batch_size = tally.size_within(max_rows)
                 params = {
-                    "cutoff": cutoff,
+                    "cutoff": tally.cutoff,
                     "threshold": threshold,
                     "batch_size": batch_size,
                     "position": db.jsonb(position),
@@ -248,28 +273,103 @@ def run_task(
                     try:
                         step = _step(conn, settings, task, params, hold, heartbeat)
                     except BatchTimedOut as exc:
-                        batch_size = _smaller_after_timeout(batch_size, exc)
+                        tally.batch_size = _smaller_after_timeout(batch_size, exc)
                         continue
-                    rows += step.rows
-                    batches += 1
+                    tally.rows += step.rows
+                    tally.batches += 1
                     position = step.next_position
                 if on_batch is not None:
-                    on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
-                batch_size = next_batch_size(
+                    on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
+                tally.batch_size = next_batch_size(
                     batch_size, settings.batch_size, time.monotonic() - batch_started
                 )
                 if position is None:
-                    return result("ok")
-                if deadline is not None and time.monotonic() >= deadline:
-                    remaining = count_eligible()
-                    return result("stopped", "max runtime reached; the next run carries on")
+                    gate.finish()
+                    return tally.result("ok")
+                if (reached := _limit_reached(tally.rows, max_rows, deadline)) is not None:
+                    return stop(gate, reached)
     except TaskError as exc:
-        return result("failed", exc.message)
+        return tally.result("failed", exc.message)
     except KeyboardInterrupt as exc:
-        interrupted = result("interrupted", "interrupted; the batch in flight rolled back")
+        interrupted = tally.result("interrupted", "interrupted; the batch in flight rolled back")
         raise TaskAborted(interrupted, exc) from exc
     except (DatabaseUnavailable, LeaseLost) as exc:
-        raise TaskAborted(result("failed", exc.message), exc) from exc
+        raise TaskAborted(tally.result("failed", exc.message), exc) from exc
+
+
+@dataclass
+class _Tally:
+    """What a task has done so far, for its result whenever it ends."""
+
+    task: str
+    dry_run: bool
+    batch_size: int
+    started: float = field(default_factory=time.monotonic)
+    rows: int = 0
+    batches: int = 0
+    cutoff: datetime | None = None
+    remaining: int | None = None
+    gate: Gate | None = None  # counts the WAL and the waits of a real run
+
+    def size_within(self, max_rows: int | None) -> int:
+        """The next batch's size, so that the task stays within --max-rows."""
+        if max_rows is None:
+            return self.batch_size
+        return min(self.batch_size, max_rows - self.rows)
+
+    def result(self, status: str, error: str | None = None) -> TaskResult:
+        return TaskResult(
+            self.task,
+            status,
+            self.rows,
+            self.batches,
+            int((time.monotonic() - self.started) * 1000),
+            self.cutoff,
+            error,
+            self.remaining,
+            None if self.dry_run else self.batch_size,
+            **_cost(self.gate),
+        )
+
+
+MAX_ROWS_REACHED = "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on"
+
+
+def _limit_reached(rows: int, max_rows: int | None, deadline: float | None) -> str | None:
+    """Why the walk stops between batches with work left: --max-rows, or --max-runtime."""
+    if max_rows is not None and rows >= max_rows:
+        return MAX_ROWS_REACHED
+    if deadline is not None and time.monotonic() >= deadline:
+        return "max runtime reached; the next run carries on"
+    return None
+
+
+def _count_eligible(
+    conn: Connection,
+    settings: Settings,
+    task: Task,
+    cutoff: datetime | None,
+    heartbeat: Heartbeat | None,
+) -> int:
+    """The rows the rule selects now, in a transaction that also gives the run's heartbeat."""
+    from maintctl import db
+
+    with db.transaction(conn, settings):
+        if heartbeat is not None:
+            heartbeat.beat(conn)
+        return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+
+
+def _cost(gate: Gate | None) -> dict[str, Any]:
+    """What the health gate counted of the task's cost, as TaskResult's fields."""
+    if gate is None:
+        return {}
+    return {
+        "wal_bytes": gate.wal_bytes,
+        "throttled_ms": gate.throttled_ms,
+        "peak_replica_lag_bytes": gate.peak_lag_bytes,
+        "peak_replica_lag_ms": gate.peak_lag_ms,
+    }
 
 
 # --- partitions ----------------------------------------------------------------------------

@@ -30,6 +30,10 @@ RUN_KEYS = [
     "errors",
     "skipped",
     "durationMs",
+    "walBytes",
+    "throttledMs",
+    "peakReplicaLagBytes",
+    "peakReplicaLagMs",
     "tasks",
 ]
 TASK_KEYS = [
@@ -42,6 +46,10 @@ TASK_KEYS = [
     "error",
     "remaining",
     "batchSize",
+    "walBytes",
+    "throttledMs",
+    "peakReplicaLagBytes",
+    "peakReplicaLagMs",
 ]
 SAMPLE_TOTALS = {
     "stuckRunsMarked": 15,
