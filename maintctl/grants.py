@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from psycopg import sql
+from psycopg.errors import InsufficientPrivilege
 
 from maintctl import db
 from maintctl.errors import ConfigError
@@ -25,6 +26,9 @@ class GrantResult:
     role: str
     revoked: bool
     app_schema: str
+    # The health gate reads the standbys' replay lag (pg_stat_replication), which needs
+    # pg_read_all_stats: None when granted (or revoked), else why it could not be.
+    stats_refused: str | None = None
 
 
 def grant_role(
@@ -43,6 +47,8 @@ def grant_role(
         )
     owner = db.fetch_value(conn, "maintenance_owner")
     statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
+    stats = sql.SQL(read_sql("grants/revoke_stats.sql" if revoke else "grants/grant_stats.sql"))
+    refused = None
     with db.transaction(conn, settings):
         conn.execute(
             statements.format(
@@ -51,4 +57,11 @@ def grant_role(
                 owner=sql.Identifier(owner),
             )
         )
-    return GrantResult(role, revoke, settings.app_schema)
+        # Granting a predefined role needs a superuser or CREATEROLE (ADMIN OPTION from 16 on):
+        # without it the rest is still granted, and the gate is blind for that role.
+        try:
+            with conn.transaction():
+                conn.execute(stats.format(role=sql.Identifier(role)))
+        except InsufficientPrivilege as exc:
+            refused = db.first_line(exc)
+    return GrantResult(role, revoke, settings.app_schema, refused)

@@ -85,6 +85,21 @@ def over_limit(health: Health, settings: Settings) -> str | None:
     return None
 
 
+def describe(health: Health, settings: Settings) -> str:
+    """What the gate sees, for doctor: the standbys and slots, and whether a run would wait."""
+    standbys = f"{health.standbys} standby" + ("s" if health.standbys != 1 else "")
+    if health.lag_bytes is not None:
+        standbys += f", the furthest {format_size(health.lag_bytes)} behind in replay"
+    slots = (
+        f"slot {health.slot!r} retains {format_size(health.slot_bytes)}"
+        if health.slot is not None and health.slot_bytes is not None
+        else "no replication slot"
+    )
+    reason = over_limit(health, settings)
+    verdict = f"; a run now would wait: {reason}" if reason else ""
+    return f"{standbys}; {slots}{verdict}"
+
+
 class Gate:
     """The gate of one task: `check` before each batch, `finish` at the end."""
 
@@ -133,14 +148,17 @@ class Gate:
         wait = self.settings.throttle_wait.total_seconds()
         while True:
             health = self._read()
-            reason = over_limit(health, self.settings)
+            reason = over_limit(health, self.settings) or self._too_fast(wait)
+            now = time.monotonic()
             if reason is None:
+                if waiting_since is not None:
+                    self.throttled_seconds += now - waiting_since
                 self._pace()
                 return None
-            now = time.monotonic()
             waiting_since = now if waiting_since is None else waiting_since
             waited = now - waiting_since
             if waited >= wait:
+                self.throttled_seconds += waited
                 return (
                     f"{reason}; waited {format_duration(self.settings.throttle_wait)} "
                     "(MAINTCTL_THROTTLE_WAIT), the next run carries on"
@@ -152,14 +170,32 @@ class Gate:
         self._read()
         self._pace()
 
+    def _too_fast(self, wait: float) -> str | None:
+        """The WAL rate as a limit: pacing that would sleep longer than the throttle wait (the
+        application itself writes more than the rate) stops the task like a lagging standby."""
+        rate = self.settings.max_wal_rate
+        if rate is None or self._ahead(rate) < wait:
+            return None
+        elapsed = time.monotonic() - self.started
+        return (
+            f"the server wrote {format_size(self.wal_bytes)} of WAL in {elapsed:.1f} s"
+            f" (MAINTCTL_MAX_WAL_RATE {format_size(rate)}/s)"
+        )
+
+    def _ahead(self, rate: int) -> float:
+        """How long the task must sleep for the WAL written since it started to fit the rate."""
+        return self.wal_bytes / rate - (time.monotonic() - self.started)
+
     def _pace(self) -> None:
         """Under MAINTCTL_MAX_WAL_RATE: sleep until the task's WAL so far fits the rate."""
         rate = self.settings.max_wal_rate
         if rate is None:
             return
-        ahead = self.wal_bytes / rate - (time.monotonic() - self.started)
+        ahead = self._ahead(rate)
         if ahead > 0:
+            begun = time.monotonic()
             self._wait(ahead)
+            self.throttled_seconds += time.monotonic() - begun
 
     def _wait(self, seconds: float) -> None:
         """Sleep outside any transaction, renewing the run lease on the way."""
@@ -172,6 +208,4 @@ class Gate:
                 with db.transaction(self.conn, self.settings):
                     self.heartbeat.beat(self.conn)
                 self._last_beat = time.monotonic()
-            begun = time.monotonic()
             self.sleep(min(left, every))
-            self.throttled_seconds += time.monotonic() - begun

@@ -352,6 +352,7 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "role": result.role,
         "action": "revoked" if result.revoked else "granted",
         "appSchema": result.app_schema,
+        "statsRefused": result.stats_refused,
     }
 
 
@@ -362,5 +363,11 @@ def print_grant(result: GrantResult) -> None:
         console().print(
             f"granted role {escape(result.role)} what maintctl run, status, doctor and history "
             f"need: schema maintenance, and in schema {escape(result.app_schema)} the four "
-            "application tables"
+            "application tables, and pg_read_all_stats for the health gate"
+        )
+    if result.stats_refused is not None:
+        console().print(
+            f"could not grant pg_read_all_stats: {escape(result.stats_refused)}; the health gate "
+            f"cannot see the standbys' lag as {escape(result.role)} until a superuser runs: "
+            f"grant pg_read_all_stats to {escape(result.role)}"
         )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from maintctl import db, ledger, migrations, pooler
+from maintctl import db, health, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.settings import Settings
@@ -215,6 +215,15 @@ def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     return checks
 
 
+def check_health_gate(conn: db.Connection, settings: Settings) -> list[Check]:
+    """What the health gate sees now (maintctl.health): fails when standbys are connected whose
+    replay lag this role may not read; warns when a run now would wait."""
+    found = health.read_health(conn)
+    if found.blind and settings.max_replica_lag is not None:
+        return [Check("health gate", False, health.BLIND_SENTENCE, ExitCode.NO_PERMISSION)]
+    return [Check("health gate", True, health.describe(found, settings))]
+
+
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     """This host's clock against the database's. The rules only use the database's clock, so a
     difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
@@ -276,6 +285,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("tables", check_tables),
     ("columns", check_columns),
     ("privileges", check_privileges),
+    ("health gate", check_health_gate),
     ("clock", check_clock),
     ("pause", check_pause),
     ("dry run", check_dry_run),

@@ -50,6 +50,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "privileges temp",
         "privileges compact",
         "privileges raw",
+        "health gate",
         "clock",
         "pause",
         "dry run",

@@ -83,6 +83,7 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "role": runner_role,
         "action": "granted",
         "appSchema": "public",
+        "statsRefused": None,
     }
     assert healthy.exit_code == 0, healthy.stdout
     assert ran.exit_code == 0, ran.stderr
