@@ -177,7 +177,11 @@ def print_run(report: RunReport) -> None:
             f"{_took(vacuumed.duration_ms)})"
         )
     verdict = f"{len(report.errors)} task(s) failed" if report.errors else "all tasks ok"
-    out.print(f"{verdict} in {_took(report.duration_ms)}")
+    impact = report.impact
+    cost = "" if report.dry_run else f", {format_size(impact['walBytes'] or 0)} of WAL"
+    if impact["throttledMs"]:
+        cost += f", {_took(impact['throttledMs'])} waiting on the health gate"
+    out.print(f"{verdict} in {_took(report.duration_ms)}{cost}")
 
 
 @contextmanager
@@ -285,7 +289,6 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     table.add_column("Status", no_wrap=True)
     table.add_column("Took", justify="right", no_wrap=True)
     table.add_column("Rows")
-    table.add_column("WAL", justify="right", no_wrap=True)
     notes = []
     for run in runs:
         took = (
@@ -298,7 +301,6 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
             run.status,
             _took(took) if took is not None else "-",
             _rows(run.tasks),
-            format_size(run_impact(run.tasks)["walBytes"] or 0),
         )
         for note in (*run.errors, *([run.skipped] if run.skipped else [])):
             notes.append(f"#{run.id}: {note}")

@@ -78,10 +78,11 @@ MIN_BATCH_SIZE = 1
 # behind one: a batch that took over twice as long halves the next (down to TIMED_FLOOR rows),
 # one that took under half grows the next back towards the configured batch size.
 TARGET_BATCH_SECONDS = 0.05
-TIMED_FLOOR = 100
-# The first batch of a task is at most this many rows, until the time of a batch is known: one
-# batch of 5,000 bulky import jobs took several hundred milliseconds.
-FIRST_BATCH_SIZE = 1000
+TIMED_FLOOR = 10
+# The first batch of a task is a probe of this many rows: the second is sized to fit
+# TARGET_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
+# import jobs with 4 MB logs took 5 s).
+FIRST_BATCH_SIZE = 10
 
 
 class TaskAborted(Exception):
@@ -159,6 +160,13 @@ def next_batch_size(size: int, configured: int, seconds: float) -> int:
     if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
         return min(configured, size * 2)
     return size
+
+
+def size_after_probe(size: int, configured: int, seconds: float) -> int:
+    """The size of the second batch, after the first (the probe) of `size` rows took `seconds`:
+    as many rows as fit TARGET_BATCH_SECONDS at that pace, within 1 and the configured size."""
+    fits = int(size * TARGET_BATCH_SECONDS / max(seconds, 1e-6))
+    return max(MIN_BATCH_SIZE, min(configured, fits))
 
 
 def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
@@ -280,9 +288,7 @@ def run_task(
                     position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
-                tally.batch_size = next_batch_size(
-                    batch_size, settings.batch_size, time.monotonic() - batch_started
-                )
+                tally.resize(batch_size, settings.batch_size, time.monotonic() - batch_started)
                 if position is None:
                     gate.finish()
                     return tally.result("ok")
@@ -310,6 +316,11 @@ class _Tally:
     cutoff: datetime | None = None
     remaining: int | None = None
     gate: Gate | None = None  # counts the WAL and the waits of a real run
+
+    def resize(self, size: int, configured: int, seconds: float) -> None:
+        """After a batch of `size` rows took `seconds`: the first is a probe, the others adapt."""
+        resized = size_after_probe if self.batches == 1 else next_batch_size
+        self.batch_size = resized(size, configured, seconds)
 
     def size_within(self, max_rows: int | None) -> int:
         """The next batch's size, so that the task stays within --max-rows."""
