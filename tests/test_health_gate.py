@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import make_cli
 from tests.private_server import PrivateServer, replicated_servers
+from tests.test_monitoring import samples, value
 
 Servers = tuple[PrivateServer, PrivateServer]
 
@@ -111,6 +113,37 @@ def test_paused_replay_stops_the_purge_and_the_next_run_finishes_it(replicated: 
         url, "select count(distinct upload_id) from maintenance.storage_outbox_files"
     ) == (UPLOADS)
     assert scalar(url, "select count(*) from maintenance.storage_outbox_files") == UPLOADS
+
+
+def test_a_replay_lag_given_as_a_duration_stops_the_purge_too(replicated: Servers) -> None:
+    primary, standby = replicated
+    url = primary.migrated_database()
+    add_old_uploads(url)
+    wait_caught_up(primary, standby)
+    with psycopg.connect(standby.url(), autocommit=True) as conn:
+        conn.execute("select pg_wal_replay_pause()")
+
+    # While replay is paused, the standby's replay_lag grows with the clock from the first batch;
+    # the WAL-rate cap makes the purge take long enough for it to pass the limit.
+    code, document, stderr = purge(
+        url,
+        "--batch-size",
+        "500",
+        "--max-wal-rate",
+        "256kB/s",
+        "--max-replica-lag",
+        "1s",
+        "--throttle-wait",
+        "3s",
+    )
+
+    (task,) = document["tasks"]
+    assert code == 0, stderr
+    assert task["status"] == "stopped"
+    assert "standby 'walreceiver' is " in task["error"]
+    assert " s behind in replay (MAINTCTL_MAX_REPLICA_LAG 1s)" in task["error"]
+    assert task["peakReplicaLagMs"] > 1000
+    assert 0 < task["rows"] < UPLOADS
 
 
 def test_an_unconsumed_logical_slot_stops_the_purge(replicated: Servers) -> None:
@@ -233,3 +266,47 @@ def test_with_both_limits_off_a_paused_standby_and_a_slot_do_not_hold_the_purge(
     assert (code, task["status"], task["rows"]) == (0, "ok", UPLOADS), stderr
     assert task["throttledMs"] == 0
     assert task["peakReplicaLagBytes"] > 64 * 1024  # the lag was there, and seen
+
+
+def test_the_cost_of_a_run_is_in_its_json_ledger_history_step_lines_and_metrics(
+    replicated: Servers, tmp_path: Path
+) -> None:
+    primary, standby = replicated
+    url = primary.migrated_database()
+    add_old_uploads(url)
+    wait_caught_up(primary, standby)
+    metrics = tmp_path / "maintctl.prom"
+    cli = make_cli(url)
+
+    result = cli("run", "--json", "--log-format", "json", "--metrics-file", str(metrics))
+    history = json.loads(cli("history", "--json").stdout)
+
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    tasks = {task["task"]: task for task in document["tasks"]}
+    assert tasks["temp"]["walBytes"] > UPLOADS * 50  # at least the outbox's share of each row
+    assert document["walBytes"] == sum(task["walBytes"] for task in tasks.values())
+    assert document["throttledMs"] == sum(task["throttledMs"] for task in tasks.values()) == 0
+    assert document["peakReplicaLagBytes"] == max(
+        task["peakReplicaLagBytes"] for task in tasks.values()
+    )
+    assert document["peakReplicaLagBytes"] is not None  # the standby was seen
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("select tasks from maintenance.runs where id = %s", [document["runId"]])
+        ledger = {task["task"]: task for task in row.fetchone()[0]}  # type: ignore[index]
+    assert {name: task["walBytes"] for name, task in ledger.items()} == {
+        name: task["walBytes"] for name, task in tasks.items()
+    }
+    assert history[0]["walBytes"] == document["walBytes"]
+    assert history[0]["peakReplicaLagBytes"] == document["peakReplicaLagBytes"]
+    steps = [json.loads(line) for line in result.stderr.splitlines()]
+    done = {step["task"]: step for step in steps if step["event"] == "task_done"}
+    assert done["temp"]["walBytes"] == tasks["temp"]["walBytes"]
+    assert done["temp"]["throttledMs"] == 0
+    assert " of WAL" in done["temp"]["message"]
+    found = samples(metrics)
+    temp = {"command": "run", "task": "temp"}
+    assert value(found, "maintctl_task_wal_bytes", **temp) == tasks["temp"]["walBytes"]
+    assert value(found, "maintctl_task_throttled_seconds", **temp) == 0
+    peak = value(found, "maintctl_last_run_peak_replica_lag_bytes", command="run")
+    assert peak == document["peakReplicaLagBytes"]
