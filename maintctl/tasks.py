@@ -189,10 +189,9 @@ def _step(
     an interrupt in between would leave a committed batch out of the ledger."""
     from maintctl import db
 
-    with db.statement_timeouts(), db.transaction(conn, settings):
-        # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
-        # ledger commits synchronously, which flushes the WAL of every batch before it.
-        db.execute(conn, "asynchronous_commit")
+    # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
+    # ledger commits synchronously, which flushes the WAL of every batch before it.
+    with db.statement_timeouts(), db.transaction(conn, settings, asynchronous_commit=True):
         if heartbeat is not None:
             heartbeat.beat(conn)
         step = db.fetch_one(conn, task.batch_query, params, Step)

@@ -60,11 +60,11 @@ BASE_ROWS = {"temp": 2_000_000, "jobs": 500_000, "raw": 1_000_000, "runs": 100_0
 STUCK_RUNS = 100
 SMALL_SCALE = 0.1  # status is also timed on a database a tenth the size (200,000 temp uploads)
 
-# The targets of issue 4.
-PURGE_RATIO_TARGET = 0.8
-LONGEST_TRANSACTION_TARGET_MS = 100.0
+# The targets of issue 11 (issue 4's, raised): purge against one plain DELETE of the same rows.
+PURGE_RATIO_TARGET = 0.75
+LONGEST_TRANSACTION_TARGET_MS = 50.0
 WRITER_P99_FACTOR = 2.0
-COMPACT_RATIO_TARGET = 0.8
+COMPACT_RATIO_TARGET = 0.9
 STATUS_BACKLOG_TARGET_MS = 100.0
 # "The same time" at 10x the rows: within 50% plus 2 ms of noise on a shared machine.
 STATUS_SAME_FACTOR, STATUS_SAME_SLACK_MS = 1.5, 2.0
@@ -78,6 +78,7 @@ SAMPLER_INTERVAL_S = 0.005
 
 # One statement per table, all generated server-side. Times are spread evenly and in id order,
 # as an append-mostly application leaves them.
+WAL_POSITION = "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
 BUILD_RUNS = """
 insert into import_runs (status, created_at, started_at, heartbeat_at, finished_at, error_message)
 select case when n <= %(stuck)s then 'processing'
@@ -461,10 +462,17 @@ def prepare(url: str) -> None:
         conn.execute("checkpoint")
 
 
-def plain_statement(url: str, statement: str) -> tuple[int, float]:
-    """The rows the statement changed (or the count it returns, for a CTE), and its seconds."""
+def wal_position(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(WAL_POSITION).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def plain_statement(url: str, statement: str) -> tuple[int, float, int]:
+    """The rows the statement changed (or the count it returns, for a CTE), its seconds, and the
+    WAL the server wrote meanwhile."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set statement_timeout = 0")
+        before = wal_position(conn)
         started = time.perf_counter()
         cursor = conn.execute(statement)
         if cursor.description is None:
@@ -472,12 +480,42 @@ def plain_statement(url: str, statement: str) -> tuple[int, float]:
         else:
             row = cursor.fetchone()
             rows = int(row[0]) if row is not None else 0
-        return rows, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        return rows, seconds, wal_position(conn) - before
 
 
-def statement_side(rows: int, seconds: float) -> dict[str, Any]:
+def statement_side(rows: int, seconds: float, wal_bytes: int) -> dict[str, Any]:
     """The figures of one single statement."""
-    return {"rows": rows, "seconds": round(seconds, 2), "rowsPerSecond": round(rows / seconds)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rowsPerSecond": round(rows / seconds),
+        "walBytesPerRow": round(wal_bytes / max(rows, 1)),
+    }
+
+
+def bench_gate(url: str, repeat: int = 200) -> dict[str, Any]:
+    """The health gate's one catalog query, as each batch sends it (its own session, warm)."""
+    from maintctl.sqlfiles import query
+
+    timings = []
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute(query("health_gate"))
+        for _ in range(repeat):
+            started = time.perf_counter()
+            conn.execute(query("health_gate")).fetchone()
+            timings.append((time.perf_counter() - started) * 1000)
+    return {"queryMs": round(median(timings), 3), "p99Ms": round(percentile(timings, 0.99) or 0, 3)}
+
+
+def gate_share(side: dict[str, Any], gate: dict[str, Any]) -> float:
+    """The part of a maintctl task's time its health-gate reads took (one per batch)."""
+    share = (
+        float(side["batches"])
+        * float(gate["queryMs"])
+        / max(float(side["taskSeconds"]) * 1000, 1e-9)
+    )
+    return round(share, 4)
 
 
 def maintctl_side(task: dict[str, Any], run: CliRun, sampler: TransactionSampler) -> dict[str, Any]:
@@ -488,6 +526,8 @@ def maintctl_side(task: dict[str, Any], run: CliRun, sampler: TransactionSampler
         "taskSeconds": task["durationMs"] / 1000,
         "wallSeconds": round(run.seconds, 2),
         "rowsPerSecond": round(task["rows"] / max(task["durationMs"] / 1000, 1e-9)),
+        "walBytesPerRow": round(task["walBytes"] / max(task["rows"], 1)),
+        "throttledMs": task["throttledMs"],
         **sampler.summary(),
     }
 
@@ -510,9 +550,9 @@ def single_purge(
     """One single statement of purge-temp on its own copy, with the writer idle then during it."""
     prepare(url)
     with observed(url, run_ids, idle_seconds, sample=False) as (writer, _):
-        rows, seconds = plain_statement(url, statement)
+        rows, seconds, wal_bytes = plain_statement(url, statement)
     return {
-        **statement_side(rows, seconds),
+        **statement_side(rows, seconds, wal_bytes),
         "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
     }
 
@@ -555,10 +595,11 @@ def bench_purge(
         "maintctl": maintctl_purge,
         "deleteWithOutbox": outbox_side,
         "plainDelete": plain_side,
-        # The judged ratio: against the single statement doing the same work (DELETE + outbox).
-        "ratio": round(maintctl_rate / outbox_side["rowsPerSecond"], 3),
-        # For information: against a DELETE that records no file (the outbox's cost included).
+        # The judged ratio (issue 11): against the limit, one plain DELETE of the same rows that
+        # records no file, so the outbox's cost counts against maintctl.
         "ratioVsPlainDelete": round(maintctl_rate / plain_side["rowsPerSecond"], 3),
+        # For information: against the single statement doing the same work (DELETE + outbox).
+        "ratio": round(maintctl_rate / outbox_side["rowsPerSecond"], 3),
         # The outbox's cost to a single statement: its rows/s without it over with it.
         "outboxCostFactor": round(plain_side["rowsPerSecond"] / outbox_side["rowsPerSecond"], 2),
         # The judged ratio with maintctl's whole process (start-up, migrations check, ledger).
@@ -587,8 +628,8 @@ def bench_compact(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     after_vacuum = jobs_size(maintctl_url)
     prepare(plain_url)
     say("compact: one plain UPDATE ...")
-    rows, seconds = plain_statement(plain_url, PLAIN_COMPACT)
-    plain_update = statement_side(rows, seconds)
+    rows, seconds, wal_bytes = plain_statement(plain_url, PLAIN_COMPACT)
+    plain_update = statement_side(rows, seconds, wal_bytes)
     return {
         "maintctl": maintctl_compact,
         "plainUpdate": plain_update,
@@ -604,8 +645,8 @@ def bench_raw(maintctl_url: str, plain_url: str) -> dict[str, Any]:
     maintctl_raw = sampled_task(maintctl_url, "purge-raw")
     prepare(plain_url)
     say("purge-raw: one plain DELETE ...")
-    rows, seconds = plain_statement(plain_url, PLAIN_DELETE_RAW)
-    plain_delete = statement_side(rows, seconds)
+    rows, seconds, wal_bytes = plain_statement(plain_url, PLAIN_DELETE_RAW)
+    plain_delete = statement_side(rows, seconds, wal_bytes)
     return {
         "maintctl": maintctl_raw,
         "plainDelete": plain_delete,
@@ -702,9 +743,9 @@ def judge(figures: dict[str, Any]) -> list[Target]:
     return [
         Target(
             "purge throughput",
-            f">= {PURGE_RATIO_TARGET}x the single statement doing the same work (DELETE + outbox)",
-            f"{purge['ratio']}x ({purge['ratioVsPlainDelete']}x a plain DELETE without outbox)",
-            purge["ratio"] >= PURGE_RATIO_TARGET,
+            f">= {PURGE_RATIO_TARGET}x one plain DELETE of the same rows (no outbox)",
+            f"{purge['ratioVsPlainDelete']}x ({purge['ratio']}x the DELETE + outbox)",
+            purge["ratioVsPlainDelete"] >= PURGE_RATIO_TARGET,
         ),
         Target(
             "longest maintctl transaction",
@@ -779,13 +820,29 @@ def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
 
     single, plain = purge["deleteWithOutbox"], purge["plainDelete"]
+    gate = figures["gate"]
     return [
+        (
+            "purge-temp vs one plain DELETE, no outbox (the limit)",
+            f"{purge['ratioVsPlainDelete']}x",
+            f"{rate(plain)}: {purge['outboxCostFactor']}x the rows/s of DELETE + outbox",
+        ),
         ("purge-temp throughput (vs DELETE + outbox)", rate(purge["maintctl"]), rate(single)),
         ("purge-temp ratio (same work: DELETE + outbox)", f"{purge['ratio']}x", "1x"),
         (
-            "purge-temp vs a plain DELETE, no outbox",
-            f"{purge['ratioVsPlainDelete']}x",
-            f"{rate(plain)}: {purge['outboxCostFactor']}x the rows/s of DELETE + outbox",
+            "WAL per row: purge-temp / compact",
+            f"{purge['maintctl']['walBytesPerRow']:,} B / "
+            f"{compact['maintctl']['walBytesPerRow']:,} B",
+            f"plain DELETE {plain['walBytesPerRow']:,} B, DELETE + outbox "
+            f"{single['walBytesPerRow']:,} B / "
+            f"UPDATE {compact['plainUpdate']['walBytesPerRow']:,} B",
+        ),
+        (
+            "health gate, one read per batch",
+            f"{gate['queryMs']} ms (p99 {gate['p99Ms']} ms): "
+            f"{gate_share(purge['maintctl'], gate):.1%} of purge-temp, "
+            f"{gate_share(compact['maintctl'], gate):.1%} of compact",
+            "",
         ),
         (
             "longest transaction",
@@ -900,6 +957,8 @@ def run_bench(server: Server, scale: float, repeat: int, idle_seconds: float) ->
         outbox_url = database("outbox", template=base)
         say("status at full scale with a backlog ...")
         large_backlog = time_status(maintctl_url, repeat)
+        say("the health gate's query ...")
+        figures["gate"] = bench_gate(maintctl_url)
         figures["purgeTemp"] = bench_purge(maintctl_url, outbox_url, plain_url, idle_seconds)
         server.drop(f"{PREFIX}_outbox")  # used only for purge-temp
         figures["purgeRaw"] = bench_raw(maintctl_url, plain_url)

@@ -51,6 +51,15 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('statement_timeout', %(statement_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true);
 
+-- name: set_batch_transaction_limits
+-- The same limits for a batch's transaction, whose COMMIT also does not wait for the WAL flush
+-- (asynchronous commit): the ledger's own commit stays synchronous and flushes every batch's WAL
+-- before it, so a crash may lose a batch, never a ledger entry for one.
+select set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
+       set_config('synchronous_commit', 'off', true);
+
 -- name: cutoff
 -- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
 select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
@@ -348,8 +357,3 @@ where not r.dry_run
   and t ->> 'status' in ('ok', 'stopped')
 order by r.id desc
 limit %(limit)s;
-
--- name: asynchronous_commit
--- Inside a batch's transaction only: its COMMIT does not wait for the WAL flush. The ledger's
--- own commit stays synchronous, and flushes every batch's WAL before it.
-select set_config('synchronous_commit', 'off', true);
