@@ -221,7 +221,8 @@ def check_health_gate(conn: db.Connection, settings: Settings) -> list[Check]:
     found = health.read_health(conn)
     if found.blind and settings.max_replica_lag is not None:
         return [Check("health gate", False, health.BLIND_SENTENCE, ExitCode.NO_PERMISSION)]
-    return [Check("health gate", True, health.describe(found, settings))]
+    waits = health.over_limit(found, settings) is not None
+    return [Check("health gate", True, health.describe(found, settings), warning=waits)]
 
 
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
