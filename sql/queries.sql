@@ -321,19 +321,21 @@ delete from maintenance.storage_outbox where id = any(%(ids)s::bigint[]);
 -- name: health_gate
 -- The health gate before each batch, in one statement: the WAL position, the standby furthest
 -- behind in replay (by bytes and by time), the slot that retains the most WAL, and whether this
--- role may read the standbys' positions (pg_stat_replication shows only pids to others).
+-- role may read the standbys' positions (pg_stat_replication shows only pids to others). The
+-- insert position, not pg_current_wal_lsn() (the write position): an asynchronous commit's WAL
+-- may not be written yet.
 with standbys as (
   select coalesce(nullif(application_name, ''), host(client_addr), pid::text) as name,
-         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint as lag_bytes,
+         pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)::bigint as lag_bytes,
          (extract(epoch from replay_lag) * 1000)::bigint as lag_ms
   from pg_stat_replication
 ), slots as (
   select slot_name::text as name,
-         pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint as retained_bytes
+         pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint as retained_bytes
   from pg_replication_slots
   where restart_lsn is not null
 )
-select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint as wal_position,
+select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint as wal_position,
        pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') as sees_standbys,
        (select count(*) from standbys)::integer as standbys,
        (select name from standbys where lag_bytes is not null
