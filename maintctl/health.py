@@ -1,10 +1,10 @@
 """The health gate: before each batch, one catalog query reads how far the standbys are behind in
 replay (pg_stat_replication, by bytes and by time), how much WAL the replication slots retain
 (pg_replication_slots) and where the WAL stands (pg_current_wal_insert_lsn()). Over a limit,
-the task waits and looks again; after MAINTCTL_THROTTLE_WAIT of waiting in one stretch it stops,
-and the next run carries on. Under MAINTCTL_MAX_WAL_RATE, the gate sleeps as long as it takes for the
-task's WAL so far to stay under the rate. The gate also counts what the task cost: the WAL it
-wrote, the time it waited, and the peak standby lag it saw.
+the task waits and looks again; after MAINTCTL_THROTTLE_WAIT of waiting in one stretch it
+stops, and the next run carries on. Under MAINTCTL_MAX_WAL_RATE, the gate sleeps as long as it
+takes for the task's WAL so far to stay under the rate. The gate also counts what the task
+cost: the WAL it wrote, the time it waited, and the peak standby lag it saw.
 """
 
 from __future__ import annotations
