@@ -145,10 +145,14 @@ def transaction(
 ) -> Iterator[None]:
     """One short transaction with the configured limits set inside it (poolers keep no session).
     With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush."""
-    limits = "set_batch_transaction_limits" if asynchronous_commit else "set_transaction_timeouts"
+    limits = (
+        query("set_batch_transaction_limits")
+        if asynchronous_commit
+        else query("set_transaction_timeouts")
+    )
     with conn.transaction():
         conn.execute(
-            query(limits),
+            limits,
             {
                 "lock_timeout": milliseconds(settings.lock_timeout),
                 "statement_timeout": milliseconds(settings.statement_timeout),
