@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.conftest import Cli
 from tests.data import Conn, count
 
@@ -164,3 +166,50 @@ def test_a_bad_anomaly_factor_is_refused(cli: Cli, conn: Conn) -> None:
         "use off to turn the guard off\n"
     )
     assert count(conn, OLD) == 10
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "code", "message"),
+    [
+        ("--max-replica-lag", "soon", 2, "'soon' is neither a duration (e.g. 30s, 5m) nor a size"),
+        ("MAINTCTL_MAX_REPLICA_LAG", "-1s", 78, "is neither a duration"),
+        ("MAINTCTL_MAX_SLOT_LAG", "0", 78, "'0' is zero; use off to turn the limit off"),
+        ("--max-slot-lag", "lots", 2, "'lots' is not a size (use e.g. 512kB, 256MB or 1GB)"),
+        ("MAINTCTL_MAX_WAL_RATE", "32MB", 78, "'32MB' is not a rate (use e.g. 32MB/s)"),
+        ("--throttle-wait", "0s", 2, "'0s' is zero; a duration must be positive"),
+    ],
+)
+def test_bad_gate_settings_are_refused_and_change_nothing(
+    cli: Cli, conn: Conn, where: str, value: str, code: int, message: str
+) -> None:
+    add_old_uploads(conn, 10)
+
+    if where.startswith("--"):
+        result = cli("purge-temp", where, value)
+    else:
+        result = cli("purge-temp", env={where: value})
+
+    assert result.exit_code == code
+    assert result.stderr.startswith(f"maintctl: error: {where}: ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert count(conn, OLD) == 10
+
+
+def test_gate_limits_turned_off_or_given_in_any_unit_are_accepted(cli: Cli, conn: Conn) -> None:
+    add_old_uploads(conn, 10)
+
+    document = purge(
+        cli,
+        "--max-replica-lag",
+        "256MB",
+        "--max-slot-lag",
+        "off",
+        "--max-wal-rate",
+        "1GB/s",
+        "--throttle-wait",
+        "1m",
+        env={"MAINTCTL_MAX_REPLICA_LAG": "off", "MAINTCTL_MAX_SLOT_LAG": "512kB"},
+    )
+
+    assert (document["exitCode"], document["tasks"][0]["rows"]) == (0, 10), document["stderr"]
