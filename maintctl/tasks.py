@@ -75,8 +75,8 @@ TASKS_BY_NAME = {task.name: task for task in TASKS}
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
 MIN_BATCH_SIZE = 1
 # Each transaction is held to about this long, so that the application's writes never wait long
-# behind one: a batch that took over twice as long halves the next (down to TIMED_FLOOR rows),
-# one that took under half grows the next back towards the configured batch size.
+# behind one: a batch that took longer shrinks the next in proportion, at most by half (down to
+# TIMED_FLOOR rows), one that took under half grows the next back towards the configured size.
 TARGET_BATCH_SECONDS = 0.05
 TIMED_FLOOR = 10
 # The first batch of a task is a probe of this many rows: the second is sized to fit
@@ -155,8 +155,8 @@ ProgressCallback = Callable[[TaskProgress], None]
 
 def next_batch_size(size: int, configured: int, seconds: float) -> int:
     """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
-    if seconds > 2 * TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
-        return max(TIMED_FLOOR, size // 2)
+    if seconds > TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
+        return max(TIMED_FLOOR, size // 2, int(size * TARGET_BATCH_SECONDS / seconds))
     if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
         return min(configured, size * 2)
     return size

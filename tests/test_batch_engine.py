@@ -375,6 +375,7 @@ def test_thenext_batch_size_follows_the_time_the_last_one_took() -> None:
     assert next_batch_size(15, 5000, slow) == TIMED_FLOOR
     assert next_batch_size(5, 5000, slow) == 5  # a batch at the floor is left alone
     assert next_batch_size(2500, 5000, on_target) == 2500
+    assert next_batch_size(2500, 5000, 1.25 * TARGET_BATCH_SECONDS) == 2000  # in proportion
     assert next_batch_size(2500, 5000, fast) == 5000
     assert next_batch_size(5000, 5000, fast) == 5000
 
