@@ -10,7 +10,6 @@ cost: the WAL it wrote, the time it waited, and the peak standby lag it saw.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -108,17 +107,14 @@ class Gate:
         conn: Connection,
         settings: Settings,
         heartbeat: Heartbeat | None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.conn = conn
         self.settings = settings
         self.heartbeat = heartbeat
-        self.sleep = sleep
         self.started = self._last_beat = time.monotonic()
         self.throttled_seconds = 0.0
         self.peak_lag_bytes: int | None = None
         self.peak_lag_ms: int | None = None
-        self.blind = False
         first = self._read()
         self.start_position = first.wal_position
         self.position = first.wal_position
@@ -134,7 +130,6 @@ class Gate:
     def _read(self) -> Health:
         health = read_health(self.conn)
         self.position = health.wal_position
-        self.blind = self.blind or health.blind
         if health.lag_bytes is not None:
             self.peak_lag_bytes = max(self.peak_lag_bytes or 0, health.lag_bytes)
         if health.lag_ms is not None:
@@ -166,9 +161,11 @@ class Gate:
             self._wait(min(POLL_SECONDS, wait - waited))
 
     def finish(self) -> None:
-        """At the end of the task: the WAL it wrote, paced like a batch."""
+        """At the end of the task: the WAL it wrote, paced like a batch (unless that would take
+        longer than the throttle wait: the work is done)."""
         self._read()
-        self._pace()
+        if self._too_fast(self.settings.throttle_wait.total_seconds()) is None:
+            self._pace()
 
     def _too_fast(self, wait: float) -> str | None:
         """The WAL rate as a limit: pacing that would sleep longer than the throttle wait (the
@@ -208,4 +205,4 @@ class Gate:
                 with db.transaction(self.conn, self.settings):
                     self.heartbeat.beat(self.conn)
                 self._last_beat = time.monotonic()
-            self.sleep(min(left, every))
+            time.sleep(min(left, every))
