@@ -6,6 +6,7 @@ walBytes is the server's LSN difference; a role that cannot read the standbys' l
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from tests.conftest import make_cli
 from tests.private_server import PrivateServer, replicated_servers
@@ -310,3 +313,54 @@ def test_the_cost_of_a_run_is_in_its_json_ledger_history_step_lines_and_metrics(
     assert value(found, "maintctl_task_throttled_seconds", **temp) == 0
     peak = value(found, "maintctl_last_run_peak_replica_lag_bytes", command="run")
     assert peak == document["peakReplicaLagBytes"]
+
+
+@pytest.fixture
+def owner_without_createrole(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, str]]:
+    """An owner of the maintenance schema that is no superuser and lacks CREATEROLE (it holds
+    every other privilege with grant option), and a role for it to grant to; cluster-wide roles,
+    so named for this process."""
+    owner, target = f"maintctl_owner_{os.getpid()}", f"maintctl_target_{os.getpid()}"
+    names = {"owner": sql.Identifier(owner), "target": sql.Identifier(target)}
+    for statement in (
+        "create role {owner} login",
+        "create role {target} nologin",
+        "alter schema maintenance owner to {owner}",
+        "grant all on all tables in schema maintenance to {owner} with grant option",
+        "grant all on all sequences in schema maintenance to {owner} with grant option",
+        "grant all on all routines in schema maintenance to {owner} with grant option",
+        "grant usage on schema public to {owner} with grant option",
+        "grant all on import_runs, import_jobs, temp_uploads, raw_import_items "
+        "to {owner} with grant option",
+    ):
+        conn.execute(sql.SQL(statement).format(**names))
+    try:
+        yield owner, target
+    finally:
+        for statement in (
+            "alter schema maintenance owner to current_user",
+            # One at a time: a default ACL names both, and dropping both at once trips on it.
+            "drop owned by {target}",
+            "drop owned by {owner}",
+            "drop role {owner}, {target}",
+        ):
+            conn.execute(sql.SQL(statement).format(**names))
+
+
+def test_an_owner_that_may_not_grant_pg_read_all_stats_still_grants_the_rest(
+    db_url: str, conn: psycopg.Connection[Any], owner_without_createrole: tuple[str, str]
+) -> None:
+    owner, target = owner_without_createrole
+    as_owner = make_cli(make_conninfo(db_url, user=owner))
+
+    result = as_owner("grant", target, "--json")
+    text = as_owner("grant", target)
+
+    assert result.exit_code == 0, result.stderr
+    refused = json.loads(result.stdout)["statsRefused"]
+    assert 'role "pg_read_all_stats"' in refused  # PostgreSQL's own reason
+    assert f"could not grant pg_read_all_stats: {refused}" in " ".join(text.stdout.split())
+    member = "select pg_has_role(%s, 'pg_read_all_stats', 'member')"
+    assert conn.execute(member, [target]).fetchone() == (False,)
+    may_delete = "select has_table_privilege(%s, 'temp_uploads', 'delete')"
+    assert conn.execute(may_delete, [target]).fetchone() == (True,)
