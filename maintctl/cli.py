@@ -24,6 +24,7 @@ from maintctl.log import StepLog
 
 if TYPE_CHECKING:
     from maintctl import runner
+    from maintctl.api import Maintenance
     from maintctl.db import Connection
     from maintctl.settings import Settings
     from maintctl.tasks import Task
@@ -63,6 +64,16 @@ JsonOutput = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+ConfigFile = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="The policy file (table and column names, thresholds) [env: MAINTCTL_CONFIG; "
+        "default: ./maintctl.toml when present].",
+        metavar="FILE",
+        show_default=False,
+    ),
+]
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Count what would be touched now; change nothing.")
 ]
@@ -237,6 +248,9 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
     def register(function: Command) -> Command:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> None:
+            from maintctl.policy import config_flag
+
+            config_flag.set(kwargs.pop("config", None))
             debug = bool(kwargs.get("debug"))
             # The driver's own warnings (a rollback that failed after an interrupt, say) would
             # add lines to the one-line error; --debug shows them.
@@ -267,6 +281,17 @@ def command(name: str, example: str) -> Callable[[Command], Command]:
                 raise typer.Exit(ExitCode.SOFTWARE) from None
             raise typer.Exit(code or 0)
 
+        # Every command takes --config: the policy file its settings read.
+        signature = inspect.signature(function, eval_str=True)
+        parameters = list(signature.parameters.values())
+        config = inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigFile
+        )
+        at = next((i for i, p in enumerate(parameters) if p.name == "debug"), len(parameters))
+        parameters.insert(at, config)
+        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+        )
         app.command(name, epilog=f"Example: {example}")(wrapper)
         return function
 
@@ -312,7 +337,11 @@ def _settings(
     given = {"database_url": database_url, "app_schema": schema, **flags}
     names = {
         **_FLAG_NAMES,
-        **{key: "--older-than" for key in flags if key.endswith(("_after", "_ttl"))},
+        **{
+            key: "--older-than"
+            for key in flags
+            if key.endswith(("_after", "_ttl")) or key == "purge_older_than"
+        },
     }
     floor = tuple(task.threshold for task in tasks)
     settings = load_settings(given, names, floor=floor, force=force)
@@ -331,18 +360,17 @@ def _duration_flag(flag: str, value: str | None) -> timedelta | None:
         raise UsageError(f"{flag}: {exc}") from None
 
 
+def _maintenance(settings: Settings) -> Maintenance:
+    from maintctl.api import Maintenance
+
+    return Maintenance(settings)
+
+
 @contextmanager
 def _connected(settings: Settings, *, migrated: bool = True) -> Iterator[Connection]:
-    from maintctl import db, migrations
-
-    conn = db.connect(settings)
-    try:
-        with db.database_errors(conn):
-            if migrated:
-                migrations.ensure_migrated(conn, settings)
-            yield conn
-    finally:
-        conn.close()
+    """A connection as Maintenance.connect gives it (for commands that need one of their own)."""
+    with _maintenance(settings).connect(migrated=migrated) as conn:
+        yield conn
 
 
 def _exit_code_of(exc: BaseException) -> int:
@@ -368,14 +396,14 @@ def _run(
     max_runtime: str | None,
     force: bool,
     vacuum: bool = False,
-    thresholds: dict[str, str | None] | None = None,
+    thresholds: dict[str, Any] | None = None,
     log_format: str | None = None,
     quiet: bool = False,
     metrics_file: str | None = None,
     emit_paths: str | None = None,
     gate: dict[str, Any] | None = None,
 ) -> int:
-    from maintctl import db, outbox, render, runner
+    from maintctl import db, outbox, render
     from maintctl.log import describe, wants_color
 
     settings = _settings(
@@ -390,6 +418,7 @@ def _run(
         **(gate or {}),
     )
     _log.log_format = settings.log_format
+    tasks = _enabled(settings, tasks, command_name)
     deadline = _duration_flag("--max-runtime", max_runtime)
     if emit_paths == outbox.STDOUT and json_output:
         raise UsageError("--emit-paths -: stdout carries the JSON report; name a file instead")
@@ -402,30 +431,30 @@ def _run(
     show_progress = (
         not (json_output or quiet or dry_run) and sys.stdout.isatty() and wants_color(sys.stderr)
     )
+
+    def connected(conn: Connection) -> None:
+        _log(
+            "connected", target=db.describe_target(settings), serverVersion=db.server_version(conn)
+        )
+
+    def write_paths(conn: Connection, report: runner.RunReport) -> None:
+        if emit_paths is not None:
+            outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
+
     try:
-        if not settings.enabled:
-            report = runner.disabled_report(dry_run)
-        else:
-            with _connected(settings) as conn, render.progress_bar(show_progress) as on_batch:
-                _log(
-                    "connected",
-                    target=db.describe_target(settings),
-                    serverVersion=db.server_version(conn),
-                )
-                report = runner.run_maintenance(
-                    conn,
-                    settings,
-                    tasks,
-                    command=command_name,
-                    dry_run=dry_run,
-                    max_runtime=deadline,
-                    notify=_log,
-                    on_batch=on_batch,
-                    vacuum=vacuum,
-                    force=force,
-                )
-                if emit_paths is not None:
-                    outbox.write_run_paths(conn, settings, report.run_id, emit_paths)
+        with render.progress_bar(show_progress) as on_batch:
+            report = _maintenance(settings).run(
+                tasks,
+                command=command_name,
+                dry_run=dry_run,
+                max_runtime=deadline,
+                vacuum=vacuum,
+                force=force,
+                notify=_log,
+                on_batch=on_batch,
+                on_connected=connected,
+                after=write_paths,
+            )
     except BaseException as exc:
         code = _exit_code_of(exc)
         message = exc.message if isinstance(exc, MaintctlError) else type(exc).__name__
@@ -456,6 +485,21 @@ def _run(
     summary = refusal or describe("run_finished", finished)
     _monitor(settings, command_name, started, clock, int(report.exit_code), report, summary)
     return int(report.exit_code)
+
+
+def _enabled(settings: Settings, tasks: tuple[Task, ...], command_name: str) -> tuple[Task, ...]:
+    """The tasks the policy applies: `run` leaves out a rule turned off (enabled = false) and adds
+    the [[purge]] rules; the rule's own command refuses."""
+    from maintctl.errors import ConfigError
+
+    off = [task for task in tasks if not settings.rule_enabled(task.name)]
+    if off and command_name != "run":
+        raise ConfigError(
+            f"rule {off[0].name} is turned off in the policy file (rules.{off[0].name}.enabled)"
+        )
+    kept = tuple(task for task in tasks if task not in off)
+    # `run` does the [[purge]] rules of the policy file after the four.
+    return kept + settings.purge_rules() if command_name == "run" else kept
 
 
 def _ping(settings: Settings, suffix: str, body: str) -> None:
@@ -539,7 +583,7 @@ def run(
     throttle_wait: ThrottleWait = None,
     debug: Debug = False,
 ) -> int:
-    """Run all four tasks in order: stuck, purge-temp, compact, purge-raw."""
+    """Run every task in order: stuck, purge-temp, compact, purge-raw."""
     from maintctl.tasks import TASKS
 
     return _run(
@@ -578,11 +622,8 @@ def _gate_flags(
     }
 
 
-def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bool = False) -> None:
+def _task_command(task: Task) -> None:
     """Register the command that runs one task alone."""
-    from maintctl.tasks import TASKS_BY_NAME
-
-    task = TASKS_BY_NAME[task_name]
 
     def single_task(
         database_url: DatabaseUrl = None,
@@ -624,36 +665,77 @@ def _task_command(task_name: str, summary: str, example: str, *, emits_paths: bo
             gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
         )
 
-    if not emits_paths:  # only purge-temp deletes files' rows: the others take no --emit-paths
+    if not task.emits_paths:  # only a rule whose rows have files takes --emit-paths
         signature = inspect.signature(single_task, eval_str=True)
         kept = [p for p in signature.parameters.values() if p.name != "emit_paths"]
         single_task.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
-    single_task.__doc__ = summary
+    single_task.__doc__ = task.summary
     single_task.__name__ = task.command.replace("-", "_")
-    command(task.command, example)(single_task)
+    command(task.command, task.example)(single_task)
 
 
-_task_command(
-    "stuck",
-    "Mark runs stuck in processing (no heartbeat for 24h by default) as failed.",
-    "maintctl stuck --older-than 36h --dry-run",
-)
-_task_command(
-    "temp",
-    "Delete temp uploads older than the TTL (24h by default); their files go to the outbox.",
-    "maintctl purge-temp --older-than 2d --emit-paths deleted-files.jsonl",
-    emits_paths=True,
-)
-_task_command(
-    "compact",
-    "Compact finished import jobs older than 7 days: drop payload and log, summarise result.",
-    "maintctl compact --older-than 14d --batch-size 1000",
-)
-_task_command(
-    "raw",
-    "Delete raw items of runs that failed more than 30 days ago (the runs stay).",
-    "maintctl purge-raw --dry-run --json",
-)
+def _task_commands() -> None:
+    from maintctl.rules import RULES
+
+    for rule in RULES:
+        _task_command(rule)
+
+
+_task_commands()
+
+
+@command("purge", "maintctl purge audit-log --dry-run   (a [[purge]] rule of maintctl.toml)")
+def purge(
+    name: Annotated[
+        str,
+        typer.Argument(help="The name of a [[purge]] rule of the policy file.", show_default=False),
+    ],
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    dry_run: DryRun = False,
+    batch_size: BatchSize = None,
+    max_runtime: MaxRuntime = None,
+    older_than: OlderThan = None,
+    force: Force = False,
+    log_format: LogFormat = None,
+    quiet: Quiet = False,
+    metrics_file: MetricsFile = None,
+    vacuum: Vacuum = False,
+    max_rows: MaxRows = None,
+    max_replica_lag: MaxReplicaLag = None,
+    max_slot_lag: MaxSlotLag = None,
+    max_wal_rate: MaxWalRate = None,
+    throttle_wait: ThrottleWait = None,
+    debug: Debug = False,
+) -> int:
+    """Run one [[purge]] rule of the policy file alone: delete the rows of its table older than
+    its threshold (and selected by its where)."""
+    from maintctl.errors import ConfigError
+    from maintctl.policy import nearest
+
+    rules = {rule.name: rule for rule in _settings(database_url, schema).purge_rules()}
+    if name not in rules:
+        raise ConfigError(
+            f"no [[purge]] rule named {name!r} in the policy file{nearest(name, rules)}"
+        )
+    return _run(
+        (rules[name],),
+        f"purge {name}",
+        database_url=database_url,
+        schema=schema,
+        json_output=json_output,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        max_runtime=max_runtime,
+        force=force,
+        vacuum=vacuum,
+        thresholds={"purge_older_than": {name: older_than}} if older_than else None,
+        log_format=log_format,
+        quiet=quiet,
+        metrics_file=metrics_file,
+        gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
+    )
 
 
 @command("status", "maintctl status --max-age 26h   (exit 1 when no successful run in 26h)")
@@ -682,12 +764,10 @@ def status(
 ) -> int:
     """Show what is waiting for maintenance, the pause switch and the last run."""
     from maintctl import render
-    from maintctl.status import get_status
 
     settings = _settings(database_url, schema, metrics_file=metrics_file)
     age = _duration_flag("--max-age", max_age)
-    with _connected(settings) as conn:
-        report = get_status(conn, settings, age, exact=exact)
+    report = _maintenance(settings).status(max_age=age, exact=exact)
     if settings.metrics_file is not None:
         from maintctl import metrics
 
@@ -713,11 +793,9 @@ def migrate(
     debug: Debug = False,
 ) -> None:
     """Install or upgrade the maintenance schema (idempotent; safe to start twice at once)."""
-    from maintctl import migrations, render
+    from maintctl import render
 
-    settings = _settings(database_url, schema)
-    with _connected(settings, migrated=False) as conn:
-        result = migrations.migrate(conn, settings)
+    result = _maintenance(_settings(database_url, schema)).migrate()
     if json_output:
         render.emit_json(render.migrate_json(result))
     else:
@@ -742,12 +820,11 @@ def history(
     debug: Debug = False,
 ) -> None:
     """List recent runs from the ledger, newest first."""
-    from maintctl import ledger, render
+    from maintctl import render
 
     since_time, since_age = _since(since)
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        runs = ledger.history(conn, limit, since_time=since_time, since_age=since_age)
+    maintenance = _maintenance(_settings(database_url, schema))
+    runs = maintenance.history(limit, since_time=since_time, since_age=since_age)
     if json_output:
         render.emit_json([render.run_record_json(run) for run in runs])
     else:
@@ -782,11 +859,10 @@ def _set_pause(
     paused: bool,
     reason: str | None,
 ) -> None:
-    from maintctl import ledger, render
+    from maintctl import render
 
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        state = ledger.set_pause(conn, paused=paused, reason=reason)
+    maintenance = _maintenance(_settings(database_url, schema))
+    state = maintenance.pause(reason) if paused else maintenance.resume()
     if json_output:
         render.emit_json(render.pause_json(state))
     else:
@@ -863,9 +939,8 @@ def doctor(
 ) -> int:
     """Check the connection, migrations, privileges and a dry run; exit 0 when healthy."""
     from maintctl import render
-    from maintctl.status import run_doctor
 
-    checks = run_doctor(_settings(database_url, schema))
+    checks = _maintenance(_settings(database_url, schema)).doctor()
     if json_output:
         render.emit_json(render.doctor_json(checks))
     else:
@@ -966,6 +1041,25 @@ def cron(
         typer.echo(f"wrote {target}")
 
 
+@command("config", "maintctl config --config /etc/maintctl.toml --json")
+def config(
+    database_url: DatabaseUrl = None,
+    schema: Schema = None,
+    json_output: JsonOutput = False,
+    debug: Debug = False,
+) -> None:
+    """Show the policy as resolved: each rule's table, columns and threshold, and where each
+    value came from (flag, environment, .env, the policy file, or the default)."""
+    from maintctl import render
+
+    # Connects nowhere: the settings alone, as every other command would resolve them.
+    report = _maintenance(_settings(database_url, schema)).config({"app_schema": schema})
+    if json_output:
+        render.emit_json(render.config_json(report))
+    else:
+        render.print_config(report)
+
+
 @command("grant", "maintctl grant maintctl_runner   (as the owner, after migrate)")
 def grant(
     role: Annotated[
@@ -985,11 +1079,8 @@ def grant(
 ) -> None:
     """Give a role exactly what run, status, doctor and history need (idempotent)."""
     from maintctl import render
-    from maintctl.grants import grant_role
 
-    settings = _settings(database_url, schema)
-    with _connected(settings) as conn:
-        result = grant_role(conn, settings, role, revoke=revoke)
+    result = _maintenance(_settings(database_url, schema)).grant(role, revoke=revoke)
     if json_output:
         render.emit_json(render.grant_json(result))
     else:

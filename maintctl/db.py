@@ -265,6 +265,20 @@ def fetch_composed(
     return _fetch_one(conn, name, _composed(name, identifiers), params, row)
 
 
+def fetch_composed_values(
+    conn: Connection,
+    name: str,
+    identifiers: Mapping[str, sql.Composable],
+    params: Mapping[str, Any],
+) -> tuple[Any, ...]:
+    """The one row of a named query whose {placeholders} are identifiers (or lists of them), as a
+    tuple: for a query whose columns are built from a list."""
+    found = conn.execute(_composed(name, identifiers), params).fetchone()
+    if found is None:
+        raise MaintctlError(f"query {name} returned no row")
+    return tuple(found)
+
+
 def vacuum(conn: Connection, table: sql.Composable) -> str | None:
     """VACUUM (ANALYZE) one table, outside any transaction, without a statement timeout. Returns
     the warning of a VACUUM that PostgreSQL skipped (it only warns when the role may not vacuum

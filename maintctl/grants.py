@@ -13,12 +13,14 @@ from psycopg.errors import InsufficientPrivilege
 
 from maintctl import db
 from maintctl.errors import ConfigError
+from maintctl.rules.generate import all_needs, policy_of
 from maintctl.settings import Settings
 from maintctl.sqlfiles import read_sql
 
 # Supabase's API roles: the hardening takes everything away from them on every migrate, and
 # granting them maintenance would hand it to every visitor of the API.
 API_ROLES = ("anon", "authenticated")
+PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class GrantResult:
     # The health gate reads the standbys' replay lag (pg_stat_replication), which needs
     # pg_read_all_stats: None when granted (or revoked), else why it could not be.
     stats_refused: str | None = None
+    tables: tuple[str, ...] = ()  # the application tables the rules work on
 
 
 def grant_role(
@@ -50,18 +53,47 @@ def grant_role(
     stats = sql.SQL(read_sql("grants/revoke_stats.sql" if revoke else "grants/grant_stats.sql"))
     refused = None
     with db.transaction(conn, settings):
-        conn.execute(
-            statements.format(
-                role=sql.Identifier(role),
-                app=sql.Identifier(settings.app_schema),
-                owner=sql.Identifier(owner),
-            )
-        )
+        names = {
+            "role": sql.Identifier(role),
+            "app": sql.Identifier(settings.app_schema),
+            "owner": sql.Identifier(owner),
+        }
+        if revoke:
+            conn.execute(statements.format(**names))
+        for table, privileges in table_privileges(settings).items():
+            granted = {
+                "privileges": sql.SQL(", ").join(sql.SQL(p) for p in privileges),
+                "table": sql.Identifier(settings.app_schema, table),
+                "role": names["role"],
+            }
+            if revoke:
+                db.execute_composed(conn, "revoke_table", granted)
+            else:
+                db.execute_composed(conn, "grant_table", granted)
+        if not revoke:
+            conn.execute(statements.format(**names))
         # Granting a predefined role needs a superuser or CREATEROLE (ADMIN OPTION from 16 on):
         # without it the rest is still granted, and the gate is blind for that role.
         try:
             with conn.transaction():
-                conn.execute(stats.format(role=sql.Identifier(role)))
+                conn.execute(stats.format(role=names["role"]))
         except InsufficientPrivilege as exc:
             refused = db.first_line(exc)
-    return GrantResult(role, revoke, settings.app_schema, refused)
+    return GrantResult(
+        role,
+        revoke,
+        settings.app_schema,
+        stats_refused=refused,
+        tables=tuple(table_privileges(settings)),
+    )
+
+
+def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """What the rules do to each application table (maintctl/rules/), by table."""
+    held: dict[str, list[str]] = {}
+    for need in all_needs(policy_of(settings)):
+        held.setdefault(need.table, [])
+        held[need.table] += [p for p in need.privileges if p not in held[need.table]]
+    # A privilege keyword from the rules' definitions, never from the policy: they are SQL text.
+    assert all(p in PRIVILEGES for found in held.values() for p in found)
+    return {table: tuple(p for p in PRIVILEGES if p in found) for table, found in held.items()}

@@ -141,13 +141,7 @@ def status_registry(status: StatusReport) -> CollectorRegistry:
         ["task"],
         registry=registry,
     )
-    counts = status.counts
-    for task, value in (
-        ("stuck", counts.stuck_runs),
-        ("temp", counts.old_temp_uploads),
-        ("compact", counts.old_import_jobs),
-        ("raw", counts.old_raw_items),
-    ):
+    for task, value in status.counts.items():
         pending.labels(task).set(value)
     Gauge("maintctl_paused", "1 while maintenance is paused.", registry=registry).set(
         int(status.pause.paused)

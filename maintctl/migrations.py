@@ -10,6 +10,8 @@ from psycopg import sql
 
 from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated
+from maintctl.rules.install import check_conditions, check_rule_columns, ensure_current
+from maintctl.rules.install import install as install_rules
 from maintctl.settings import Settings
 from maintctl.sqlfiles import Migration, hardening, read_sql
 from maintctl.sqlfiles import migrations as known_migrations
@@ -37,6 +39,7 @@ class MigrateResult:
     applied: list[str]
     already_applied: int
     app_schema: str
+    rules_installed: bool = False  # the rules' SQL was generated and installed anew
 
 
 def _label(migration: Migration) -> str:
@@ -79,6 +82,7 @@ def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
             f"the maintenance schema serves application schema {applied[-1].app_schema!r}, "
             f"not {settings.app_schema!r}; set MAINTCTL_SCHEMA={applied[-1].app_schema}"
         )
+    ensure_current(conn, settings)
 
 
 def _wait_for_lock(conn: db.Connection) -> None:
@@ -101,6 +105,8 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
             f"maintctl needs PostgreSQL 15 or newer; this server is {server.server_version}"
         )
     check_app_schema(conn, settings)
+    check_rule_columns(conn, settings)
+    check_conditions(conn, settings)
     pooler.refuse_for_migrate(conn, settings)
     _wait_for_lock(conn)
     try:
@@ -133,14 +139,17 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                     db.execute(conn, "reset_session_limits")
             with db.transaction(conn, settings):
                 if migration.transactional:
+                    db.execute(conn, "skip_function_body_checks")
                     conn.execute(sql.SQL(migration.text).format(app=app))
                 conn.execute(hardening())
                 db.execute(conn, "record_migration", record)
             newly_applied.append(_label(migration))
+        # The rules' own SQL, generated from their definitions and the policy.
+        rules_installed = install_rules(conn, settings)
         # Again on every migrate: API roles created since (Supabase's anon) lose access too.
         with db.transaction(conn, settings):
             conn.execute(hardening())
     finally:
         with db.best_effort():
             db.fetch_value(conn, "migration_unlock")
-    return MigrateResult(newly_applied, len(done), settings.app_schema)
+    return MigrateResult(newly_applied, len(done), settings.app_schema, rules_installed)

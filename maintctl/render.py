@@ -23,7 +23,10 @@ from maintctl.grants import GrantResult
 from maintctl.ledger import PauseState, RunRecord, pause_sentence
 from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
+from maintctl.policy import ConfigReport
+from maintctl.rules import RULES
 from maintctl.runner import RunReport, run_impact
+from maintctl.settings import camel
 from maintctl.sizes import format_size
 from maintctl.status import Check, StatusReport
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
@@ -97,12 +100,8 @@ def pause_json(state: PauseState) -> dict[str, Any]:
 
 
 def status_json(status: StatusReport) -> dict[str, Any]:
-    counts = status.counts
     document: dict[str, Any] = {
-        "stuckRuns": counts.stuck_runs,
-        "oldTempUploads": counts.old_temp_uploads,
-        "oldRawItems": counts.old_raw_items,
-        "oldImportJobs": counts.old_import_jobs,
+        **{rule.count_key: status.counts.get(rule.name) for rule in RULES},
         "paused": status.pause.paused,
         "pause": pause_json(status.pause) if status.pause.paused else None,
         "thresholds": status.thresholds,
@@ -111,6 +110,9 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         # A count equal to countLimit means at least that many (status --exact: null, exact).
         "countLimit": status.count_limit,
     }
+    purged = {name: rows for name, rows in status.counts.items() if name not in TASKS_BY_NAME}
+    if purged:  # the [[purge]] rules' counts, by name
+        document["purge"] = purged
     if status.max_age is not None:
         document["maxAge"] = format_duration(status.max_age)
         document["stale"] = status.stale
@@ -122,7 +124,42 @@ def migrate_json(result: MigrateResult) -> dict[str, Any]:
         "applied": result.applied,
         "alreadyApplied": result.already_applied,
         "appSchema": result.app_schema,
+        "rulesInstalled": result.rules_installed,
     }
+
+
+def config_json(report: ConfigReport) -> dict[str, Any]:
+    return {
+        "file": report.file,
+        "foundBy": report.found_by,
+        "values": {
+            item.key: {"value": item.value, "source": item.source} for item in report.values
+        },
+    }
+
+
+def print_config(report: ConfigReport) -> None:
+    out = console()
+    if report.file is None:
+        out.print("No policy file (--config, MAINTCTL_CONFIG or ./maintctl.toml): the defaults.")
+    else:
+        out.print(f"Policy file: {escape(report.file)} (from {escape(report.found_by or '?')})")
+    table = Table(title="Resolved policy", title_justify="left")
+    table.add_column("Key", no_wrap=True)
+    table.add_column("Value")
+    table.add_column("From")
+    for item in report.values:
+        value = (
+            ", ".join(item.value)
+            if isinstance(item.value, list)
+            else ", ".join(f"{k} {v}" for k, v in item.value.items())
+            if isinstance(item.value, dict)
+            else json.dumps(item.value)
+            if isinstance(item.value, bool) or item.value is None
+            else str(item.value)
+        )
+        table.add_row(item.key, escape(value), item.source)
+    out.print(table)
 
 
 def drain_json(result: DrainResult) -> dict[str, Any]:
@@ -139,6 +176,12 @@ def doctor_json(checks: Sequence[Check]) -> dict[str, Any]:
 
 
 # --- People ------------------------------------------------------------------------------------
+
+
+def _command_of(task: str) -> str:
+    """The command that runs a task alone (a [[purge]] rule's: purge NAME)."""
+    rule = TASKS_BY_NAME.get(task)
+    return rule.command if rule else f"purge {task}"
 
 
 def print_run(report: RunReport) -> None:
@@ -160,7 +203,7 @@ def print_run(report: RunReport) -> None:
         status = result.status if result.error is None else f"{result.status}: {result.error}"
         style = {"ok": "green", "failed": "bold red"}.get(result.status, "yellow")
         table.add_row(
-            TASKS_BY_NAME[result.task].command,
+            _command_of(result.task),
             f"[{style}]{escape(status)}[/]",
             f"{result.rows:,}",
             "-" if report.dry_run else str(result.batches),
@@ -218,7 +261,7 @@ def progress_bar(show: bool) -> Iterator[ProgressCallback | None]:
             if done.task not in bars and total == 0:
                 return  # nothing to do: no bar
             if done.task not in bars:
-                label = TASKS_BY_NAME[done.task].command
+                label = _command_of(done.task)
                 bars[done.task] = progress.add_task(label, total=total)
             progress.update(bars[done.task], completed=done.rows, total=total)
 
@@ -231,15 +274,13 @@ def print_status(status: StatusReport) -> None:
     table.add_column("What")
     table.add_column("Threshold")
     table.add_column("Rows", justify="right")
-    counts = status.counts
-    for label, threshold, rows in (
-        ("Runs stuck in processing", "stuckAfter", counts.stuck_runs),
-        ("Old temp uploads", "tempUploadTtl", counts.old_temp_uploads),
-        ("Import jobs to compact", "compactAfter", counts.old_import_jobs),
-        ("Raw items of failed runs", "rawItemsTtl", counts.old_raw_items),
-    ):
+    for name, rows in status.counts.items():
+        rule = TASKS_BY_NAME.get(name)
+        label = rule.label if rule else f"Rows to purge ({name})"
+        purges: dict[str, str] = status.thresholds.get("purge") or {}
+        threshold = status.thresholds[camel(rule.threshold)] if rule else purges.get(name, "?")
         at_limit = status.count_limit is not None and rows >= status.count_limit
-        table.add_row(label, status.thresholds[threshold], f"{rows:,}" + ("+" if at_limit else ""))
+        table.add_row(label, threshold, f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
@@ -280,7 +321,7 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
     table = Table(
         title="Maintenance runs, newest first",
         title_justify="left",
-        caption="rows: stuck/temp/compact/raw",
+        caption="rows: " + "/".join(rule.name for rule in RULES),
         caption_justify="left",
     )
     table.add_column("#", justify="right")
@@ -311,9 +352,11 @@ def print_history(runs: Sequence[RunRecord], since: str | None = None) -> None:
 
 def print_migrate(result: MigrateResult) -> None:
     out = console()
-    if result.applied:
-        for name in result.applied:
-            out.print(f"applied {name}")
+    for name in result.applied:
+        out.print(f"applied {name}")
+    if result.rules_installed:
+        out.print("installed the rules' steps, counts and indexes, generated from the policy")
+    if result.applied or result.rules_installed:
         out.print(
             f"maintenance schema is up to date ({len(result.applied)} applied now, "
             f"{result.already_applied} before) for application schema {result.app_schema!r}"
@@ -364,8 +407,8 @@ def print_grant(result: GrantResult) -> None:
     else:
         console().print(
             f"granted role {escape(result.role)} what maintctl run, status, doctor and history "
-            f"need: schema maintenance, and in schema {escape(result.app_schema)} the four "
-            "application tables, and pg_read_all_stats for the health gate"
+            f"need: schema maintenance, and in schema {escape(result.app_schema)} "
+            f"{escape(', '.join(result.tables))}, and pg_read_all_stats for the health gate"
         )
     if result.stats_refused is not None:
         console().print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,15 +15,20 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from maintctl.durations import format_duration, parse_duration
 from maintctl.errors import ConfigError, UsageError
+from maintctl.rules import RULES, RULES_BY_NAME, PolicyValue, Rule
 from maintctl.sizes import looks_like_size, parse_rate, parse_size
 
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
-THRESHOLDS = ("stuck_after", "temp_upload_ttl", "compact_after", "raw_items_ttl")
+THRESHOLDS = tuple(rule.threshold for rule in RULES)
 # PostgreSQL keeps lock_timeout and statement_timeout as milliseconds in a 32-bit integer, and
 # libpq's connect_timeout in seconds: a longer timeout would fail at the server, not here.
 MAX_TIMEOUT = timedelta(milliseconds=2**31 - 1)
@@ -116,6 +122,8 @@ class Settings(BaseSettings):
     app_schema: str = Field(
         default="public", min_length=1, max_length=63, validation_alias="MAINTCTL_SCHEMA"
     )
+    # The zone in which the application writes timestamp-without-time-zone columns (policy file).
+    naive_time_zone: str = Field(default="UTC", min_length=1)
     enabled: bool = True
     stuck_after: Duration = timedelta(hours=24)
     temp_upload_ttl: Duration = timedelta(hours=24)
@@ -144,6 +152,68 @@ class Settings(BaseSettings):
     metrics_file: Path | None = None
     healthcheck_url: SecretStr | None = None
     healthcheck_timeout: Duration = timedelta(seconds=10)
+    # The [rules.NAME] tables of the policy file: the application's own table and column names
+    # (maintctl.policy; the thresholds, older_than, go to the fields above).
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A threshold per status, by rule (older_than = { completed = "7d", failed = "30d" } in the
+    # policy file, for a rule with per_status); the rule's own threshold is then the shortest.
+    thresholds_by_status: dict[str, dict[str, Duration]] = Field(default_factory=dict)
+    # The [[purge]] rules of the policy file (maintctl/rules/purge.py), and --older-than of
+    # `maintctl purge NAME`, which beats the entry's own.
+    purge: list[dict[str, Any]] = Field(default_factory=list)
+    purge_older_than: dict[str, Duration] = Field(default_factory=dict)
+
+    @field_validator("purge", mode="before")
+    @classmethod
+    def _purge(cls, value: Any) -> list[dict[str, Any]]:
+        from maintctl.rules.purge import validate_entry
+
+        if not isinstance(value, list):
+            raise ValueError("[[purge]] must be an array of tables")
+        entries = [validate_entry(entry) for entry in value]
+        names = [entry["name"] for entry in entries]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"[[purge]] {twice[0]} is named twice")
+        for entry in entries:
+            entry["older_than"] = _duration(entry["older_than"])
+        return entries
+
+    def purge_rules(self) -> tuple[Rule, ...]:
+        from maintctl.rules.purge import purge_rule
+
+        return tuple(purge_rule(entry) for entry in self.purge)
+
+    def threshold_of(self, rule: Rule) -> timedelta:
+        """A rule's threshold: its setting, or for a [[purge]] rule the entry's older_than."""
+        if rule.purge:
+            override = self.purge_older_than.get(rule.name)
+            if override is not None:
+                return override
+            entry = next(entry for entry in self.purge if entry["name"] == rule.name)
+            found: timedelta = entry["older_than"]
+            return found
+        value: timedelta = getattr(self, rule.threshold)
+        return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules(cls, value: Any) -> dict[str, dict[str, Any]]:
+        from maintctl.policy import validate_rules
+
+        return validate_rules(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags, environment, .env, then the policy file (maintctl.toml), then the defaults."""
+        return (init_settings, env_settings, dotenv_settings, PolicyFileSource(settings_cls))
 
     @field_validator("healthcheck_url")
     @classmethod
@@ -160,14 +230,109 @@ class Settings(BaseSettings):
     def thresholds(self) -> dict[str, timedelta]:
         return {name: getattr(self, name) for name in THRESHOLDS}
 
-    def thresholds_text(self) -> dict[str, str]:
-        """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}."""
-        return {_camel(name): format_duration(value) for name, value in self.thresholds().items()}
+    def thresholds_text(self) -> dict[str, Any]:
+        """The thresholds as the JSON and the ledger show them: {"stuckAfter": "1d", ...}, and
+        {"compactAfterByStatus": {"failed": "30d", ...}} for a threshold per status."""
+        shown: dict[str, Any] = {
+            camel(name): format_duration(value) for name, value in self.thresholds().items()
+        }
+        for rule in RULES:
+            by_status = self.thresholds_by_status.get(rule.name)
+            if by_status:
+                shown[camel(rule.threshold) + "ByStatus"] = {
+                    status: format_duration(value) for status, value in by_status.items()
+                }
+        if self.purge:
+            shown["purge"] = {
+                rule.name: format_duration(self.threshold_of(rule)) for rule in self.purge_rules()
+            }
+        return shown
+
+    def rule_names(self) -> dict[str, dict[str, PolicyValue]]:
+        """The table and column names the policy gives each rule (the rest: its defaults)."""
+        return {
+            rule: {
+                key: tuple(value) if isinstance(value, list | tuple) else value
+                for key, value in keys.items()
+                if key != "enabled"
+            }
+            for rule, keys in self.rules.items()
+        }
+
+    def rule_enabled(self, rule: str) -> bool:
+        return bool(self.rules.get(rule, {}).get("enabled", True))
 
 
-def _camel(name: str) -> str:
+class PolicyFileSource(PydanticBaseSettingsSource):
+    """The policy file as a source of settings, below the environment and .env."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        from maintctl import policy
+
+        found = policy.load()
+        return policy.settings_values(found) if found is not None else {}
+
+
+def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+# MAINTCTL_* variables that are not settings but are maintctl's all the same: the policy file's,
+# the test suite's (tests/conftest.py) and the bench's (scripts/bench.py).
+OTHER_VARIABLES = (
+    "MAINTCTL_CONFIG",
+    "MAINTCTL_TEST_DSN",
+    "MAINTCTL_TEST_SERVER",
+    "MAINTCTL_BENCH_DSN",
+    "MAINTCTL_BENCH_SCALE",
+    "MAINTCTL_BENCH_OUTPUT",
+)
+# Fields that no variable sets (the policy file's tables).
+FILE_ONLY = ("rules", "thresholds_by_status", "purge", "purge_older_than")
+
+
+def known_variables() -> tuple[str, ...]:
+    fields = [env_name(field) for field in Settings.model_fields if field not in FILE_ONLY]
+    return (*[name for name in fields if name.startswith("MAINTCTL_")], *OTHER_VARIABLES)
+
+
+def _dotenv() -> dict[str, str | None]:
+    from dotenv import dotenv_values
+
+    return dict(dotenv_values(".env")) if Path(".env").is_file() else {}
+
+
+def refuse_unknown_variables() -> None:
+    """An unknown MAINTCTL_* variable, in the environment or .env, is a typo until shown
+    otherwise: exit 78 naming it and the nearest known name."""
+    from maintctl.policy import nearest
+
+    known = known_variables()
+    for where, names in (("", list(os.environ)), (".env: ", list(_dotenv()))):
+        for name in names:
+            if name.upper().startswith("MAINTCTL_") and name.upper() not in known:
+                raise ConfigError(f"{where}unknown variable {name}{nearest(name.upper(), known)}")
+
+
+def value_origin(field: str, flags: dict[str, Any]) -> str:
+    """Where a setting's value comes from: flag, environment, .env, file or default."""
+    from maintctl import policy
+
+    if field in flags:
+        return "flag"
+    name = env_name(field)
+    if name in os.environ:
+        return "environment"
+    if name in _dotenv():
+        return ".env"
+    found = policy.load()
+    if found is not None and field in policy.settings_values(found):
+        return policy.FROM_FILE
+    return "default"
 
 
 def env_name(field: str) -> str:
@@ -190,11 +355,20 @@ def load_settings(
     The thresholds named in `floor` (those of the tasks about to run) are refused under an hour
     unless `force`.
     """
+    from maintctl import policy
+
     given = {name: value for name, value in flags.items() if value is not None}
+    refuse_unknown_variables()
 
     def fail(field: str, reason: str) -> Exception:
         if field in given:
             return UsageError(f"{flag_names.get(field, field)}: {reason}")
+        origin = value_origin(field, given)
+        if origin == policy.FROM_FILE:
+            found = policy.load()
+            where = f"{found.path}: " if found is not None else ""
+            key = policy.file_key(field)
+            return ConfigError(f"{where}{key + ': ' if key else ''}{reason}")
         return ConfigError(f"{env_name(field)}: {reason}")
 
     try:
@@ -208,8 +382,34 @@ def load_settings(
         )
         reason = str(error["msg"]).removeprefix("Value error, ")
         raise fail(field, reason) from None
+    # A threshold given above the file (flag, environment, .env) is the rule's, for every status.
+    overridden = [
+        rule.name
+        for rule in RULES
+        if rule.name in settings.thresholds_by_status
+        and value_origin(rule.threshold, given) != policy.FROM_FILE
+    ]
+    if overridden:
+        kept = {
+            name: by_status
+            for name, by_status in settings.thresholds_by_status.items()
+            if name not in overridden
+        }
+        settings = settings.model_copy(update={"thresholds_by_status": kept})
     if not force:
+        for rule in settings.purge_rules():
+            value = settings.threshold_of(rule)
+            if rule.threshold in floor and value < THRESHOLD_FLOOR:
+                reason = (
+                    f"{format_duration(value)} is under the 1h floor "
+                    "(add --force if you really mean it)"
+                )
+                if rule.name in settings.purge_older_than:
+                    raise UsageError(f"--older-than: {reason}")
+                raise ConfigError(f"[[purge]] {rule.name}: older_than: {reason}")
         for field in floor:
+            if field.startswith("purge:"):
+                continue
             value = getattr(settings, field)
             if value < THRESHOLD_FLOOR:
                 raise fail(
@@ -217,4 +417,12 @@ def load_settings(
                     f"{format_duration(value)} is under the 1h floor "
                     "(add --force if you really mean it)",
                 )
+        for name, by_status in settings.thresholds_by_status.items():
+            for status, value in by_status.items():
+                if value < THRESHOLD_FLOOR and RULES_BY_NAME[name].threshold in floor:
+                    raise fail(
+                        RULES_BY_NAME[name].threshold,
+                        f"{status}: {format_duration(value)} is under the 1h floor "
+                        "(add --force if you really mean it)",
+                    )
     return settings

@@ -6,32 +6,33 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from maintctl import db, health, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
+from maintctl.rules import install
+from maintctl.rules.generate import all_needs, policy_of
+from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
-from maintctl.tasks import TASKS, run_task
+from maintctl.tasks import all_cutoffs, count_rules, run_task
 
 # Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
 # millions of index entries on every poll (sql/migrations/0007_status_counts.sql).
 STATUS_COUNT_LIMIT = 100_000
 
 
-@dataclass(frozen=True)
-class PendingCounts:
-    stuck_runs: int
-    old_temp_uploads: int
-    old_raw_items: int
-    old_import_jobs: int
+# What each rule would touch now, by rule name, in the rules' order (a rule the policy turns off
+# has none).
+PendingCounts = dict[str, int]
 
 
 @dataclass(frozen=True)
 class StatusReport:
     counts: PendingCounts
     pause: ledger.PauseState
-    thresholds: dict[str, str]
+    thresholds: dict[str, Any]
     last_run: ledger.RunRecord | None
     last_success: datetime | None
     server_now: datetime
@@ -60,11 +61,8 @@ def get_status(
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
-        if exact:
-            counts = db.fetch_one(conn, "pending_counts", settings.thresholds(), PendingCounts)
-        else:
-            params = {**settings.thresholds(), "limit": limit}
-            counts = db.fetch_one(conn, "pending_counts_limited", params, PendingCounts)
+        rules = policy_of(settings).rules
+        counts = count_rules(conn, rules, all_cutoffs(conn, settings, rules), limit)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
             counts=counts,
@@ -104,60 +102,10 @@ class TablePrivileges:
 
 
 @dataclass(frozen=True)
-class Column:
-    name: str
-
-
-@dataclass(frozen=True)
 class ServerClock:
     now: datetime
 
 
-APPLICATION_TABLES = ("import_runs", "raw_import_items", "temp_uploads", "import_jobs")
-
-# What each task does to each application table. Every batch locks its rows first (FOR UPDATE or
-# FOR SHARE), and PostgreSQL asks UPDATE for that even where the batch then deletes.
-TASK_PRIVILEGES: dict[str, dict[str, tuple[str, ...]]] = {
-    "stuck": {"import_runs": ("SELECT", "UPDATE")},
-    "temp": {"temp_uploads": ("SELECT", "UPDATE", "DELETE")},
-    "compact": {"import_jobs": ("SELECT", "UPDATE")},
-    "raw": {
-        "raw_import_items": ("SELECT", "UPDATE", "DELETE"),
-        "import_runs": ("SELECT", "UPDATE"),
-    },
-}
-# The columns each rule reads or writes (sql/migrations/0002_rules.sql): a rule whose column is
-# gone fails only when it runs, so doctor looks in the catalog first.
-TASK_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
-    "stuck": {
-        "import_runs": (
-            "id",
-            "status",
-            "created_at",
-            "started_at",
-            "heartbeat_at",
-            "finished_at",
-            "error_message",
-        )
-    },
-    "temp": {"temp_uploads": ("id", "created_at")},
-    "compact": {
-        "import_jobs": (
-            "id",
-            "status",
-            "created_at",
-            "finished_at",
-            "payload",
-            "result",
-            "log",
-            "compacted_at",
-        )
-    },
-    "raw": {
-        "raw_import_items": ("id", "run_id"),
-        "import_runs": ("id", "status", "created_at", "started_at", "finished_at"),
-    },
-}
 CLOCK_WARNING = timedelta(minutes=5)
 
 DoctorStep = Callable[[db.Connection, Settings], list[Check]]
@@ -169,46 +117,47 @@ def check_migrations(conn: db.Connection, settings: Settings) -> list[Check]:
 
 
 def check_tables(conn: db.Connection, settings: Settings) -> list[Check]:
-    absent = [
-        table for table in APPLICATION_TABLES if not _privileges(conn, settings, table).present
-    ]
+    tables = list(dict.fromkeys(need.table for need in all_needs(policy_of(settings))))
+    absent = [table for table in tables if not _privileges(conn, settings, table).present]
     if absent:
         missing = ", ".join(absent)
         raise ConfigError(f"missing in schema {settings.app_schema!r}: {missing}")
-    return [Check("tables", True, "all four present")]
+    return [Check("tables", True, f"all {len(tables)} present: {', '.join(tables)}")]
 
 
 def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
-    present: dict[str, set[str]] = {}
-    missing = []
-    for task, tables in TASK_COLUMNS.items():
-        for table, columns in tables.items():
-            if table not in present:
-                params = {"schema": settings.app_schema, "table": table}
-                found = db.fetch_all(conn, "table_columns", params, Column)
-                present[table] = {column.name for column in found}
-            missing += [
-                f"{table}.{column} (needed by {task})"
-                for column in columns
-                if column not in present[table]
-            ]
+    """Every column the rules' generated SQL reads or writes (maintctl.rules.generate.needs): a
+    rule whose column is gone fails only when it runs, so doctor looks in the catalog first."""
+    missing = missing_columns(conn, policy_of(settings), with_added=True)
     if missing:
         raise ConfigError("missing column " + ", ".join(missing))
-    return [Check("columns", True, "every column the four rules use is present")]
+    return [Check("columns", True, "every column the rules use is present")]
+
+
+def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Each [[purge]] rule's `where`: a boolean condition on its table alone, immutable."""
+    rules = policy_of(settings).purge_rules
+    install.check_conditions(conn, settings)
+    if not any(rule.where for rule in rules):
+        return []
+    named = ", ".join(rule.name for rule in rules if rule.where)
+    return [Check("conditions", True, f"the where of {named}: a condition on its table alone")]
 
 
 def check_privileges(conn: db.Connection, settings: Settings) -> list[Check]:
     """One line per task: the privileges its rule needs on each table it touches."""
     checks = []
-    for task, tables in TASK_PRIVILEGES.items():
+    for rule in policy_of(settings).rules:
         held, lacking = [], []
-        for table, needed in tables.items():
-            found = _privileges(conn, settings, table)
-            lacking += [f"{privilege} on {table}" for privilege in found.lacking(needed)]
-            held.append(f"{', '.join(needed)} on {table}")
-        name = f"privileges {task}"
+        for need in [n for n in all_needs(policy_of(settings)) if n.rule == rule.name]:
+            found = _privileges(conn, settings, need.table)
+            lacking += [
+                f"{privilege} on {need.table}" for privilege in found.lacking(need.privileges)
+            ]
+            held.append(f"{', '.join(need.privileges)} on {need.table}")
+        name = f"privileges {rule.name}"
         if lacking:
-            detail = f"{task} needs " + ", ".join(lacking)
+            detail = f"{rule.name} needs " + ", ".join(lacking)
             checks.append(Check(name, False, detail, ExitCode.NO_PERMISSION))
         else:
             checks.append(Check(name, True, "; ".join(held)))
@@ -249,7 +198,7 @@ def check_pause(conn: db.Connection, settings: Settings) -> list[Check]:
 
 
 def check_dry_run(conn: db.Connection, settings: Settings) -> list[Check]:
-    results = [run_task(conn, task, settings, dry_run=True) for task in TASKS]
+    results = [run_task(conn, rule, settings, dry_run=True) for rule in policy_of(settings).rules]
     failures = [f"{r.task}: {r.error}" for r in results if r.status == "failed"]
     if failures:
         raise ConfigError("; ".join(failures))
@@ -282,6 +231,7 @@ def pooler_check(conn: db.Connection, settings: Settings) -> list[Check]:
 
 DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("pooler", pooler_check),
+    ("conditions", check_conditions),
     ("migrations", check_migrations),
     ("tables", check_tables),
     ("columns", check_columns),

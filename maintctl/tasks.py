@@ -1,6 +1,6 @@
-"""The four maintenance tasks. Each rule itself is SQL (`sql/migrations/0002_rules.sql`); a task
-takes the rule's cutoff from the database clock once and applies the rule in batches, each batch
-its own short transaction.
+"""The batch loop that applies a rule (maintctl/rules/; its SQL is generated from
+`sql/rules/<name>.sql`): a task takes the rule's cutoff from the database clock once and applies the
+rule in batches, each batch its own short transaction.
 
 The CLI reads the task list to build its commands, so this module imports the database layer
 only where a task runs: `maintctl --help` stays fast.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from maintctl.durations import iso_timestamp
 from maintctl.errors import BatchTimedOut, DatabaseUnavailable, LeaseLost, TaskError
+from maintctl.rules import RULES, RULES_BY_NAME, Rule
 
 if TYPE_CHECKING:
     from maintctl.db import Connection
@@ -25,51 +26,91 @@ if TYPE_CHECKING:
     from maintctl.settings import Settings
 
 
+# A task is a rule (maintctl/rules/) being applied: the rules are the task list, in run order.
+Task = Rule
+TASKS: tuple[Task, ...] = RULES
+TASKS_BY_NAME = RULES_BY_NAME
+
+
+def count_rule(
+    conn: Connection,
+    rule: Rule,
+    cutoff: datetime | None,
+    limit: int | None = None,
+    cutoffs: dict[str, str] | None = None,
+) -> int:
+    """What the rule would touch now at this cutoff (and per-status `cutoffs`), up to `limit` rows
+    (None: all): the one count of each rule, for the dry run, `status` and the view alike."""
+    from psycopg import sql
+
+    from maintctl import db
+
+    count = {"count": sql.Identifier("maintenance", rule.count_function)}
+    params = {"cutoff": cutoff, "limit": limit, "cutoffs": db.jsonb(cutoffs)}
+    return db.fetch_composed(conn, "rule_count", count, params, Count).rows
+
+
+def rule_cutoffs(
+    conn: Connection, settings: Settings, rule: Rule
+) -> tuple[datetime, dict[str, str] | None]:
+    """The rule's cutoff by the database clock, and with a threshold per status each status's
+    (the cutoff is then the latest of them, which bounds the walk), all at one moment."""
+    return all_cutoffs(conn, settings, (rule,))[0]
+
+
+def all_cutoffs(
+    conn: Connection, settings: Settings, rules: tuple[Rule, ...]
+) -> list[tuple[datetime, dict[str, str] | None]]:
+    """rule_cutoffs of several rules, in one statement."""
+    from maintctl import db
+
+    thresholds = [settings.threshold_of(rule) for rule in rules]
+    by_status = [list((settings.thresholds_by_status.get(r.name) or {}).items()) for r in rules]
+    thresholds += [threshold for statuses in by_status for _, threshold in statuses]
+    moments = list(db.fetch_value(conn, "cutoffs", {"thresholds": thresholds}))
+    found: list[tuple[datetime, dict[str, str] | None]] = []
+    extra = iter(moments[len(rules) :])
+    for cutoff, statuses in zip(moments, by_status, strict=False):
+        if not statuses:
+            found.append((cutoff, None))
+            continue
+        cutoffs = {status: next(extra) for status, _ in statuses}
+        latest = max(cutoffs.values())
+        found.append((latest, {status: moment.isoformat() for status, moment in cutoffs.items()}))
+    return found
+
+
+def count_rules(
+    conn: Connection,
+    rules: tuple[Rule, ...],
+    cutoffs: list[tuple[datetime, dict[str, str] | None]],
+    limit: int | None,
+) -> dict[str, int]:
+    """count_rule of several rules, in one statement (what `status` asks on every poll)."""
+    from psycopg import sql
+
+    from maintctl import db
+
+    counts = sql.SQL(", ").join(
+        sql.SQL("{count}({cutoff}, {limit}::bigint, {cutoffs}::jsonb)").format(
+            count=sql.Identifier("maintenance", rule.count_function),
+            cutoff=sql.Placeholder(f"cutoff_{position}"),
+            limit=sql.Placeholder("limit"),
+            cutoffs=sql.Placeholder(f"cutoffs_{position}"),
+        )
+        for position, rule in enumerate(rules)
+    )
+    params: dict[str, Any] = {"limit": limit}
+    for position, (cutoff, by_status) in enumerate(cutoffs):
+        params[f"cutoff_{position}"] = cutoff
+        params[f"cutoffs_{position}"] = db.jsonb(by_status)
+    values = db.fetch_composed_values(conn, "rule_counts", {"counts": counts}, params)
+    return {rule.name: int(value) for rule, value in zip(rules, values, strict=True)}
+
+
 @dataclass(frozen=True)
-class Task:
-    name: str  # as the JSON and the ledger name it
-    command: str  # the CLI command that runs it alone
-    threshold: str  # the Settings field of its threshold
-    batch_query: str  # one step of the walk: rows touched and where the next step starts
-    count_query: str
-    json_key: str  # the total's key in the JSON report
-
-
-TASKS = (
-    Task(
-        "stuck",
-        "stuck",
-        "stuck_after",
-        "mark_stuck_runs_step",
-        "count_stuck_runs",
-        "stuckRunsMarked",
-    ),
-    Task(
-        "temp",
-        "purge-temp",
-        "temp_upload_ttl",
-        "purge_temp_uploads_step",
-        "count_old_temp_uploads",
-        "tempUploadsPurged",
-    ),
-    Task(
-        "compact",
-        "compact",
-        "compact_after",
-        "compact_import_jobs_step",
-        "count_old_import_jobs",
-        "importJobsCompacted",
-    ),
-    Task(
-        "raw",
-        "purge-raw",
-        "raw_items_ttl",
-        "purge_raw_items_step",
-        "count_old_raw_items",
-        "rawItemsPurged",
-    ),
-)
-TASKS_BY_NAME = {task.name: task for task in TASKS}
+class Count:
+    rows: int
 
 
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
@@ -194,7 +235,7 @@ def _step(
     with db.statement_timeouts(), db.transaction(conn, settings, asynchronous_commit=True):
         if heartbeat is not None:
             heartbeat.beat(conn)
-        step = db.fetch_one(conn, task.batch_query, params, Step)
+        step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
         if heartbeat is not None:
             heartbeat.beat(conn)
         hold.enter_context(db.interrupts_held())
@@ -232,11 +273,11 @@ def run_task(
     """
     from maintctl import db, health, limits
 
-    threshold = getattr(settings, task.threshold)
+    threshold = settings.threshold_of(task)
     tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_size, FIRST_BATCH_SIZE))
 
     def count_eligible() -> int:
-        return _count_eligible(conn, settings, task, tally.cutoff, heartbeat)
+        return _count_eligible(conn, settings, task, tally, heartbeat)
 
     def stop(gate: health.Gate, reason: str) -> TaskResult:
         tally.remaining = count_eligible()
@@ -250,7 +291,7 @@ def run_task(
         return tally.result("not_run", "max runtime reached before this task started")
     try:
         with db.task_errors(conn):
-            tally.cutoff = db.fetch_value(conn, "cutoff", {"threshold": threshold})
+            tally.cutoff, tally.cutoffs = rule_cutoffs(conn, settings, task)
             if dry_run:
                 tally.rows = count_eligible()
                 return tally.result("ok")
@@ -274,6 +315,7 @@ def run_task(
                     "batch_size": batch_size,
                     "position": db.jsonb(position),
                     "run_id": run_id,
+                    "cutoffs": db.jsonb(tally.cutoffs),
                 }
                 batch_started = time.monotonic()
                 with ExitStack() as hold:
@@ -313,6 +355,7 @@ class _Tally:
     rows: int = 0
     batches: int = 0
     cutoff: datetime | None = None
+    cutoffs: dict[str, str] | None = None  # a rule with a threshold per status: each status's
     remaining: int | None = None
     gate: Gate | None = None  # counts the WAL and the waits of a real run
 
@@ -358,7 +401,7 @@ def _count_eligible(
     conn: Connection,
     settings: Settings,
     task: Task,
-    cutoff: datetime | None,
+    tally: _Tally,
     heartbeat: Heartbeat | None,
 ) -> int:
     """The rows the rule selects now, in a transaction that also gives the run's heartbeat."""
@@ -367,7 +410,7 @@ def _count_eligible(
     with db.transaction(conn, settings):
         if heartbeat is not None:
             heartbeat.beat(conn)
-        return int(db.fetch_value(conn, task.count_query, {"cutoff": cutoff}))
+        return count_rule(conn, task, tally.cutoff, cutoffs=tally.cutoffs)
 
 
 def _cost(gate: Gate | None) -> dict[str, Any]:
@@ -409,15 +452,31 @@ def drop_expired_temp_partitions(
     detach times out, the remaining partitions are left to the batch loop; a CONCURRENTLY detach
     left pending is finished (FINALIZE) by the next run.
     """
-    from maintctl import db
+    from psycopg import sql
 
-    params = {"schema": settings.app_schema, "cutoff": cutoff}
+    from maintctl import db
+    from maintctl.rules.generate import column_names, policy_of, table_name
+
+    rule = RULES_BY_NAME["temp"]
+    policy = policy_of(settings)
+    table = table_name(rule, rule.tables[0], policy)
+    columns = {key: column_names(rule, key, policy) for key in rule.columns}
+    params = {
+        "schema": settings.app_schema,
+        "table": table,
+        "created_at": columns["created_at"][0],
+        "cutoff": cutoff,
+    }
     expired = db.fetch_all(conn, "expired_temp_uploads_partitions", params, ExpiredPartition)
     dropped = 0
     for found in expired:
         names = {
-            "parent": db.identifier(settings.app_schema, "temp_uploads"),
+            "parent": db.identifier(settings.app_schema, table),
             "partition": db.identifier(found.partition_schema, found.partition),
+            **{
+                key: sql.Identifier(found[0]) if found else sql.SQL("null::bigint")
+                for key, found in columns.items()
+            },
         }
         if found.detach_pending:
             detached = db.try_outside_transaction(conn, settings, "finalize_detach", names)
@@ -442,9 +501,10 @@ def drop_expired_temp_partitions(
                     f"partition {found.partition} holds {held.fresh} rows newer than the cutoff; "
                     "it was detached but not dropped"
                 )
-            db.execute_composed(
-                conn, "outbox_detached_partition", names, {"run_id": run_id, "chunk": 5000}
-            )
+            if columns["storage_path"]:  # storage_path = false: no files, no outbox
+                db.execute_composed(
+                    conn, "outbox_detached_partition", names, {"run_id": run_id, "chunk": 5000}
+                )
             db.execute_composed(conn, "drop_partition", names)
         dropped += held.rows
     return dropped

@@ -19,6 +19,7 @@ from typing import Any
 
 from maintctl import db
 from maintctl.errors import DatabaseUnavailable, MaintctlError
+from maintctl.rules.generate import policy_of, table_name
 from maintctl.settings import Settings
 from maintctl.tasks import TaskResult
 
@@ -26,13 +27,11 @@ VACUUM_FRACTION = 0.10
 VACUUM_MIN_ROWS = 1_000
 VACUUM_ALWAYS_ROWS = 100_000
 
-# The table each task changes.
-TASK_TABLES = {
-    "stuck": "import_runs",
-    "temp": "temp_uploads",
-    "compact": "import_jobs",
-    "raw": "raw_import_items",
-}
+
+def task_tables(settings: Settings) -> dict[str, str]:
+    """The table each task changes, by task name."""
+    policy = policy_of(settings)
+    return {rule.name: table_name(rule, rule.table(rule.changes), policy) for rule in policy.rules}
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class VacuumResult:
 def table_sizes(conn: db.Connection, settings: Settings) -> dict[str, float]:
     """The planner's row count of each application table, before the run changes them."""
     sizes = {}
-    for table in TASK_TABLES.values():
+    for table in task_tables(settings).values():
         params = {"schema": settings.app_schema, "table": table}
         sizes[table] = float(db.fetch_value(conn, "table_reltuples", params) or 0.0)
     return sizes
@@ -78,8 +77,9 @@ def vacuum_changed_tables(
 ) -> list[VacuumResult]:
     """VACUUM (ANALYZE) each table the run changed a lot, in the order the tasks ran."""
     done: list[VacuumResult] = []
+    tables = task_tables(settings)
     for result in results:
-        table = TASK_TABLES[result.task]
+        table = tables[result.task]
         if not changed_a_lot(result.rows, sizes_before.get(table, 0.0)):
             continue
         if deadline is not None and time.monotonic() >= deadline:

@@ -661,6 +661,7 @@ def time_status(url: str, repeat: int) -> dict[str, Any]:
     from pydantic import SecretStr
 
     from maintctl import db
+    from maintctl.rules import RULES
     from maintctl.settings import Settings
     from maintctl.status import get_status
 
@@ -677,12 +678,7 @@ def time_status(url: str, repeat: int) -> dict[str, Any]:
     return {
         "queryMs": round(median(in_process), 2),
         "cliMs": round(median(wall), 1),
-        "counts": {
-            "stuckRuns": counts.stuck_runs,
-            "oldTempUploads": counts.old_temp_uploads,
-            "oldImportJobs": counts.old_import_jobs,
-            "oldRawItems": counts.old_raw_items,
-        },
+        "counts": {rule.count_key: counts[rule.name] for rule in RULES},
     }
 
 

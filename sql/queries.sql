@@ -60,53 +60,6 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
--- name: cutoff
--- The cutoff of a rule: the database's clock minus the threshold, in hours whatever the time zone.
-select now() - maintenance.absolute(%(threshold)s::interval) as cutoff;
-
--- name: mark_stuck_runs_step
--- One batch of the stuck rule.
-select rows, next_position
-from maintenance.mark_stuck_runs_step(%(cutoff)s, %(threshold)s::interval, %(batch_size)s);
-
--- name: purge_temp_uploads_step
--- One batch of the temp rule, from where the walk stands; the files go to the storage outbox.
-select rows, next_position
-from maintenance.purge_temp_uploads_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb,
-                                         %(run_id)s::bigint);
-
--- name: compact_import_jobs_step
--- One batch of the compact rule, from where the walk stands.
-select rows, next_position
-from maintenance.compact_import_jobs_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
-
--- name: purge_raw_items_step
--- One batch of the raw rule, from where the walk stands.
-select rows, next_position
-from maintenance.purge_raw_items_step(%(cutoff)s, %(batch_size)s, %(position)s::jsonb);
-
--- name: count_stuck_runs
--- What the stuck rule would touch now (dry run).
-select maintenance.count_stuck_runs(%(cutoff)s) as rows;
-
--- name: count_old_temp_uploads
--- What the temp rule would touch now (dry run).
-select maintenance.count_old_temp_uploads(%(cutoff)s) as rows;
-
--- name: count_old_import_jobs
--- What the compact rule would touch now (dry run).
-select maintenance.count_old_import_jobs(%(cutoff)s) as rows;
-
--- name: count_old_raw_items
--- What the raw rule would touch now (dry run).
-select maintenance.count_old_raw_items(%(cutoff)s) as rows;
-
--- name: pending_counts
--- The four counts of `status` at the configured thresholds.
-select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs
-from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::interval,
-                                %(compact_after)s::interval, %(raw_items_ttl)s::interval);
-
 -- name: pause_state
 -- Whether maintenance is paused in the database, by whom and why.
 select paused, reason, paused_by, paused_at from maintenance.pause;
@@ -237,10 +190,10 @@ cross join lateral (
   select (regexp_match(pg_get_expr(c.relpartbound, c.oid),
                        $re$ TO \('([^']*)'\)$re$))[1]::timestamptz as upper_bound
 ) as b
-where pn.nspname = %(schema)s and p.relname = 'temp_uploads' and p.relkind = 'p'
+where pn.nspname = %(schema)s and p.relname = %(table)s and p.relkind = 'p'
   and pt.partstrat = 'r' and pt.partnatts = 1
   and pt.partattrs[0] = (select a.attnum from pg_attribute a
-                         where a.attrelid = p.oid and a.attname = 'created_at')
+                         where a.attrelid = p.oid and a.attname = %(created_at)s)
   and c.relkind = 'r' and c.oid <> pt.partdefid
   and b.upper_bound <= %(cutoff)s
 order by b.upper_bound;
@@ -259,16 +212,17 @@ alter table {parent} detach partition {partition};
 
 -- name: count_detached_partition
 -- The rows of a detached partition, and how many of them are at or past the cutoff (none may be).
-select count(*) as rows, count(*) filter (where created_at >= %(cutoff)s) as fresh
+select count(*) as rows, count(*) filter (where {created_at} >= %(cutoff)s) as fresh
 from {partition};
 
 -- name: outbox_detached_partition
 -- The files of a detached temp_uploads partition about to be dropped, into the storage outbox in
 -- rows of %(chunk)s uploads, as the batch loop's deletes record theirs.
 insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-select %(run_id)s::bigint, array_agg(id order by id), array_agg(storage_path order by id),
-       array_agg(size_bytes order by id)
-from (select id, storage_path, size_bytes, (row_number() over (order by id) - 1) / %(chunk)s as chunk
+select %(run_id)s::bigint, array_agg(key order by key), array_agg(storage_path order by key),
+       array_agg(size_bytes order by key)
+from (select {key} as key, {storage_path} as storage_path, {size_bytes} as size_bytes,
+             (row_number() over (order by {key}) - 1) / %(chunk)s as chunk
       from {partition}) as files
 group by chunk;
 
@@ -285,13 +239,6 @@ where n.nspname = %(schema)s and c.relname = %(table)s;
 -- name: vacuum_table
 -- VACUUM (ANALYZE) of a table the run changed a lot (outside any transaction).
 vacuum (analyze) {table};
-
--- name: pending_counts_limited
--- The four counts of `status`, each stopping at %(limit)s rows (a limit of null counts all).
-select stuck_runs, old_temp_uploads, old_raw_items, old_import_jobs
-from maintenance.pending_counts(%(stuck_after)s::interval, %(temp_upload_ttl)s::interval,
-                                %(compact_after)s::interval, %(raw_items_ttl)s::interval,
-                                %(limit)s::bigint);
 
 -- name: server_endpoint
 -- The port the server listens on and the server session (backend) serving this transaction, for
@@ -359,3 +306,79 @@ where not r.dry_run
   and t ->> 'status' in ('ok', 'stopped')
 order by r.id desc
 limit %(limit)s;
+
+-- name: skip_function_body_checks
+-- The file migrations create functions on the reference schema's tables, which the generated rules
+-- replace at the end of migrate: a renamed schema has no such tables to check them against.
+select set_config('check_function_bodies', 'off', true);
+
+-- name: installed_rules_fingerprint
+-- The fingerprint of the generated rules migrate last installed (maintctl.rules.generate).
+select (select fingerprint from maintenance.installed_rules) as fingerprint;
+
+-- name: record_installed_rules
+-- Notes what migrate installed: the fingerprint of the generated SQL, for the application schema.
+insert into maintenance.installed_rules (id, fingerprint, app_schema, maintctl_version)
+values (true, %(fingerprint)s, %(app_schema)s, %(maintctl_version)s)
+on conflict (id) do update
+   set fingerprint = excluded.fingerprint, app_schema = excluded.app_schema,
+       maintctl_version = excluded.maintctl_version, installed_at = now();
+
+-- name: index_state
+-- Whether one of maintctl's indexes exists in the application schema, is valid, and its comment
+-- (the digest of the definition it was built from).
+select i.indisvalid as valid, obj_description(c.oid, 'pg_class') as comment
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+join pg_index i on i.indexrelid = c.oid
+where n.nspname = %(schema)s and c.relname = %(name)s;
+
+-- name: drop_index_concurrently
+-- Clears a leftover of an interrupted build, or an index built from another definition.
+drop index concurrently if exists {index};
+
+-- name: create_index_concurrently
+-- Builds one of the rules' indexes without blocking the application's writes.
+create index concurrently {index} {definition};
+
+-- name: comment_index
+-- Marks one of maintctl's indexes with the digest of its definition.
+comment on index {index} is {comment};
+
+-- name: rule_step
+-- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql).
+select rows, next_position
+from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
+                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb);
+
+-- name: rule_count
+-- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;
+-- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
+select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
+
+-- name: cutoffs
+-- The cutoffs of several thresholds at one moment (the database's clock), in their order.
+select array_agg(now() - maintenance.absolute(t) order by n) as cutoffs
+from unnest(%(thresholds)s::interval[]) with ordinality as u(t, n);
+
+-- name: rule_counts
+-- What several rules would touch now, in one statement: {counts} is one rule_count expression,
+-- maintenance.<count>(cutoff, limit, cutoffs), per rule.
+select {counts};
+
+-- name: grant_table
+-- What the rules do to one application table, for `maintctl grant`.
+grant {privileges} on {table} to {role};
+
+-- name: revoke_table
+-- Takes back what grant_table gave.
+revoke {privileges} on {table} from {role};
+
+-- name: where_check_table
+-- An empty copy of a [[purge]] rule's table, to check its condition on (rolled back by the caller).
+create temporary table maintctl_where_check (like {table});
+
+-- name: where_check_index
+-- A [[purge]] rule's condition as PostgreSQL checks an index predicate: a boolean condition on
+-- that table alone, no subquery, only immutable functions (the rule's index is partial on it).
+create index on maintctl_where_check ((1)) where ({where});

@@ -31,6 +31,7 @@ def test_migrate_says_what_it_did_and_a_second_time_nothing(bare_cli: Cli) -> No
         "applied": [],
         "alreadyApplied": len(migrations()),
         "appSchema": "public",
+        "rulesInstalled": False,
     }
     assert bare_cli("status").exit_code == 0
 
@@ -233,12 +234,23 @@ def test_migrate_waits_no_longer_than_the_lock_timeout_and_applies_nothing_half(
         blocked = bare_cli("migrate", env={"MAINTCTL_LOCK_TIMEOUT": "1s"})
 
         application.rollback()
-        applied = count(application, "select count(*) from maintenance.schema_migrations")
+        # The migrations touch only maintctl's schema; the rules' generated SQL (which adds
+        # compacted_at to import_jobs) is what waits, and none of it is installed.
+        installed = count(application, "select count(*) from maintenance.installed_rules")
+        compacted_at = count(
+            application,
+            "select count(*) from pg_attribute where attrelid = 'import_jobs'::regclass "
+            "and attname = 'compacted_at'",
+        )
 
     assert blocked.exit_code == 1
     assert blocked.stderr == (
         "maintctl: error: gave up waiting for a lock after MAINTCTL_LOCK_TIMEOUT: "
         "canceling statement due to lock timeout\n"
     )
-    assert applied == 0
+    assert (installed, compacted_at) == (0, 0)
+    refused = bare_cli("status")
+    assert refused.exit_code == 78
+    assert refused.stderr.endswith("run: maintctl migrate\n")
     assert bare_cli("migrate").exit_code == 0
+    assert bare_cli("status").exit_code == 0

@@ -109,6 +109,7 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "create objects in public": "create table public.mine (id int)",
         "create objects in maintenance": "create table maintenance.mine (id int)",
         "fake a migration": "insert into maintenance.schema_migrations values (99, 'x', 'p', 'v')",
+        "fake the generated rules": "update maintenance.installed_rules set fingerprint = 'x'",
         "drop the pause switch's row": "delete from maintenance.pause",
         "drop maintctl's ledger": "drop table maintenance.runs",
     }
@@ -147,7 +148,9 @@ def test_grant_is_idempotent_and_revoke_takes_back_exactly_what_it_gave(
     assert "table public.import_runs DELETE" not in once
     assert "table maintenance.schema_migrations SELECT" in once
     assert "table maintenance.schema_migrations INSERT" not in once
-    assert any(line.startswith("routine maintenance.mark_stuck_runs_batch") for line in once)
+    assert "table maintenance.installed_rules SELECT" in once
+    assert "table maintenance.installed_rules UPDATE" not in once
+    assert any(line.startswith("routine maintenance.mark_stuck_runs_step") for line in once)
     assert revoked.exit_code == 0, revoked.stderr
     assert revoked.stdout == f"revoked maintctl's privileges from role {runner_role}\n"
     assert after == before == ["table public.reports SELECT"]

@@ -14,12 +14,12 @@ alter default privileges for role {owner} in schema maintenance
   grant usage, select on sequences to {role};
 alter default privileges for role {owner} in schema maintenance
   grant execute on routines to {role};
--- ...except that the migrations ledger is read-only and the pause switch's single row stays.
+-- ...except that the migrations ledger and the record of the generated rules are read-only and
+-- the pause switch's single row stays.
 revoke insert, update, delete on maintenance.schema_migrations from {role};
+revoke insert, update, delete on maintenance.installed_rules from {role};
 revoke insert, delete on maintenance.pause from {role};
 
--- The application's tables: what the tasks do to each (every batch locks its rows first, and
--- PostgreSQL asks UPDATE for that even where the batch then deletes). Nothing else of {app}.
+-- The application's schema; on its tables, what the rules do to each (maintctl/rules/, granted by
+-- maintctl.grants). Nothing else of {app}.
 grant usage on schema {app} to {role};
-grant select, update on {app}.import_runs, {app}.import_jobs to {role};
-grant select, update, delete on {app}.temp_uploads, {app}.raw_import_items to {role};

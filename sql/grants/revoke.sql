@@ -11,6 +11,5 @@ alter default privileges for role {owner} in schema maintenance
 alter default privileges for role {owner} in schema maintenance
   revoke all on routines from {role};
 
-revoke select, update on {app}.import_runs, {app}.import_jobs from {role};
-revoke select, update, delete on {app}.temp_uploads, {app}.raw_import_items from {role};
+-- (What the rules do to the application's tables is taken back by maintctl.grants first.)
 revoke usage on schema {app} from {role};

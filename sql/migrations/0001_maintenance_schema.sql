@@ -1,7 +1,6 @@
--- maintctl's own tables: the run ledger and the pause switch, plus the one column maintctl adds to
--- the application (import_jobs.compacted_at). {app} is the application schema, quoted by maintctl.
-
-alter table {app}.import_jobs add column if not exists compacted_at timestamptz;
+-- maintctl's own tables: the run ledger and the pause switch. (The one column maintctl adds to the
+-- application, compacted_at of the compact rule's table, is added with the rules' generated SQL:
+-- sql/rules/compact.sql, whatever the policy names that table.)
 
 -- One row per maintctl run (CLI or pg_cron). A row left 'running' by a process that died is turned
 -- into 'abandoned' by the next run.

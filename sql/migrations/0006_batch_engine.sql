@@ -5,29 +5,8 @@
 -- first drops an invalid leftover. {app} is the application schema, quoted by maintctl.
 
 ------------------------------------------------------------------------------------------------------
--- Indexes: each walk reads its batch boundary from an index that holds the whole walk key, so the
--- boundary lookup is an index-only scan. They replace 0003's single-column ones (built first, then
--- the old one dropped, so the rules are never without an index).
-
--- temp: uploads by (created_at, id), the key of the walk.
-drop index concurrently if exists {app}.maintctl_temp_uploads_created_at_id;
-create index concurrently maintctl_temp_uploads_created_at_id
-  on {app}.temp_uploads (created_at, id);
-drop index concurrently if exists {app}.maintctl_temp_uploads_created_at;
-
--- compact: finished jobs not yet compacted, by (the time they ended, id). Partial: a compacted
--- job leaves the index, so it only ever holds the backlog.
-drop index concurrently if exists {app}.maintctl_import_jobs_compactable_key;
-create index concurrently maintctl_import_jobs_compactable_key
-  on {app}.import_jobs ((coalesce(finished_at, created_at)), id)
-  where status in ('completed', 'failed', 'cancelled') and compacted_at is null;
-drop index concurrently if exists {app}.maintctl_import_jobs_compactable;
-
--- raw: the items of a run in id order (the foreign key's cascade uses it too).
-drop index concurrently if exists {app}.maintctl_raw_import_items_run_id_id;
-create index concurrently maintctl_raw_import_items_run_id_id
-  on {app}.raw_import_items (run_id, id);
-drop index concurrently if exists {app}.maintctl_raw_import_items_run_id;
+-- The indexes each walk reads its batch boundary from (an index-only scan over the whole walk key)
+-- are part of the rules' generated SQL since 0008 (sql/rules/<rule>.sql, "indexes").
 
 ------------------------------------------------------------------------------------------------------
 -- The storage outbox: the file of every temp upload maintctl deleted, written by the statement that

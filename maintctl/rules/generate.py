@@ -1,0 +1,411 @@
+"""Each rule's SQL, generated from its template (`sql/rules/<name>.sql`) and the policy.
+
+`maintctl migrate` installs what this builds: the columns maintctl adds, the indexes (built
+CONCURRENTLY), and the functions of each rule's step and count, then the shared step function
+and the pg_cron procedure (`sql/rules/runner.sql`). Every name that comes from the policy is
+quoted by psycopg.sql (an Identifier, or a Literal for a status): no name is spliced. The one
+piece of SQL text a policy holds, a [[purge]] rule's `where`, is checked first
+(maintctl.rules.purge.check_where).
+
+What was installed is recorded as a fingerprint of what the SQL was generated from (the policy,
+the rules' definitions, the templates, this generator: maintenance.installed_rules);
+a command that finds another fingerprint than its own policy gives refuses to run (exit 78,
+`run: maintctl migrate`). Thresholds are parameters of the functions, not part of the SQL, so a
+changed threshold needs no migrate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from maintctl.rules import RULES, RULES_BY_NAME, Column, PolicyValue, Rule, Table
+from maintctl.sqlfiles import read_sql
+
+_SECTION = re.compile(r"^-- section: (\w+)\s*$", re.MULTILINE)
+_INDEX = re.compile(r"^-- index: (\w+) (\S+)\s*$", re.MULTILINE)
+RUNNER_TEMPLATE = "rules/runner.sql"
+# A list column offers its first few columns one by one: {alias.key[0]}, {alias.key[1]}; past its
+# length they are null.
+LIST_POSITIONS = 2
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The application schema and the policy's names, by rule and key (defaults: the rules')."""
+
+    schema: str
+    names: tuple[tuple[str, tuple[tuple[str, PolicyValue], ...]], ...] = ()
+    disabled: tuple[str, ...] = ()  # rules the policy turns off (enabled = false)
+    # The [[purge]] entries: (name, table, time_column, key, where), thresholds left out.
+    purge: tuple[tuple[str, str, str, str, str | None], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        schema: str,
+        names: Mapping[str, Mapping[str, PolicyValue]],
+        disabled: tuple[str, ...] = (),
+        purge: tuple[tuple[str, str, str, str, str | None], ...] = (),
+    ) -> Policy:
+        return cls(
+            schema,
+            tuple(
+                sorted((rule, tuple(sorted(keys.items()))) for rule, keys in names.items() if keys)
+            ),
+            disabled,
+            purge,
+        )
+
+    @property
+    def fixed_rules(self) -> tuple[Rule, ...]:
+        """The four rules, less those this policy turns off, in run order."""
+        return tuple(rule for rule in RULES if rule.name not in self.disabled)
+
+    @property
+    def purge_rules(self) -> tuple[Rule, ...]:
+        from maintctl.rules.purge import purge_rule
+
+        return tuple(
+            purge_rule({"name": n, "table": t, "time_column": c, "key": k, "where": w})
+            for n, t, c, k, w in self.purge
+        )
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every rule this policy applies, in run order: the four, then the [[purge]] ones."""
+        return self.fixed_rules + self.purge_rules
+
+    def given(self, rule: str, key: str) -> PolicyValue | None:
+        for name, keys in self.names:
+            if name == rule:
+                return dict(keys).get(key)
+        return None
+
+
+def policy_of(settings: Any) -> Policy:
+    """The policy of the settings (maintctl.settings.Settings)."""
+    from maintctl.policy import policy_keys
+
+    disabled = tuple(rule.name for rule in RULES if not settings.rule_enabled(rule.name))
+    # A name the file gives as its default is no change: the same SQL, the same fingerprint.
+    names = {
+        rule: {k: v for k, v in keys.items() if policy_keys(RULES_BY_NAME[rule]).get(k) != v}
+        for rule, keys in settings.rule_names().items()
+    }
+    purge = tuple(
+        (e["name"], e["table"], e["time_column"], e["key"], e.get("where")) for e in settings.purge
+    )
+    return Policy.of(settings.app_schema, names, disabled, purge)
+
+
+# --- resolving a rule's names ------------------------------------------------------------------
+
+
+def table_name(rule: Rule, table: Table, policy: Policy) -> str:
+    if table.source is not None:
+        source = RULES_BY_NAME[table.source]
+        return table_name(source, source.tables[0], policy)
+    given = policy.given(rule.name, "table")
+    return str(given) if given is not None else table.default
+
+
+def column_names(rule: Rule, key: str, policy: Policy) -> tuple[str, ...]:
+    """The column (or coalesce order) behind a key; none for an optional column the policy says
+    the table lacks (false)."""
+    column = rule.columns[key]
+    if column.source is not None:
+        return column_names(RULES_BY_NAME[column.source], column.source_key or key, policy)
+    if column.needs is not None and not column_names(rule, column.needs, policy):
+        return ()
+    given = policy.given(rule.name, key)
+    value = given if given is not None else column.default
+    if isinstance(value, bool):
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def value_of(rule: Rule, key: str, policy: Policy) -> tuple[str, ...]:
+    value_def = rule.values[key]
+    if value_def.source is not None:
+        return value_of(RULES_BY_NAME[value_def.source], key, policy)
+    given = policy.given(rule.name, key)
+    value = given if given is not None else value_def.default
+    assert not isinstance(value, bool), f"{rule.name}.{key} is a status, not a flag"
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
+class TableNeeds:
+    """What one rule needs of one application table."""
+
+    rule: str
+    table: str
+    privileges: tuple[str, ...]
+    columns: tuple[str, ...]  # that must exist before migrate
+    added: tuple[str, ...]  # that migrate adds when missing
+
+
+def needs(rule: Rule, policy: Policy) -> list[TableNeeds]:
+    """The tables a rule works on, with the privileges and the columns it needs on each: exactly
+    the columns its template reads or writes (tests/test_rules_as_data.py holds them to that)."""
+    found = []
+    for table in rule.tables:
+        keys = [key for key, column in rule.columns.items() if column.table == table.role]
+        existing = [
+            name
+            for k in keys
+            if not rule.columns[k].added
+            for name in column_names(rule, k, policy)
+        ]
+        added = [
+            name for k in keys if rule.columns[k].added for name in column_names(rule, k, policy)
+        ]
+        found.append(
+            TableNeeds(
+                rule.name,
+                table_name(rule, table, policy),
+                table.privileges,
+                tuple(dict.fromkeys(existing)),
+                tuple(dict.fromkeys(added)),
+            )
+        )
+    return found
+
+
+def all_needs(policy: Policy) -> list[TableNeeds]:
+    return [need for rule in policy.rules for need in needs(rule, policy)]
+
+
+# --- templates -----------------------------------------------------------------------------
+
+
+def sections(text: str) -> dict[str, str]:
+    """A template's sections by name (`-- section: NAME` starts one)."""
+    parts = _SECTION.split(text)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def index_blocks(section: str) -> Iterator[tuple[str, str, str]]:
+    """(table role, name suffix, definition) of each `-- index: ROLE SUFFIX` of a section."""
+    parts = _INDEX.split(section)
+    for role, suffix, body in zip(parts[1::3], parts[2::3], parts[3::3], strict=True):
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+        yield role, suffix, "\n".join(lines).strip().removesuffix(";").strip()
+
+
+def placeholder_names(text: str) -> set[str]:
+    """Every {placeholder} of a template."""
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def placeholder_key(name: str) -> str:
+    """The rule's key behind a placeholder: {r.last_seen[0]} and {set_null.clear} name keys too."""
+    return name.rsplit(".", 1)[-1].split("[", 1)[0]
+
+
+def _interval(value: timedelta) -> sql.Composable:
+    seconds = int(value.total_seconds())
+    text = (
+        f"{seconds // 86400} days"
+        if seconds % 86400 == 0
+        else f"{seconds // 3600} hours"
+        if seconds % 3600 == 0
+        else f"{seconds} seconds"
+    )
+    return sql.SQL("interval {}").format(sql.Literal(text))
+
+
+def _default_threshold(rule: Rule) -> timedelta:
+    from maintctl.settings import Settings
+
+    default = Settings.model_fields[rule.threshold].default
+    assert isinstance(default, timedelta)
+    return default
+
+
+def _literals(values: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Literal(value) for value in values)
+
+
+def _coalesce(columns: list[sql.Composable]) -> sql.Composable:
+    return sql.SQL("coalesce({})").format(sql.SQL(", ").join(columns))
+
+
+def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
+    """What each {placeholder} of the rule's template stands for under the policy."""
+    found: dict[str, sql.Composable] = {}
+    for table in rule.tables:
+        found[table.role] = sql.Identifier(policy.schema, table_name(rule, table, policy))
+    for key, column in rule.columns.items():
+        names = column_names(rule, key, policy)
+        alias = rule.table(column.table).alias
+        _column_placeholders(found, key, alias, names, column)
+    for key in rule.values:
+        found[key] = _literals(value_of(rule, key, policy))
+    if rule.purge:
+        found["step_function"] = sql.Identifier("maintenance", rule.step_function)
+        found["count_function"] = sql.Identifier("maintenance", rule.count_function)
+        # The one piece of SQL text of the policy, checked by maintctl.rules.purge.check_where.
+        found["where"] = found["t.where"] = (
+            sql.SQL("({})").format(sql.SQL(rule.where)) if rule.where else sql.SQL("true")
+        )
+    else:
+        found["default_older_than"] = _interval(_default_threshold(rule))
+    return found
+
+
+def _column_placeholders(
+    found: dict[str, sql.Composable],
+    key: str,
+    alias: str,
+    names: tuple[str, ...],
+    column: Column,
+) -> None:
+    if column.optional:
+        found[f"has.{key}"] = sql.SQL("true" if names else "false")
+        if not names:
+            found[key] = found[f"{alias}.{key}"] = sql.SQL("null")
+            return
+    if isinstance(column.default, str) and len(names) == 1:
+        found[key] = sql.Identifier(names[0])
+        found[f"{alias}.{key}"] = sql.Identifier(alias, names[0])
+        return
+    found[key] = _coalesce([sql.Identifier(name) for name in names])
+    found[f"{alias}.{key}"] = _coalesce([sql.Identifier(alias, name) for name in names])
+    for position in range(max(len(names), LIST_POSITIONS)):
+        found[f"{alias}.{key}[{position}]"] = (
+            sql.Identifier(alias, names[position])
+            if position < len(names)
+            else sql.SQL("null::text")
+        )
+    found[f"set_null.{key}"] = sql.SQL(", ").join(
+        sql.SQL("{} = null").format(sql.Identifier(name)) for name in names
+    )
+
+
+def runner_placeholders(policy: Policy) -> dict[str, sql.Composable]:
+    """The placeholders of runner.sql, each built from the list of rules. The procedure takes a
+    threshold for every rule (its signature stays), and steps the rules the policy applies."""
+    from maintctl.settings import camel
+
+    dispatch = sql.SQL("\n  ").join(
+        sql.SQL(
+            "{keyword} p_rule = {name} then\n"
+            "    select s.rows, s.next_position into rows, next_position\n"
+            "      from {step}(p_cutoff, p_threshold, p_batch_size, p_position, p_run_id,\n"
+            "                  p_cutoffs) as s;"
+        ).format(
+            keyword=sql.SQL("if" if position == 0 else "elsif"),
+            name=sql.Literal(rule.name),
+            step=sql.Identifier("maintenance", rule.step_function),
+        )
+        for position, rule in enumerate(policy.rules)
+    )
+    thresholds = [sql.Identifier(rule.threshold) for rule in RULES]
+    count_wrappers = sql.SQL("\n\n").join(
+        sql.SQL(
+            "create or replace function {count}(p_cutoff timestamptz, p_limit bigint)\n"
+            "returns bigint\n"
+            "language sql stable set search_path = pg_catalog, pg_temp\n"
+            "as $$ select {count}(p_cutoff, p_limit, null) $$;"
+        ).format(count=sql.Identifier("maintenance", rule.count_function))
+        for rule in policy.fixed_rules
+    )
+    return {
+        "count_wrappers": count_wrappers,
+        "step_dispatch": dispatch,
+        "threshold_parameters": sql.SQL(",\n  ").join(
+            sql.SQL("{} interval default {}").format(name, _interval(_default_threshold(rule)))
+            for name, rule in zip(thresholds, RULES, strict=True)
+        ),
+        "thresholds_array": sql.SQL(", ").join(thresholds),
+        "thresholds_json": sql.SQL(", ").join(
+            sql.SQL("{}, maintenance.duration_text({})").format(
+                sql.Literal(camel(rule.threshold)), name
+            )
+            for name, rule in zip(thresholds, RULES, strict=True)
+        ),
+        # The procedure runs the four (its thresholds are its arguments), not [[purge]] rules.
+        "rule_names": _literals(tuple(rule.name for rule in policy.fixed_rules)),
+        "threshold_of_task": sql.SQL("case task {} end").format(
+            sql.SQL(" ").join(
+                sql.SQL("when {} then {}").format(sql.Literal(rule.name), name)
+                for name, rule in zip(thresholds, RULES, strict=True)
+            )
+        ),
+    }
+
+
+# --- what migrate installs -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexBuild:
+    table: sql.Identifier
+    name: str  # in the application schema
+    definition: sql.Composable  # what follows `create index concurrently NAME`
+    digest: str  # of the definition, kept as the index's comment
+
+
+@dataclass(frozen=True)
+class Installation:
+    columns: tuple[sql.Composed, ...]  # statements that add maintctl's own columns
+    indexes: tuple[IndexBuild, ...]
+    functions: tuple[sql.Composed, ...]
+    fingerprint: str
+
+
+def index_name(table: str, suffix: str) -> str:
+    """maintctl's name for one of its indexes: maintctl_<table>_<suffix>, cut to 63 bytes."""
+    return f"maintctl_{table}_{suffix}"[:63]
+
+
+@cache
+def installation(policy: Policy) -> Installation:
+    """Everything migrate installs for the policy, generated once per process."""
+    columns: list[sql.Composed] = []
+    indexes: list[IndexBuild] = []
+    functions: list[sql.Composed] = []
+    for rule in policy.rules:
+        filled = placeholders(rule, policy)
+        parts = sections(read_sql(rule.template))
+        if "columns" in parts:
+            columns.append(sql.SQL(parts["columns"].strip()).format(**filled))
+        for role, named, body in index_blocks(parts.get("indexes", "")):
+            suffix = named.replace("{rule}", rule.slug)
+            table = rule.table(role)
+            definition = sql.SQL(body).format(**filled)
+            text = definition.as_string(None)
+            indexes.append(
+                IndexBuild(
+                    sql.Identifier(policy.schema, table_name(rule, table, policy)),
+                    index_name(table_name(rule, table, policy), suffix),
+                    definition,
+                    hashlib.sha256(text.encode()).hexdigest()[:16],
+                )
+            )
+        functions.append(sql.SQL(parts["functions"].strip()).format(**filled))
+    runner = sections(read_sql(RUNNER_TEMPLATE))
+    functions.append(sql.SQL(runner["functions"].strip()).format(**runner_placeholders(policy)))
+    return Installation(tuple(columns), tuple(indexes), tuple(functions), fingerprint(policy))
+
+
+@cache
+def fingerprint(policy: Policy) -> str:
+    """What the generated SQL depends on, hashed without generating it (every command checks
+    it): the policy, the rules' definitions and defaults, the templates and this generator."""
+    parts = [repr(policy), repr(RULES), Path(__file__).read_text(encoding="utf-8")]
+    parts += [repr(_default_threshold(rule)) for rule in RULES]
+    parts += [read_sql(rule.template) for rule in policy.rules]
+    parts.append(read_sql(RUNNER_TEMPLATE))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -1,0 +1,154 @@
+"""Installing the generated rules (maintctl.rules.generate) at `maintctl migrate`, and checking,
+before any other command works, that what is installed is what the policy generates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from maintctl import __version__, db
+from maintctl.errors import ConfigError, NotMigrated
+from maintctl.rules.generate import (
+    Installation,
+    Policy,
+    all_needs,
+    fingerprint,
+    installation,
+    policy_of,
+)
+from maintctl.settings import Settings
+from maintctl.sqlfiles import hardening
+
+
+@dataclass(frozen=True)
+class IndexState:
+    valid: bool
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+
+
+def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) -> list[str]:
+    """Each table or column the rules need that the catalog lacks, as `table.column (rule)`.
+    `with_added`: count maintctl's own columns too (doctor, after migrate added them)."""
+    present: dict[str, set[str] | None] = {}
+    missing = []
+    for need in all_needs(policy):
+        if need.table not in present:
+            params = {"schema": policy.schema, "table": need.table}
+            found = db.fetch_all(conn, "table_columns", params, Column)
+            present[need.table] = {column.name for column in found} if found else None
+        columns = present[need.table]
+        if columns is None:
+            missing.append(f"table {need.table} (needed by {need.rule})")
+            continue
+        wanted = need.columns + (need.added if with_added else ())
+        missing += [f"{need.table}.{c} (needed by {need.rule})" for c in wanted if c not in columns]
+    return list(dict.fromkeys(missing))
+
+
+def installed_fingerprint(conn: db.Connection) -> str | None:
+    found: str | None = db.fetch_value(conn, "installed_rules_fingerprint")
+    return found
+
+
+def ensure_current(conn: db.Connection, settings: Settings) -> None:
+    """Refuse (exit 78) when the installed steps were generated from another policy."""
+    if installed_fingerprint(conn) != fingerprint(policy_of(settings)):
+        raise NotMigrated(
+            "the installed maintenance rules were generated from another policy or another "
+            "maintctl (table or column names, schema); run: maintctl migrate"
+        )
+
+
+def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
+    """Refuse (exit 78) a policy that names a table or column the application schema lacks,
+    before migrate changes anything."""
+    policy = policy_of(settings)
+    missing = missing_columns(conn, policy, with_added=False)
+    if missing:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, missing: "
+            + ", ".join(missing)
+            + " (see maintctl config)"
+        )
+
+
+def check_conditions(conn: db.Connection, settings: Settings) -> None:
+    """Each [[purge]] rule's `where`, checked before anything uses it (exit 78)."""
+    from maintctl.rules.purge import check_where
+
+    for rule in policy_of(settings).purge_rules:
+        check_where(conn, settings, rule)
+
+
+def install(conn: db.Connection, settings: Settings) -> bool:
+    """Install what the policy generates, unless it is already installed; True when it was.
+
+    The policy's tables and columns are checked first (a missing one: exit 78, nothing changed).
+    maintctl's own columns and the functions go in one transaction, the indexes one by one
+    without blocking writes, then the fingerprint records what was installed."""
+    policy = policy_of(settings)
+    generated = installation(policy)
+    current = installed_fingerprint(conn) == generated.fingerprint
+    if current and _indexes_ready(conn, policy, generated):
+        return False
+    missing = missing_columns(conn, policy, with_added=False)
+    if missing:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, missing: "
+            + ", ".join(missing)
+            + " (see maintctl config)"
+        )
+    with db.transaction(conn, settings):
+        for statement in (*generated.columns, *generated.functions):
+            conn.execute(statement)
+        conn.execute(hardening())
+    _build_indexes(conn, policy, generated)
+    with db.transaction(conn, settings):
+        record = {
+            "fingerprint": generated.fingerprint,
+            "app_schema": policy.schema,
+            "maintctl_version": __version__,
+        }
+        db.execute(conn, "record_installed_rules", record)
+    return True
+
+
+def _index_state(conn: db.Connection, schema: str, name: str) -> IndexState | None:
+    params = {"schema": schema, "name": name}
+    return db.fetch_optional(conn, "index_state", params, IndexState)
+
+
+def _ready(state: IndexState | None, digest: str) -> bool:
+    return state is not None and state.valid and state.comment in (None, digest)
+
+
+def _indexes_ready(conn: db.Connection, policy: Policy, generated: Installation) -> bool:
+    return all(
+        _ready(_index_state(conn, policy.schema, build.name), build.digest)
+        for build in generated.indexes
+    )
+
+
+def _build_indexes(conn: db.Connection, policy: Policy, generated: Installation) -> None:
+    """Each index, unless a valid one of that name and definition is there. An index of that name
+    without maintctl's comment (built by a maintctl before rules were data) is kept as it is."""
+    db.execute(conn, "allow_long_statements")
+    try:
+        for build in generated.indexes:
+            state = _index_state(conn, policy.schema, build.name)
+            index = sql.Identifier(policy.schema, build.name)
+            if not _ready(state, build.digest):
+                db.execute_composed(conn, "drop_index_concurrently", {"index": index})
+                names = {"index": sql.Identifier(build.name), "definition": build.definition}
+                db.execute_composed(conn, "create_index_concurrently", names)
+            db.execute_composed(
+                conn, "comment_index", {"index": index, "comment": sql.Literal(build.digest)}
+            )
+    finally:
+        db.execute(conn, "reset_session_limits")

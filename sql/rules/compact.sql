@@ -1,0 +1,130 @@
+-- The compact rule: finished jobs that ended before the cutoff lose the columns it clears, and
+-- their summary column is replaced by a summary (maintenance.import_job_summary, 0002_rules.sql);
+-- compacted_at marks them. A template for `maintctl migrate` (maintctl/rules/compact.py;
+-- placeholders as in stuck.sql). The summary is given the first two cleared columns, {j.clear[0]} as
+-- the payload and {j.clear[1]} as the log (null where the policy clears fewer); {set_null.clear}
+-- sets each cleared column to null.
+
+-- section: columns
+alter table {jobs} add column if not exists {compacted_at} timestamptz;
+
+-- section: indexes
+-- index: jobs compactable_key
+on {jobs} (({ended_at}), {key})
+  where {status_column} in ({finished}) and {compacted_at} is null;
+
+-- section: functions
+-- Always through the rule's partial index, which holds only the jobs still to compact: right after
+-- a run compacted a backlog, before autovacuum analyzes the table again, the statistics still show
+-- that backlog and the planner would read the whole table instead.
+create or replace function maintenance.count_old_import_jobs(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
+returns bigint
+language sql stable set search_path = pg_catalog, pg_temp set enable_seqscan = off
+as $$
+  select count(*) from (
+    select from {jobs} j
+    where {j.status_column} in ({finished})
+      and {j.compacted_at} is null
+      and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+    limit p_limit) as found
+$$;
+
+-- The same walk as temp's, over (ended_at, key) in the partial index. With a threshold per status,
+-- p_cutoffs holds each status's cutoff and p_cutoff the latest of them, which bounds the walk.
+create or replace function maintenance.compact_import_jobs_step(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  after_at timestamptz := coalesce((p_position ->> 'endedAt')::timestamptz, '-infinity');
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  upto_at timestamptz;
+  upto_id bigint;
+  more boolean := false;
+  configured_lock_timeout text := current_setting('lock_timeout');
+begin
+  select {j.ended_at}, {j.key} into upto_at, upto_id
+    from {jobs} j
+   where {j.status_column} in ({finished}) and {j.compacted_at} is null
+     and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+     and ({j.ended_at}, {j.key}) > (after_at, after_id)
+   order by {j.ended_at}, {j.key}
+  offset p_batch_size - 1 limit 1;
+  if upto_at is null then
+    upto_at := p_cutoff;
+    upto_id := 0;
+  else
+    more := exists (select 1 from {jobs} j
+                     where {j.status_column} in ({finished}) and {j.compacted_at} is null
+                       and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+                       and ({j.ended_at}, {j.key}) > (upto_at, upto_id));
+  end if;
+  begin
+    perform set_config('lock_timeout', '50ms', true);
+    update {jobs} j
+       set {summary_column} = maintenance.import_job_summary(
+             {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+           {set_null.clear},
+           {compacted_at} = now()
+     where {j.status_column} in ({finished}) and {j.compacted_at} is null
+       and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+       and ({j.ended_at}, {j.key}) > (after_at, after_id)
+       and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
+    get diagnostics rows = row_count;
+    perform set_config('lock_timeout', configured_lock_timeout, true);
+  exception when lock_not_available then
+    with picked as (
+      select {j.key} as key from {jobs} j
+       where {j.status_column} in ({finished}) and {j.compacted_at} is null
+         and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+         and ({j.ended_at}, {j.key}) > (after_at, after_id)
+         and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+      for update skip locked
+    )
+    update {jobs} j
+       set {summary_column} = maintenance.import_job_summary(
+             {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+           {set_null.clear},
+           {compacted_at} = now()
+      from picked
+     where {j.key} = picked.key
+       and {j.status_column} in ({finished}) and {j.compacted_at} is null
+       and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
+    get diagnostics rows = row_count;
+  end;
+  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+end
+$$;
+
+-- Compacts every eligible job, step after step, in the caller's transaction (for pg_cron users).
+create or replace function maintenance.compact_old_import_jobs(
+  compact_after interval default {default_older_than}, batch_size integer default 5000,
+  force boolean default false) returns bigint
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  cutoff timestamptz := now() - maintenance.absolute(compact_after);
+  total bigint := 0;
+  step record;
+  position jsonb;
+begin
+  perform maintenance.check_cleanup_arguments(array[compact_after], batch_size, force);
+  loop
+    select * into step
+      from maintenance.compact_import_jobs_step(cutoff, compact_after, batch_size, position, null,
+                                                null);
+    total := total + step.rows;
+    position := step.next_position;
+    exit when position is null;
+  end loop;
+  return total;
+end
+$$;

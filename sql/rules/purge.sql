@@ -1,0 +1,69 @@
+-- A [[purge]] rule of the policy file: rows of any other table whose time column is before the
+-- cutoff, and that its optional `where` condition selects, are deleted. A template for
+-- `maintctl migrate` (maintctl/rules/purge.py), filled in once per [[purge]] entry; {where} is the
+-- entry's condition, checked first (maintctl.rules.purge.check_where), or true.
+
+-- section: indexes
+-- index: target purge_{rule}
+on {target} ({time_column}, {key}) where {where};
+
+-- section: functions
+create or replace function {count_function}(p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
+returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from (
+    select from {target} t where {t.time_column} < p_cutoff and {t.where} limit p_limit) as found
+$$;
+
+-- The walk of temp's step over (time column, key) in the rule's partial index, without an outbox.
+create or replace function {step_function}(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  after_at timestamptz := coalesce((p_position ->> 'at')::timestamptz, '-infinity');
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  upto_at timestamptz;
+  upto_id bigint;
+  more boolean := false;
+  configured_lock_timeout text := current_setting('lock_timeout');
+begin
+  select {t.time_column}, {t.key} into upto_at, upto_id
+    from {target} t
+   where {t.time_column} < p_cutoff and {t.where}
+     and ({t.time_column}, {t.key}) > (after_at, after_id)
+   order by {t.time_column}, {t.key}
+  offset p_batch_size - 1 limit 1;
+  if upto_at is null then
+    upto_at := p_cutoff;
+    upto_id := 0;
+  else
+    more := exists (select 1 from {target} t
+                     where {t.time_column} < p_cutoff and {t.where}
+                       and ({t.time_column}, {t.key}) > (upto_at, upto_id));
+  end if;
+  begin
+    perform set_config('lock_timeout', '50ms', true);
+    delete from {target} t
+     where {t.time_column} < p_cutoff and {t.where}
+       and ({t.time_column}, {t.key}) > (after_at, after_id)
+       and ({t.time_column}, {t.key}) <= (upto_at, upto_id);
+    get diagnostics rows = row_count;
+    perform set_config('lock_timeout', configured_lock_timeout, true);
+  exception when lock_not_available then
+    with picked as (
+      select {t.key} as maintctl_key from {target} t
+       where {t.time_column} < p_cutoff and {t.where}
+         and ({t.time_column}, {t.key}) > (after_at, after_id)
+         and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
+      for update skip locked
+    )
+    delete from {target} t using picked
+     where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where};
+    get diagnostics rows = row_count;
+  end;
+  next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id) end;
+end
+$$;

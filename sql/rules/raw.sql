@@ -1,0 +1,86 @@
+-- The raw rule: the raw items of runs that failed before the cutoff are deleted; the runs stay. The
+-- runs table, its key and status column are those of the stuck rule. A template for
+-- `maintctl migrate` (maintctl/rules/raw.py; placeholders as in stuck.sql).
+
+-- section: indexes
+-- index: runs failed
+on {runs} (({run_ended_at})) where {run_status} = {failed};
+-- index: items run_id_id
+on {items} ({run_column}, {key});
+
+-- section: functions
+-- Through the failed runs (their partial index), then each run's items (the (run, key) index). The
+-- runs are looked up on their own (materialized): under a LIMIT the planner would rather read
+-- every run, hoping to stop early, which with nothing to count reads them all.
+create or replace function maintenance.count_old_raw_items(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
+returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  with failed as materialized (
+    select {r.run_key} as key from {runs} r
+    where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+  )
+  select count(*) from (
+    select from failed join {items} i on {i.run_column} = failed.key
+    limit p_limit) as found
+$$;
+
+-- Walks the eligible failed runs in key order, and the items of each through (run, key), run after
+-- run until the batch is full. Each run is share-locked (skipping one a worker holds) so that it
+-- cannot be re-queued while its items go.
+create or replace function maintenance.purge_raw_items_step(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  from_run bigint := coalesce((p_position ->> 'runId')::bigint, 0);
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  run bigint;
+  upto_id bigint;
+  deleted integer;
+begin
+  rows := 0;
+  loop
+    -- The lateral probe asks the (run, key) index of each candidate run whether items are left:
+    -- its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that a
+    -- sequential scan finds one soon.
+    select {r.run_key} into run
+      from {runs} r
+     cross join lateral (select {i.key} from {items} i
+                          where {i.run_column} = {r.run_key}
+                            and {i.key} > case when {r.run_key} = from_run then after_id else 0 end
+                          order by {i.key}
+                          limit 1) as has_items
+     where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+       and {r.run_key} >= from_run
+     order by {r.run_key}
+     limit 1
+     for share of r skip locked;
+    if run is null then  -- no eligible run has items left: the walk is done
+      next_position := null;
+      return;
+    end if;
+    if run > from_run then
+      after_id := 0;
+    end if;
+    upto_id := null;
+    select {i.key} into upto_id
+      from {items} i
+     where {i.run_column} = run and {i.key} > after_id
+     order by {i.key}
+    offset p_batch_size - rows - 1 limit 1;
+    delete from {items} i
+     where {i.run_column} = run and {i.key} > after_id and (upto_id is null or {i.key} <= upto_id);
+    get diagnostics deleted = row_count;
+    rows := rows + deleted;
+    if upto_id is not null then  -- the batch is full; this run may have more
+      next_position := jsonb_build_object('runId', run, 'id', upto_id);
+      return;
+    end if;
+    from_run := run + 1;
+    after_id := 0;
+  end loop;
+end
+$$;

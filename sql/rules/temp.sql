@@ -1,0 +1,93 @@
+-- The temp rule: temp uploads created before the cutoff are deleted, their files recorded in the
+-- storage outbox by the statement that deletes them. A template for `maintctl migrate`
+-- (maintctl/rules/temp.py; placeholders as in stuck.sql). With storage_path = false there are no
+-- files: {has.storage_path} is false and the outbox gets nothing.
+
+-- section: indexes
+-- index: uploads created_at_id
+on {uploads} ({created_at}, {key});
+
+-- section: functions
+create or replace function maintenance.count_old_temp_uploads(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb)
+returns bigint
+language sql stable set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from (
+    select from {uploads} t where {t.created_at} < p_cutoff limit p_limit) as found
+$$;
+
+-- Walks (created_at, key) in index order. The boundary is the batch_size-th eligible key after the
+-- position (an index-only scan); the DELETE takes the plain key range up to it. Equal created_at
+-- values are split by the key, so ties at a batch edge are neither skipped nor taken twice.
+--
+-- Row locks: a step first runs without SKIP LOCKED (a plain range statement is several times
+-- cheaper) but waits at most 50 ms for a lock; if the application holds a row of the range, that
+-- attempt rolls back (a subtransaction) and the same range is done again skipping the locked rows,
+-- which the next run picks up. The short wait is undone when the subtransaction ends either way.
+create or replace function maintenance.purge_temp_uploads_step(
+  p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
+  p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  after_at timestamptz := coalesce((p_position ->> 'createdAt')::timestamptz, '-infinity');
+  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  upto_at timestamptz;
+  upto_id bigint;
+  more boolean := false;
+  configured_lock_timeout text := current_setting('lock_timeout');
+begin
+  select {t.created_at}, {t.key} into upto_at, upto_id
+    from {uploads} t
+   where {t.created_at} < p_cutoff and ({t.created_at}, {t.key}) > (after_at, after_id)
+   order by {t.created_at}, {t.key}
+  offset p_batch_size - 1 limit 1;
+  if upto_at is null then  -- fewer than a batch left: this step takes them all
+    upto_at := p_cutoff;
+    upto_id := 0;
+  else  -- exactly a batch left: this is the last step too
+    more := exists (select 1 from {uploads} t
+                     where {t.created_at} < p_cutoff
+                       and ({t.created_at}, {t.key}) > (upto_at, upto_id));
+  end if;
+  begin
+    perform set_config('lock_timeout', '50ms', true);
+    with gone as (
+      delete from {uploads} t
+       where {t.created_at} < p_cutoff
+         and ({t.created_at}, {t.key}) > (after_at, after_id)
+         and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
+      returning {t.key} as key, {t.storage_path}::text as storage_path,
+                {t.size_bytes}::bigint as size_bytes
+    ), recorded as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone where {has.storage_path} having count(*) > 0
+      returning 1
+    )
+    select count(*) into rows from gone;
+    perform set_config('lock_timeout', configured_lock_timeout, true);
+  exception when lock_not_available then
+    with picked as (
+      select {t.key} as key from {uploads} t
+       where {t.created_at} < p_cutoff
+         and ({t.created_at}, {t.key}) > (after_at, after_id)
+         and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
+      for update skip locked
+    ), gone as (
+      delete from {uploads} t using picked
+       where {t.key} = picked.key and {t.created_at} < p_cutoff
+      returning {t.key} as key, {t.storage_path}::text as storage_path,
+                {t.size_bytes}::bigint as size_bytes
+    ), recorded as (
+      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+        from gone where {has.storage_path} having count(*) > 0
+      returning 1
+    )
+    select count(*) into rows from gone;
+  end;
+  next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
+end
+$$;

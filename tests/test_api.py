@@ -1,0 +1,67 @@
+"""maintctl as a library: `Maintenance` returns typed results, and its run's document is what
+`maintctl run --json` prints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maintctl.api import Maintenance
+from maintctl.errors import ConfigError
+from tests.conftest import Cli
+from tests.data import Conn, count, load_sample
+
+# What differs between two runs of the same data.
+CLOCK_KEYS = {"timestamp", "runId", "durationMs"}
+
+
+def comparable(document: dict[str, object]) -> dict[str, object]:
+    tasks = [
+        {k: v for k, v in task.items() if k not in ("durationMs", "cutoff", "batchSize")}
+        for task in document["tasks"]  # type: ignore[attr-defined]
+    ]
+    return {**{k: v for k, v in document.items() if k not in CLOCK_KEYS}, "tasks": tasks}
+
+
+def test_a_run_through_the_api_is_the_cli_s_run(cli: Cli, conn: Conn, db_url: str) -> None:
+    load_sample(conn)
+    maintenance = Maintenance.from_environment(database_url=db_url)
+
+    dry = maintenance.run(dry_run=True)
+    through_cli = json.loads(cli("run", "--dry-run", "--json").stdout)
+    status = maintenance.status()
+    real = maintenance.run()
+
+    assert comparable(maintenance.run_document(dry)) == comparable(through_cli)
+    assert status.counts == {"stuck": 15, "temp": 289, "compact": 210, "raw": 250}
+    assert [(r.task, r.rows) for r in real.tasks] == list(status.counts.items())
+    assert real.exit_code == 0
+    assert maintenance.history(1)[0].id == real.run_id
+    assert (
+        count(conn, "select count(*) from temp_uploads where created_at < now() - interval '1 day'")
+        == 0
+    )
+
+
+def test_one_rule_by_name_or_command_and_an_unknown_one_refused(db_url: str) -> None:
+    maintenance = Maintenance.from_environment(database_url=db_url)
+
+    chosen = maintenance.rules(["purge-temp", "stuck"])
+    report = maintenance.run(chosen, command="purge-temp", dry_run=True)
+
+    assert [rule.name for rule in chosen] == ["temp", "stuck"]
+    assert [result.task for result in report.tasks] == ["temp", "stuck"]
+    with pytest.raises(ConfigError, match=r"no rule named 'purge-tmp' .*did you mean purge-temp"):
+        maintenance.rules(["purge-tmp"])
+
+
+def test_disabled_maintenance_is_a_skipped_report_without_a_connection() -> None:
+    maintenance = Maintenance.from_environment(
+        database_url="postgresql://nobody@127.0.0.1:1/none", enabled=False
+    )
+
+    report = maintenance.run()
+
+    assert report.skipped == "maintenance is disabled (MAINTCTL_ENABLED=false)"
+    assert int(report.exit_code) == 75
