@@ -364,3 +364,50 @@ def test_an_owner_that_may_not_grant_pg_read_all_stats_still_grants_the_rest(
     assert conn.execute(member, [target]).fetchone() == (False,)
     may_delete = "select has_table_privilege(%s, 'temp_uploads', 'delete')"
     assert conn.execute(may_delete, [target]).fetchone() == (True,)
+
+
+AUDIT_POLICY = """
+[[purge]]
+name = "audit-log"
+table = "audit_log"
+time_column = "created_at"
+older_than = "90d"
+"""
+
+
+def test_the_gate_paces_a_purge_rule_of_the_policy_file_too(
+    private_server: PrivateServer, tmp_path: Path
+) -> None:
+    private_server.start()
+    url = private_server.migrated_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table audit_log (id bigint generated always as identity primary key, "
+            "created_at timestamptz not null, message text)"
+        )
+        conn.execute(
+            "insert into audit_log (created_at, message) "
+            "select now() - interval '100 days', repeat('m', 200) from generate_series(1, 8000)"
+        )
+    (tmp_path / "maintctl.toml").write_text(AUDIT_POLICY)
+    cli = make_cli(url)
+    assert cli("migrate").exit_code == 0
+    before = scalar(url, "select pg_current_wal_lsn()::text")
+    rate = 128 * 1024
+
+    result = cli(
+        "purge",
+        "audit-log",
+        "--json",
+        "--batch-size",
+        "500",
+        env={"MAINTCTL_MAX_WAL_RATE": "128kB/s"},
+    )
+
+    server_wal = scalar(url, "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)::bigint", before)
+    (task,) = json.loads(result.stdout)["tasks"]
+    assert (result.exit_code, task["status"], task["rows"]) == (0, "ok", 8000), result.stderr
+    assert 0.9 * server_wal <= task["walBytes"] <= server_wal
+    assert task["walBytes"] > 2 * rate  # enough WAL that the cap had to slow the task down
+    assert task["throttledMs"] > 0
+    assert task["walBytes"] / (task["durationMs"] / 1000) <= rate
