@@ -7,7 +7,8 @@ migrate`, then measures on copies of it (CREATE DATABASE ... TEMPLATE):
 
 1. `maintctl purge-temp` against one DELETE of the same rows that writes the same storage outbox
    (rows/s, the judged ratio: the same guarantee), and against one plain DELETE without the outbox
-   (for information), each on its own copy;
+   (for information), each on its own copy; and `maintctl purge-temp` without the outbox
+   (`storage_path = false` in a policy file, its copy migrated under it) against that plain DELETE;
 2. the longest transaction maintctl held (pg_stat_activity sampled every few milliseconds);
 3. p50/p99 latency of a concurrent application writer: idle, during each purge;
 4. `maintctl compact` against one plain UPDATE to the same target state, and the size of
@@ -62,6 +63,10 @@ SMALL_SCALE = 0.1  # status is also timed on a database a tenth the size (200,00
 
 # The targets of issue 11 (issue 4's, raised): purge against one plain DELETE of the same rows.
 PURGE_RATIO_TARGET = 0.75
+# purge-temp without the storage outbox (`storage_path = false` in the policy file), the same.
+PURGE_NO_OUTBOX_RATIO_TARGET = 0.9
+# The policy file of that run: the temp rule records no file.
+NO_OUTBOX_POLICY = "[rules.temp]\nstorage_path = false\n"
 LONGEST_TRANSACTION_TARGET_MS = 50.0
 WRITER_P99_FACTOR = 2.0
 COMPACT_RATIO_TARGET = 0.9
@@ -607,6 +612,31 @@ def bench_purge(
     }
 
 
+def bench_purge_without_outbox(
+    url: str, plain: dict[str, Any], run_ids: list[int], idle_seconds: float, workdir: Path
+) -> dict[str, Any]:
+    """maintctl's purge-temp with `storage_path = false` (no storage outbox) on its own copy,
+    migrated under that policy, against the plain DELETE of the same rows (`plain`)."""
+    policy = workdir / "maintctl-no-outbox.toml"
+    policy.write_text(NO_OUTBOX_POLICY)
+    config = ("--config", str(policy))
+    maintctl(url, "migrate", *config)
+    prepare(url)
+    say("purge-temp without the outbox (storage_path = false): maintctl ...")
+    with observed(url, run_ids, idle_seconds, sample=True) as (writer, sampler):
+        task = task_of(run := maintctl(url, "purge-temp", *config))
+    assert sampler is not None
+    check_outbox(url, "maintctl purge-temp without the outbox", 0)
+    side = {
+        **maintctl_side(task, run, sampler),
+        "writer": {"idle": writer.summary("idle"), "during": writer.summary("busy")},
+    }
+    return {
+        "maintctl": side,
+        "ratioVsPlainDelete": round(side["rowsPerSecond"] / plain["rowsPerSecond"], 3),
+    }
+
+
 def jobs_size(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
         row = conn.execute(JOBS_SIZE).fetchone()
@@ -723,8 +753,10 @@ class Results:
 
 def judge(figures: dict[str, Any]) -> list[Target]:
     purge, compact = figures["purgeTemp"], figures["compact"]
+    no_outbox = figures["purgeTempNoOutbox"]
     longest = max(
         purge["maintctl"]["longestTransactionMs"],
+        no_outbox["maintctl"]["longestTransactionMs"],
         compact["maintctl"]["longestTransactionMs"],
         figures["purgeRaw"]["maintctl"]["longestTransactionMs"],
     )
@@ -744,8 +776,16 @@ def judge(figures: dict[str, Any]) -> list[Target]:
             purge["ratioVsPlainDelete"] >= PURGE_RATIO_TARGET,
         ),
         Target(
+            "purge throughput, no outbox",
+            f">= {PURGE_NO_OUTBOX_RATIO_TARGET}x one plain DELETE of the same rows "
+            "(storage_path = false)",
+            f"{no_outbox['ratioVsPlainDelete']}x",
+            no_outbox["ratioVsPlainDelete"] >= PURGE_NO_OUTBOX_RATIO_TARGET,
+        ),
+        Target(
             "longest maintctl transaction",
-            f"<= {LONGEST_TRANSACTION_TARGET_MS:.0f} ms (purge, compact, purge-raw)",
+            f"<= {LONGEST_TRANSACTION_TARGET_MS:.0f} ms (purge with and without outbox, compact, "
+            "purge-raw)",
             f"{longest} ms (sampled every ~{purge['maintctl']['meanSamplingIntervalMs']} ms)",
             longest <= LONGEST_TRANSACTION_TARGET_MS,
         ),
@@ -816,12 +856,18 @@ def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
         )
 
     single, plain = purge["deleteWithOutbox"], purge["plainDelete"]
+    no_outbox = figures["purgeTempNoOutbox"]
     gate = figures["gate"]
     return [
         (
             "purge-temp vs one plain DELETE, no outbox (the limit)",
             f"{purge['ratioVsPlainDelete']}x",
             f"{rate(plain)}: {purge['outboxCostFactor']}x the rows/s of DELETE + outbox",
+        ),
+        (
+            "purge-temp without the outbox (storage_path = false) vs one plain DELETE",
+            f"{no_outbox['ratioVsPlainDelete']}x: {rate(no_outbox['maintctl'])}",
+            rate(plain),
         ),
         ("purge-temp throughput (vs DELETE + outbox)", rate(purge["maintctl"]), rate(single)),
         ("purge-temp ratio (same work: DELETE + outbox)", f"{purge['ratio']}x", "1x"),
@@ -957,6 +1003,16 @@ def run_bench(server: Server, scale: float, repeat: int, idle_seconds: float) ->
         figures["gate"] = bench_gate(maintctl_url)
         figures["purgeTemp"] = bench_purge(maintctl_url, outbox_url, plain_url, idle_seconds)
         server.drop(f"{PREFIX}_outbox")  # used only for purge-temp
+        no_outbox_url = database("no_outbox", template=base)
+        with tempfile.TemporaryDirectory(prefix="maintctl-bench-") as workdir:
+            figures["purgeTempNoOutbox"] = bench_purge_without_outbox(
+                no_outbox_url,
+                figures["purgeTemp"]["plainDelete"],
+                recent_processing_runs(no_outbox_url),
+                idle_seconds,
+                Path(workdir),
+            )
+        server.drop(f"{PREFIX}_no_outbox")  # used only for purge-temp without the outbox
         figures["purgeRaw"] = bench_raw(maintctl_url, plain_url)
         figures["compact"] = bench_compact(maintctl_url, plain_url)
         say("status at full scale, nothing eligible ...")
