@@ -195,8 +195,11 @@ class Gate:
             self.throttled_seconds += time.monotonic() - begun
 
     def _wait(self, seconds: float) -> None:
-        """Sleep outside any transaction, renewing the run lease on the way."""
+        """Sleep outside any transaction, renewing the run lease on the way; a stop request
+        (maintctl serve's SIGTERM, maintctl.tasks.stop_requested) ends it as SIGTERM would."""
         from maintctl import db
+        from maintctl.errors import Terminated
+        from maintctl.tasks import stop_requested
 
         every = self.settings.run_lease.total_seconds() / BEAT_FRACTION
         end = time.monotonic() + seconds
@@ -205,4 +208,5 @@ class Gate:
                 with db.transaction(self.conn, self.settings):
                     self.heartbeat.beat(self.conn)
                 self._last_beat = time.monotonic()
-            time.sleep(min(left, every))
+            if stop_requested.wait(min(left, every)):
+                raise Terminated

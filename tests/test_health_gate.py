@@ -17,9 +17,12 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from maintctl.web import ROUTE
 from tests.conftest import make_cli
 from tests.private_server import PrivateServer, replicated_servers
+from tests.serving import SECRET, serving
 from tests.test_monitoring import samples, value
+from tests.test_serve import in_background, wait_for
 
 Servers = tuple[PrivateServer, PrivateServer]
 
@@ -411,3 +414,30 @@ def test_the_gate_paces_a_purge_rule_of_the_policy_file_too(
     assert task["walBytes"] > 2 * rate  # enough WAL that the cap had to slow the task down
     assert task["throttledMs"] > 0
     assert task["walBytes"] / (task["durationMs"] / 1000) <= rate
+
+
+def test_maintctl_serve_s_stop_request_ends_a_wait_on_the_gate(replicated: Servers) -> None:
+    # serve's run works in a thread, where SIGTERM never arrives: its stop request must also end
+    # a wait on the gate, not only come before the next batch (here the wait would last an hour).
+    primary, standby = replicated
+    url = primary.migrated_database()
+    with psycopg.connect(standby.url(), autocommit=True) as conn:
+        conn.execute("select pg_wal_replay_pause()")
+    add_old_uploads(url)  # WAL the paused standby does not replay: the gate waits from the start
+    gate = {"MAINTCTL_MAX_REPLICA_LAG": "64kB", "MAINTCTL_THROTTLE_WAIT": "1h"}
+
+    with psycopg.connect(url, autocommit=True) as conn, serving(url, env=gate) as server:
+        thread, answers = in_background(lambda: server.get(ROUTE, x_cron_secret=SECRET))
+        wait_for(conn, "select count(*) from maintenance.runs", "the run never started")
+        server.process.terminate()
+        thread.join(timeout=60)
+        exit_code, output = server.stop()
+        [(status, tasks)] = conn.execute("select status, tasks from maintenance.runs").fetchall()
+
+    [answer] = answers
+    assert answer.status == 503
+    assert answer.json()["error"].startswith("the server is shutting down: the run stopped")
+    assert exit_code == 0, output
+    assert status == "interrupted"
+    assert [task["status"] for task in tasks] == ["interrupted"]  # stuck, the first task
+    assert scalar(url, "select count(*) from temp_uploads") == UPLOADS
