@@ -314,9 +314,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+_ARCHIVE_HELP = "Check and prune the archive of removed rows (MAINTCTL_ARCHIVE)."
 archive_app = typer.Typer(
     name="archive",
-    help="Check and prune the archive of removed rows (MAINTCTL_ARCHIVE).",
+    help=_ARCHIVE_HELP,
+    short_help=_ARCHIVE_HELP,  # whole in the command list, as command() gives every command
     no_args_is_help=True,
     rich_markup_mode=None,
 )
