@@ -94,6 +94,7 @@ class Maintenance:
         dry_run: bool = False,
         max_runtime: timedelta | None = None,
         vacuum: bool = False,
+        force: bool = False,
         notify: Notify | None = None,
         on_batch: ProgressCallback | None = None,
         on_connected: Callable[[Connection], None] | None = None,
@@ -105,7 +106,8 @@ class Maintenance:
         is what `maintctl run --json` prints (run_document). `on_connected` and `after` hear of
         the connection before and after the run (the CLI logs it and writes --emit-paths). What
         the run removes is archived (not on a dry run) to `archive`, else to MAINTCTL_ARCHIVE
-        when set, checked writable before the database is touched (docs/archive.md)."""
+        when set, checked writable before the database is touched (docs/archive.md). `force`
+        lets a rule past the anomaly guard (maintctl.limits)."""
         from maintctl import runner
         from maintctl.archive import opened
 
@@ -127,6 +129,7 @@ class Maintenance:
                 on_batch=on_batch,
                 vacuum=vacuum,
                 archive=destination,
+                force=force,
             )
             if after is not None:
                 after(conn, report)

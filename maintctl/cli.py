@@ -141,7 +141,59 @@ OlderThan = Annotated[
         show_default=False,
     ),
 ]
-Force = Annotated[bool, typer.Option("--force", help="Allow a threshold under 1 hour.")]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Allow a threshold under 1 hour, and a task far above its recent runs "
+        "(the anomaly guard, MAINTCTL_ANOMALY_FACTOR).",
+    ),
+]
+MaxRows = Annotated[
+    int | None,
+    typer.Option(
+        "--max-rows",
+        help="Touch at most this many rows per task; the task reports stopped and the next run "
+        "carries on [env: MAINTCTL_MAX_ROWS].",
+        show_default=False,
+    ),
+]
+MaxReplicaLag = Annotated[
+    str | None,
+    typer.Option(
+        "--max-replica-lag",
+        help="Wait while a standby is further behind in replay, a duration or a size "
+        "(30s, 256MB) or off [env: MAINTCTL_MAX_REPLICA_LAG; default: 30s].",
+        show_default=False,
+    ),
+]
+MaxSlotLag = Annotated[
+    str | None,
+    typer.Option(
+        "--max-slot-lag",
+        help="Wait while a replication slot retains more WAL (512MB) or off "
+        "[env: MAINTCTL_MAX_SLOT_LAG; default: 1GB].",
+        show_default=False,
+    ),
+]
+MaxWalRate = Annotated[
+    str | None,
+    typer.Option(
+        "--max-wal-rate",
+        help="Pace batches to write at most this much WAL per second (32MB/s) "
+        "[env: MAINTCTL_MAX_WAL_RATE; default: off].",
+        show_default=False,
+    ),
+]
+ThrottleWait = Annotated[
+    str | None,
+    typer.Option(
+        "--throttle-wait",
+        help="Stop a task that waited this long in one stretch on the health gate; the next run "
+        "carries on [env: MAINTCTL_THROTTLE_WAIT; default: 5m].",
+        show_default=False,
+    ),
+]
 LogFormat = Annotated[
     str | None,
     typer.Option(
@@ -347,6 +399,11 @@ _FLAG_NAMES = {
     "metrics_file": "--metrics-file",
     "public_dashboard": "--public-dashboard",
     "archive": "--archive",
+    "max_rows": "--max-rows",
+    "max_replica_lag": "--max-replica-lag",
+    "max_slot_lag": "--max-slot-lag",
+    "max_wal_rate": "--max-wal-rate",
+    "throttle_wait": "--throttle-wait",
 }
 
 
@@ -454,6 +511,7 @@ def _run(
     metrics_file: str | None = None,
     emit_paths: str | None = None,
     archive: str | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> int:
     from maintctl import db, outbox, render
     from maintctl.log import describe, wants_color
@@ -468,6 +526,7 @@ def _run(
         metrics_file=metrics_file,
         archive=archive,
         **(thresholds or {}),
+        **(gate or {}),
     )
     _log.log_format = settings.log_format
     tasks = _enabled(settings, tasks, command_name)
@@ -505,6 +564,7 @@ def _run(
                 dry_run=dry_run,
                 max_runtime=deadline,
                 vacuum=vacuum,
+                force=force,
                 notify=_log,
                 on_batch=on_batch,
                 on_connected=connected,
@@ -643,6 +703,11 @@ def run(
     vacuum: Vacuum = False,
     emit_paths: EmitPaths = None,
     archive: ArchiveDest = None,
+    max_rows: MaxRows = None,
+    max_replica_lag: MaxReplicaLag = None,
+    max_slot_lag: MaxSlotLag = None,
+    max_wal_rate: MaxWalRate = None,
+    throttle_wait: ThrottleWait = None,
     debug: Debug = False,
 ) -> int:
     """Run every task in order: stuck, purge-temp, compact, purge-raw."""
@@ -664,7 +729,25 @@ def run(
         vacuum=vacuum,
         emit_paths=emit_paths,
         archive=archive,
+        gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
     )
+
+
+def _gate_flags(
+    max_rows: int | None,
+    max_replica_lag: str | None,
+    max_slot_lag: str | None,
+    max_wal_rate: str | None,
+    throttle_wait: str | None,
+) -> dict[str, Any]:
+    """The health gate's and the row limit's flags, by their settings' names."""
+    return {
+        "max_rows": max_rows,
+        "max_replica_lag": max_replica_lag,
+        "max_slot_lag": max_slot_lag,
+        "max_wal_rate": max_wal_rate,
+        "throttle_wait": throttle_wait,
+    }
 
 
 def _task_command(task: Task) -> None:
@@ -685,6 +768,11 @@ def _task_command(task: Task) -> None:
         vacuum: Vacuum = False,
         emit_paths: EmitPaths = None,
         archive: ArchiveDest = None,
+        max_rows: MaxRows = None,
+        max_replica_lag: MaxReplicaLag = None,
+        max_slot_lag: MaxSlotLag = None,
+        max_wal_rate: MaxWalRate = None,
+        throttle_wait: ThrottleWait = None,
         debug: Debug = False,
     ) -> int:
         return _run(
@@ -704,6 +792,7 @@ def _task_command(task: Task) -> None:
             metrics_file=metrics_file,
             emit_paths=emit_paths,
             archive=archive,
+            gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
         )
 
     if not task.emits_paths:  # only a rule whose rows have files takes --emit-paths
@@ -744,6 +833,11 @@ def purge(
     metrics_file: MetricsFile = None,
     vacuum: Vacuum = False,
     archive: ArchiveDest = None,
+    max_rows: MaxRows = None,
+    max_replica_lag: MaxReplicaLag = None,
+    max_slot_lag: MaxSlotLag = None,
+    max_wal_rate: MaxWalRate = None,
+    throttle_wait: ThrottleWait = None,
     debug: Debug = False,
 ) -> int:
     """Run one [[purge]] rule of the policy file alone: delete the rows of its table older than
@@ -772,6 +866,7 @@ def purge(
         quiet=quiet,
         metrics_file=metrics_file,
         archive=archive,
+        gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
     )
 
 

@@ -164,11 +164,19 @@ def connect(settings: Settings) -> Connection:
 
 
 @contextmanager
-def transaction(conn: Connection, settings: Settings) -> Iterator[None]:
-    """One short transaction with the configured limits set inside it (poolers keep no session)."""
+def transaction(
+    conn: Connection, settings: Settings, *, asynchronous_commit: bool = False
+) -> Iterator[None]:
+    """One short transaction with the configured limits set inside it (poolers keep no session).
+    With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush."""
+    limits = (
+        query("set_batch_transaction_limits")
+        if asynchronous_commit
+        else query("set_transaction_timeouts")
+    )
     with conn.transaction():
         conn.execute(
-            query("set_transaction_timeouts"),
+            limits,
             {
                 "lock_timeout": milliseconds(settings.lock_timeout),
                 "statement_timeout": milliseconds(settings.statement_timeout),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from psycopg import sql
+from psycopg.errors import InsufficientPrivilege
 
 from maintctl import db
 from maintctl.errors import ConfigError
@@ -32,6 +33,9 @@ class GrantResult:
     revoked: bool
     app_schema: str
     can_vacuum: bool  # MAINTAIN granted (17+): run --vacuum works as the role
+    # The health gate reads the standbys' replay lag (pg_stat_replication), which needs
+    # pg_read_all_stats: None when granted (or revoked), else why it could not be.
+    stats_refused: str | None = None
     tables: tuple[str, ...] = ()  # the application tables the rules work on
 
 
@@ -51,6 +55,8 @@ def grant_role(
         )
     owner = db.fetch_value(conn, "maintenance_owner")
     statements = sql.SQL(read_sql("grants/revoke.sql" if revoke else "grants/grant.sql"))
+    stats = sql.SQL(read_sql("grants/revoke_stats.sql" if revoke else "grants/grant_stats.sql"))
+    refused = None
     maintain = int(db.fetch_value(conn, "server_version_num")) >= MAINTAIN_SERVER_VERSION
     names = {
         "role": sql.Identifier(role),
@@ -75,7 +81,21 @@ def grant_role(
                 db.execute_composed(conn, "grant_table", granted)
         if not revoke:
             conn.execute(statements.format(**names))
-    return GrantResult(role, revoke, settings.app_schema, maintain and not revoke, tuple(tables))
+        # Granting a predefined role needs a superuser or CREATEROLE (ADMIN OPTION from 16 on):
+        # without it the rest is still granted, and the gate is blind for that role.
+        try:
+            with conn.transaction():
+                conn.execute(stats.format(role=names["role"]))
+        except InsufficientPrivilege as exc:
+            refused = db.first_line(exc)
+    return GrantResult(
+        role,
+        revoke,
+        settings.app_schema,
+        maintain and not revoke,
+        stats_refused=refused,
+        tables=tuple(tables),
+    )
 
 
 def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from maintctl.sizes import format_size
 from maintctl.streams import STDERR
 
 LOG_FORMATS = ("text", "json")
@@ -56,6 +57,10 @@ def describe(event: str, fields: dict[str, Any]) -> str:
             f"{fields['task']}: {fields['status']}, {fields['rows']} rows"
             f" in {fields['batches']} batch(es), {_took(int(fields['durationMs']))}"
         )
+        if fields.get("walBytes"):
+            line += f", {format_size(int(fields['walBytes']))} of WAL"
+        if fields.get("throttledMs"):
+            line += f", {_took(int(fields['throttledMs']))} waiting on the health gate"
         return line + (f": {fields['error']}" if fields.get("error") else "")
     if event == "run_finished":
         if fields.get("skipped"):

@@ -101,10 +101,31 @@ def run_registry(outcome: RunOutcome, previous_success: float | None) -> Collect
             ["command", "task"],
             registry=registry,
         )
+        wal = Gauge(
+            "maintctl_task_wal_bytes",
+            "WAL the task wrote in the last run.",
+            ["command", "task"],
+            registry=registry,
+        )
+        throttled = Gauge(
+            "maintctl_task_throttled_seconds",
+            "How long the task waited on the health gate (replica lag, slots, WAL rate).",
+            ["command", "task"],
+            registry=registry,
+        )
         for result in report.tasks:
+            wal.labels(outcome.command, result.task).set(result.wal_bytes)
+            throttled.labels(outcome.command, result.task).set(result.throttled_ms / 1000)
             rows.labels(outcome.command, result.task).set(result.rows)
             took.labels(outcome.command, result.task).set(result.duration_ms / 1000)
             ok.labels(outcome.command, result.task).set(int(result.status == "ok"))
+        peak = report.impact["peakReplicaLagBytes"]
+        if peak is not None:
+            gauge(
+                "maintctl_last_run_peak_replica_lag_bytes",
+                "The largest standby replay lag the health gate saw during the last run.",
+                peak,
+            )
     return registry
 
 

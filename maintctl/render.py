@@ -26,7 +26,8 @@ from maintctl.migrations import MigrateResult
 from maintctl.outbox import DrainResult
 from maintctl.policy import ConfigReport
 from maintctl.rules import RULES
-from maintctl.runner import RunReport
+from maintctl.runner import RunReport, run_impact
+from maintctl.sizes import format_size
 from maintctl.status import Check, StatusReport
 from maintctl.streams import STDOUT
 from maintctl.tasks import TASKS, TASKS_BY_NAME, ProgressCallback, TaskProgress
@@ -75,6 +76,7 @@ def run_json(report: RunReport) -> dict[str, Any]:
             "errors": report.errors,
             "skipped": report.skipped,
             "durationMs": report.duration_ms,
+            **report.impact,
             "tasks": [result.as_record() for result in report.tasks],
         }
     )
@@ -94,6 +96,7 @@ def run_record_json(run: RunRecord) -> dict[str, Any]:
         "version": run.version,
         "dryRun": run.dry_run,
         "thresholds": run.thresholds,
+        **run_impact(run.tasks),
         "tasks": run.tasks,
         "errors": run.errors,
         "skipped": run.skipped,
@@ -234,7 +237,11 @@ def print_run(report: RunReport) -> None:
             f"{_took(vacuumed.duration_ms)})"
         )
     verdict = f"{len(report.errors)} task(s) failed" if report.errors else "all tasks ok"
-    out.print(f"{verdict} in {_took(report.duration_ms)}")
+    impact = report.impact
+    cost = "" if report.dry_run else f", {format_size(impact['walBytes'] or 0)} of WAL"
+    if impact["throttledMs"]:
+        cost += f", {_took(impact['throttledMs'])} waiting on the health gate"
+    out.print(f"{verdict} in {_took(report.duration_ms)}{cost}")
 
 
 @contextmanager
@@ -419,6 +426,7 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "action": "revoked" if result.revoked else "granted",
         "appSchema": result.app_schema,
         "canVacuum": result.can_vacuum,
+        "statsRefused": result.stats_refused,
     }
 
 
@@ -429,7 +437,7 @@ def print_grant(result: GrantResult) -> None:
         console().print(
             f"granted role {escape(result.role)} what maintctl run, status, doctor and history "
             f"need: schema maintenance, and in schema {escape(result.app_schema)} "
-            f"{escape(', '.join(result.tables))}"
+            f"{escape(', '.join(result.tables))}, and pg_read_all_stats for the health gate"
         )
         if result.can_vacuum:
             console().print("and MAINTAIN on them, so that run --vacuum can VACUUM them")
@@ -439,6 +447,12 @@ def print_grant(result: GrantResult) -> None:
                 "as the owner (as this role each VACUUM is reported failed), or leave it to "
                 "autovacuum"
             )
+    if result.stats_refused is not None:
+        console().print(
+            f"could not grant pg_read_all_stats: {escape(result.stats_refused)}; the health gate "
+            f"cannot see the standbys' lag as {escape(result.role)} until a superuser runs: "
+            f"grant pg_read_all_stats to {escape(result.role)}"
+        )
 
 
 # --- the archive -------------------------------------------------------------------------------

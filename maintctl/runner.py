@@ -6,9 +6,9 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from maintctl import db, guard, ledger
+from maintctl import db, guard, health, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
 from maintctl.settings import Settings
@@ -47,6 +47,27 @@ class RunReport:
     def rows(self, task: Task) -> int:
         return sum(t.rows for t in self.tasks if t.task == task.name)
 
+    @property
+    def impact(self) -> dict[str, int | None]:
+        """What the run cost the database, over its tasks (the JSON's and the metrics' keys)."""
+        return run_impact([result.as_record() for result in self.tasks])
+
+
+def run_impact(tasks: list[dict[str, Any]]) -> dict[str, int | None]:
+    """The WAL, the time waited on the health gate and the peak standby lag of a run, from its
+    tasks as the JSON and the ledger record them (older ledger rows lack the keys)."""
+
+    def peak(key: str) -> int | None:
+        seen = [int(task[key]) for task in tasks if task.get(key) is not None]
+        return max(seen) if seen else None
+
+    return {
+        "walBytes": sum(int(task.get("walBytes") or 0) for task in tasks),
+        "throttledMs": sum(int(task.get("throttledMs") or 0) for task in tasks),
+        "peakReplicaLagBytes": peak("peakReplicaLagBytes"),
+        "peakReplicaLagMs": peak("peakReplicaLagMs"),
+    }
+
 
 def disabled_report(dry_run: bool) -> RunReport:
     """The report of a run that MAINTCTL_ENABLED=false stopped before it connected."""
@@ -69,6 +90,7 @@ def run_maintenance(
     on_batch: ProgressCallback | None = None,
     vacuum: bool = False,
     archive: Destination | None = None,
+    force: bool = False,
 ) -> RunReport:
     """Run the given tasks in order, each isolated from the others' failures, and record it.
 
@@ -77,7 +99,8 @@ def run_maintenance(
     run started, task done). With `vacuum` (not on a dry run), the tables the tasks changed a lot
     are vacuumed afterwards. With an `archive` (not on a dry run), the run's removed rows are
     archived there batch by batch, its manifest written when the run ends, and then the runs
-    older than MAINTCTL_ARCHIVE_RETENTION pruned.
+    older than MAINTCTL_ARCHIVE_RETENTION pruned. `force` lets a task past the anomaly guard
+    (maintctl.limits).
     """
     say: Notify = notify or (lambda *args, **fields: None)
     clock = time.monotonic()
@@ -107,6 +130,8 @@ def run_maintenance(
             from maintctl.archive.capture import RunArchive
 
             archived = RunArchive.start(conn, settings, archive, start.id)
+        if not dry_run and health.read_health(conn).blind:
+            say("gate_blind", "warning", message=health.BLIND_SENTENCE)
         _run_tasks(
             conn,
             settings,
@@ -118,6 +143,7 @@ def run_maintenance(
             heartbeat=heartbeat,
             vacuum=vacuum and not dry_run,
             archive=archived,
+            force=force,
         )
         if archived is not None:
             archived.close(datetime.now(UTC))
@@ -173,6 +199,7 @@ def _run_tasks(
     heartbeat: guard.Heartbeat,
     vacuum: bool,
     archive: RunArchive | None,
+    force: bool,
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
@@ -187,6 +214,7 @@ def _run_tasks(
             on_batch=on_batch,
             heartbeat=heartbeat,
             archive=archive,
+            force=force,
         )
         report.tasks.append(result)
         if report.run_id is not None:  # a run killed later still shows what this one did

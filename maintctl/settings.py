@@ -25,6 +25,7 @@ from pydantic_settings import (
 from maintctl.durations import format_duration, parse_duration
 from maintctl.errors import ConfigError, UsageError
 from maintctl.rules import RULES, RULES_BY_NAME, PolicyValue, Rule
+from maintctl.sizes import looks_like_size, parse_rate, parse_size
 
 # A threshold under this is refused without --force: a typo must not fail live imports.
 THRESHOLD_FLOOR = timedelta(hours=1)
@@ -51,8 +52,57 @@ def _timeout(value: timedelta) -> timedelta:
     return value
 
 
+def _off(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "off"
+
+
+def _replica_lag(value: Any) -> Any:
+    """A standby's replay lag: a duration (30s) or a size (256MB); off."""
+    if _off(value):
+        return None
+    if isinstance(value, str):
+        if looks_like_size(value):
+            return parse_size(value)
+        try:
+            return parse_duration(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is neither a duration (e.g. 30s, 5m) nor a size (e.g. 256MB); or off"
+            ) from None
+    return _duration(value)
+
+
+def _size(value: Any) -> Any:
+    if _off(value):
+        return None
+    return parse_size(value) if isinstance(value, str) else value
+
+
+def _rate(value: Any) -> Any:
+    if _off(value):
+        return None
+    return parse_rate(value) if isinstance(value, str) else value
+
+
+def _factor(value: Any) -> Any:
+    if _off(value):
+        return None
+    return value
+
+
+def _above_one(value: float | None) -> float | None:
+    if value is not None and value <= 1:
+        raise ValueError(f"{value:g} is not above 1; use off to turn the guard off")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 Timeout = Annotated[Duration, AfterValidator(_timeout)]
+# The health gate (README, "Kind to production"): each limit can be turned off.
+ReplicaLagLimit = Annotated[timedelta | int | None, BeforeValidator(_replica_lag)]
+SizeLimit = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_size)]
+RateLimit = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_rate)]
+Factor = Annotated[float | None, BeforeValidator(_factor), AfterValidator(_above_one)]
 
 
 class Settings(BaseSettings):
@@ -88,6 +138,16 @@ class Settings(BaseSettings):
     # about this long at most (README, "One run at a time, crashes and faults").
     run_lease: Timeout = timedelta(seconds=60)
     history_retention: Duration = timedelta(days=90)
+    # The health gate, read before each batch (maintctl.health): a replay lag (a duration or a
+    # size in bytes), the WAL a slot retains, the run's WAL rate in bytes per second; None is off.
+    max_replica_lag: ReplicaLagLimit = timedelta(seconds=30)
+    max_slot_lag: SizeLimit = 1024**3
+    max_wal_rate: RateLimit = None
+    throttle_wait: Duration = timedelta(minutes=5)
+    # Limits on a run: the most rows one task touches, and the anomaly guard's factor over the
+    # largest count of the recent runs in the ledger (maintctl.limits).
+    max_rows: int | None = Field(default=None, ge=1)
+    anomaly_factor: Factor = 10.0
     # Running in production (docs/production.md): the step log, monitoring and alerting.
     log_format: Literal["text", "json"] = "text"
     metrics_file: Path | None = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from maintctl import db, ledger, migrations, pooler
+from maintctl import db, health, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.grants import MAINTAIN_SERVER_VERSION
@@ -249,6 +249,16 @@ def check_vacuum(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("vacuum", True, detail, warning=True)]
 
 
+def check_health_gate(conn: db.Connection, settings: Settings) -> list[Check]:
+    """What the health gate sees now (maintctl.health): fails when standbys are connected whose
+    replay lag this role may not read; warns when a run now would wait."""
+    found = health.read_health(conn)
+    if found.blind and settings.max_replica_lag is not None:
+        return [Check("health gate", False, health.BLIND_SENTENCE, ExitCode.NO_PERMISSION)]
+    waits = health.over_limit(found, settings) is not None
+    return [Check("health gate", True, health.describe(found, settings), warning=waits)]
+
+
 def check_clock(conn: db.Connection, settings: Settings) -> list[Check]:
     """This host's clock against the database's. The rules only use the database's clock, so a
     difference is a warning: it skews this host's logs, metrics and healthcheck pings."""
@@ -325,6 +335,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("columns", check_columns),
     ("privileges", check_privileges),
     ("run lease", check_run_lease),
+    ("health gate", check_health_gate),
     ("vacuum", check_vacuum),
     ("clock", check_clock),
     ("pause", check_pause),

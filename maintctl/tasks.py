@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from maintctl.archive.capture import RunArchive
     from maintctl.db import Connection
     from maintctl.guard import Heartbeat
+    from maintctl.health import Gate
     from maintctl.settings import Settings
 
 
@@ -124,13 +125,14 @@ class Count:
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
 MIN_BATCH_SIZE = 1
 # Each transaction is held to about this long, so that the application's writes never wait long
-# behind one: a batch that took over twice as long halves the next (down to TIMED_FLOOR rows),
-# one that took under half grows the next back towards the configured batch size.
+# behind one: a batch that took longer shrinks the next in proportion, at most by half (down to
+# TIMED_FLOOR rows), one that took under half grows the next back towards the configured size.
 TARGET_BATCH_SECONDS = 0.05
-TIMED_FLOOR = 100
-# The first batch of a task is at most this many rows, until the time of a batch is known: one
-# batch of 5,000 bulky import jobs took several hundred milliseconds.
-FIRST_BATCH_SIZE = 1000
+TIMED_FLOOR = 10
+# The first batch of a task is a probe of this many rows: the second is sized to fit
+# TARGET_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
+# import jobs with 4 MB logs took 5 s).
+FIRST_BATCH_SIZE = 10
 # Set to end every task between two batches as SIGTERM would (maintctl serve's shutdown: its run
 # works in a thread, where no signal arrives).
 stop_requested = threading.Event()
@@ -156,6 +158,12 @@ class TaskResult:
     error: str | None = None
     remaining: int | None = None  # rows still eligible when the task stopped early
     batch_size: int | None = None  # where the batch size ended, adapted to time and timeouts
+    # What the task cost the database (maintctl.health): WAL written, time spent waiting on the
+    # health gate, and the peak standby replay lag the gate saw (None: no standby seen).
+    wal_bytes: int = 0
+    throttled_ms: int = 0
+    peak_replica_lag_bytes: int | None = None
+    peak_replica_lag_ms: int | None = None
 
     def as_record(self) -> dict[str, Any]:
         """The task as the JSON report and the ledger both show it."""
@@ -169,6 +177,10 @@ class TaskResult:
             "error": self.error,
             "remaining": self.remaining,
             "batchSize": self.batch_size,
+            "walBytes": self.wal_bytes,
+            "throttledMs": self.throttled_ms,
+            "peakReplicaLagBytes": self.peak_replica_lag_bytes,
+            "peakReplicaLagMs": self.peak_replica_lag_ms,
         }
 
 
@@ -201,11 +213,18 @@ ProgressCallback = Callable[[TaskProgress], None]
 
 def next_batch_size(size: int, configured: int, seconds: float) -> int:
     """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
-    if seconds > 2 * TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
-        return max(TIMED_FLOOR, size // 2)
+    if seconds > TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
+        return max(TIMED_FLOOR, size // 2, int(size * TARGET_BATCH_SECONDS / seconds))
     if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
         return min(configured, size * 2)
     return size
+
+
+def size_after_probe(size: int, configured: int, seconds: float) -> int:
+    """The size of the second batch, after the first (the probe) of `size` rows took `seconds`:
+    as many rows as fit TARGET_BATCH_SECONDS at that pace, within 1 and the configured size."""
+    fits = int(size * TARGET_BATCH_SECONDS / max(seconds, 1e-6))
+    return max(MIN_BATCH_SIZE, min(configured, fits))
 
 
 def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
@@ -233,8 +252,10 @@ def _step(
 
     if stop_requested.is_set():
         raise Terminated
+    # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
+    # ledger commits synchronously, which flushes the WAL of every batch before it.
     try:
-        with db.statement_timeouts(), db.transaction(conn, settings):
+        with db.statement_timeouts(), db.transaction(conn, settings, asynchronous_commit=True):
             if heartbeat is not None:
                 heartbeat.beat(conn)
             step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
@@ -260,6 +281,7 @@ def run_task(
     on_batch: ProgressCallback | None = None,
     heartbeat: Heartbeat | None = None,
     archive: RunArchive | None = None,
+    force: bool = False,
 ) -> TaskResult:
     """Apply one rule until nothing is left, or count what it would touch with `dry_run`.
 
@@ -273,49 +295,59 @@ def run_task(
     batch's removed rows are made durable there before the batch commits, and the pre-step is
     skipped (a dropped partition's rows would not be archived).
 
+    Before each batch the health gate (maintctl.health) may make the task wait, or stop it.
+    MAINTCTL_MAX_ROWS stops it after that many rows; the anomaly guard (maintctl.limits) refuses
+    it before it starts, unless `force`.
+
     A database error fails this task only (the result says why). An interrupt or a lost
     connection ends the run: TaskAborted carries the rows committed so far and the cause.
     """
-    from maintctl import db
+    from maintctl import db, health, limits
 
-    started = time.monotonic()
     threshold = settings.threshold_of(task)
-    rows = batches = 0
-    batch_size = min(settings.batch_size, FIRST_BATCH_SIZE)
-    remaining: int | None = None
-    cutoff: datetime | None = None
-    cutoffs: dict[str, str] | None = None
-
-    def result(status: str, error: str | None = None) -> TaskResult:
-        elapsed = int((time.monotonic() - started) * 1000)
-        size = None if dry_run else batch_size
-        return TaskResult(task.name, status, rows, batches, elapsed, cutoff, error, remaining, size)
+    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_size, FIRST_BATCH_SIZE))
 
     def count_eligible() -> int:
-        with db.transaction(conn, settings):
-            if heartbeat is not None:
-                heartbeat.beat(conn)
-            return count_rule(conn, task, cutoff, cutoffs=cutoffs)
+        return _count_eligible(conn, settings, task, tally, heartbeat)
+
+    def stop(gate: health.Gate, reason: str) -> TaskResult:
+        tally.remaining = count_eligible()
+        gate.finish()
+        if tally.remaining == 0 and reason == MAX_ROWS_REACHED:  # the limit fell on the last row
+            tally.remaining = None
+            return tally.result("ok")
+        return tally.result("stopped", reason)
 
     if deadline is not None and time.monotonic() >= deadline:
-        return result("not_run", "max runtime reached before this task started")
+        return tally.result("not_run", "max runtime reached before this task started")
     try:
         with db.task_errors(conn):
-            cutoff, cutoffs = rule_cutoffs(conn, settings, task)
+            tally.cutoff, tally.cutoffs = rule_cutoffs(conn, settings, task)
             if dry_run:
-                rows = count_eligible()
-                return result("ok")
+                tally.rows = count_eligible()
+                return tally.result("ok")
+            if not force and (refusal := limits.anomaly(conn, settings, task.name, count_eligible)):
+                return tally.result("failed", refusal)
             total = count_eligible() if on_batch is not None else None
-            rows = _pre_step(conn, settings, task, cutoff, run_id) if archive is None else 0
+            tally.gate = gate = health.Gate(conn, settings, heartbeat)
+            max_rows = settings.max_rows
+            # A partition drop removes whole partitions at once: with a row limit, rows go by
+            # batches only; with an archive neither (a dropped partition's rows would not be
+            # archived).
+            if max_rows is None and archive is None:
+                tally.rows = _pre_step(conn, settings, task, tally.cutoff, run_id)
             position: dict[str, Any] | None = None
             while True:
+                if (throttled := gate.check()) is not None:
+                    return stop(gate, throttled)
+                batch_size = tally.size_within(max_rows)
                 params = {
-                    "cutoff": cutoff,
+                    "cutoff": tally.cutoff,
                     "threshold": threshold,
                     "batch_size": batch_size,
                     "position": db.jsonb(position),
                     "run_id": run_id,
-                    "cutoffs": db.jsonb(cutoffs),
+                    "cutoffs": db.jsonb(tally.cutoffs),
                     "archive": archive.parameter(task) if archive is not None else None,
                 }
                 batch_started = time.monotonic()
@@ -323,28 +355,107 @@ def run_task(
                     try:
                         step = _step(conn, settings, task, params, hold, heartbeat, archive)
                     except BatchTimedOut as exc:
-                        batch_size = _smaller_after_timeout(batch_size, exc)
+                        tally.batch_size = _smaller_after_timeout(batch_size, exc)
                         continue
-                    rows += step.rows
-                    batches += 1
+                    tally.rows += step.rows
+                    tally.batches += 1
                     position = step.next_position
                 if on_batch is not None:
-                    on_batch(TaskProgress(task.name, rows, batches, total, batch_size))
-                batch_size = next_batch_size(
-                    batch_size, settings.batch_size, time.monotonic() - batch_started
-                )
+                    on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
+                tally.resize(batch_size, settings.batch_size, time.monotonic() - batch_started)
                 if position is None:
-                    return result("ok")
-                if deadline is not None and time.monotonic() >= deadline:
-                    remaining = count_eligible()
-                    return result("stopped", "max runtime reached; the next run carries on")
+                    gate.finish()
+                    return tally.result("ok")
+                if (reached := _limit_reached(tally.rows, max_rows, deadline)) is not None:
+                    return stop(gate, reached)
     except TaskError as exc:
-        return result("failed", exc.message)
+        return tally.result("failed", exc.message)
     except KeyboardInterrupt as exc:
-        interrupted = result("interrupted", "interrupted; the batch in flight rolled back")
+        interrupted = tally.result("interrupted", "interrupted; the batch in flight rolled back")
         raise TaskAborted(interrupted, exc) from exc
     except (DatabaseUnavailable, LeaseLost) as exc:
-        raise TaskAborted(result("failed", exc.message), exc) from exc
+        raise TaskAborted(tally.result("failed", exc.message), exc) from exc
+
+
+@dataclass
+class _Tally:
+    """What a task has done so far, for its result whenever it ends."""
+
+    task: str
+    dry_run: bool
+    batch_size: int
+    started: float = field(default_factory=time.monotonic)
+    rows: int = 0
+    batches: int = 0
+    cutoff: datetime | None = None
+    cutoffs: dict[str, str] | None = None  # a rule with a threshold per status: each status's
+    remaining: int | None = None
+    gate: Gate | None = None  # counts the WAL and the waits of a real run
+
+    def resize(self, size: int, configured: int, seconds: float) -> None:
+        """After a batch of `size` rows took `seconds`: the first is a probe, the others adapt."""
+        resized = size_after_probe if self.batches == 1 else next_batch_size
+        self.batch_size = resized(size, configured, seconds)
+
+    def size_within(self, max_rows: int | None) -> int:
+        """The next batch's size, so that the task stays within --max-rows."""
+        if max_rows is None:
+            return self.batch_size
+        return min(self.batch_size, max_rows - self.rows)
+
+    def result(self, status: str, error: str | None = None) -> TaskResult:
+        return TaskResult(
+            self.task,
+            status,
+            self.rows,
+            self.batches,
+            int((time.monotonic() - self.started) * 1000),
+            self.cutoff,
+            error,
+            self.remaining,
+            None if self.dry_run else self.batch_size,
+            **_cost(self.gate),
+        )
+
+
+MAX_ROWS_REACHED = "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on"
+
+
+def _limit_reached(rows: int, max_rows: int | None, deadline: float | None) -> str | None:
+    """Why the walk stops between batches with work left: --max-rows, or --max-runtime."""
+    if max_rows is not None and rows >= max_rows:
+        return MAX_ROWS_REACHED
+    if deadline is not None and time.monotonic() >= deadline:
+        return "max runtime reached; the next run carries on"
+    return None
+
+
+def _count_eligible(
+    conn: Connection,
+    settings: Settings,
+    task: Task,
+    tally: _Tally,
+    heartbeat: Heartbeat | None,
+) -> int:
+    """The rows the rule selects now, in a transaction that also gives the run's heartbeat."""
+    from maintctl import db
+
+    with db.transaction(conn, settings):
+        if heartbeat is not None:
+            heartbeat.beat(conn)
+        return count_rule(conn, task, tally.cutoff, cutoffs=tally.cutoffs)
+
+
+def _cost(gate: Gate | None) -> dict[str, Any]:
+    """What the health gate counted of the task's cost, as TaskResult's fields."""
+    if gate is None:
+        return {}
+    return {
+        "wal_bytes": gate.wal_bytes,
+        "throttled_ms": gate.throttled_ms,
+        "peak_replica_lag_bytes": gate.peak_lag_bytes,
+        "peak_replica_lag_ms": gate.peak_lag_ms,
+    }
 
 
 # --- partitions ----------------------------------------------------------------------------

@@ -78,6 +78,15 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('statement_timeout', %(statement_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true);
 
+-- name: set_batch_transaction_limits
+-- The same limits for a batch's transaction, whose COMMIT also does not wait for the WAL flush
+-- (asynchronous commit): the ledger's own commit stays synchronous and flushes every batch's WAL
+-- before it, so a crash may lose a batch, never a ledger entry for one.
+select set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
+       set_config('synchronous_commit', 'off', true);
+
 -- name: pause_state
 -- Whether maintenance is paused in the database, by whom and why.
 select paused, reason, paused_by, paused_at from maintenance.pause;
@@ -495,6 +504,48 @@ limit %(limit)s;
 delete from maintctl_archive.runs
 where coalesce(finished_at, started_at) < now() - %(older_than)s::interval
 returning run_id;
+
+-- name: health_gate
+-- The health gate before each batch, in one statement: the WAL position, the standby furthest
+-- behind in replay (by bytes and by time), the slot that retains the most WAL, and whether this
+-- role may read the standbys' positions (pg_stat_replication shows only pids to others). The
+-- insert position, not pg_current_wal_lsn() (the write position): an asynchronous commit's WAL
+-- may not be written yet.
+with standbys as (
+  select coalesce(nullif(application_name, ''), host(client_addr), pid::text) as name,
+         pg_wal_lsn_diff(pg_current_wal_insert_lsn(), replay_lsn)::bigint as lag_bytes,
+         (extract(epoch from replay_lag) * 1000)::bigint as lag_ms
+  from pg_stat_replication
+), slots as (
+  select slot_name::text as name,
+         pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint as retained_bytes
+  from pg_replication_slots
+  where restart_lsn is not null
+)
+select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint as wal_position,
+       pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') as sees_standbys,
+       (select count(*) from standbys)::integer as standbys,
+       (select name from standbys where lag_bytes is not null
+         order by lag_bytes desc limit 1) as bytes_standby,
+       (select max(lag_bytes) from standbys) as lag_bytes,
+       (select name from standbys where lag_ms is not null
+         order by lag_ms desc limit 1) as time_standby,
+       (select max(lag_ms) from standbys) as lag_ms,
+       (select name from slots order by retained_bytes desc limit 1) as slot,
+       (select max(retained_bytes) from slots) as slot_bytes;
+
+-- name: recent_task_counts
+-- For the anomaly guard: what the last real runs of a task saw eligible (rows touched plus rows
+-- left when it stopped early), newest first; runs that failed, or refused, do not count.
+select (t ->> 'rows')::bigint + coalesce((t ->> 'remaining')::bigint, 0) as eligible
+from maintenance.runs r
+cross join lateral jsonb_array_elements(r.tasks) as t
+where not r.dry_run
+  and r.status in ('succeeded', 'failed')
+  and t ->> 'task' = %(task)s
+  and t ->> 'status' in ('ok', 'stopped')
+order by r.id desc
+limit %(limit)s;
 
 -- name: skip_function_body_checks
 -- The file migrations create functions on the reference schema's tables, which the generated rules

@@ -87,3 +87,29 @@ def test_a_run_through_the_api_archives_what_it_removes_to_maintctl_archive(
         "import_jobs": 210,
         "raw_import_items": 250,
     }
+
+
+def test_the_api_s_run_keeps_to_the_row_limit_and_forces_past_the_anomaly_guard(
+    conn: Conn, db_url: str
+) -> None:
+    def add_old_uploads(how_many: int) -> None:
+        conn.execute(
+            "insert into temp_uploads (created_at, storage_path) "
+            "select now() - interval '2 days', 'uploads/' || n from generate_series(1, %s) n",
+            [how_many],
+        )
+
+    guarded = Maintenance.from_environment(database_url=db_url, anomaly_factor=2)
+    temp = guarded.rules(["temp"])
+    for _ in range(3):
+        add_old_uploads(100)
+        assert guarded.run(temp, command="purge-temp").tasks[0].rows == 100
+    add_old_uploads(2500)
+
+    refused = guarded.run(temp, command="purge-temp")
+    limited = Maintenance.from_environment(database_url=db_url, anomaly_factor=2, max_rows=1000)
+    forced = limited.run(temp, command="purge-temp", force=True)
+
+    assert (refused.tasks[0].status, refused.tasks[0].rows) == ("failed", 0)
+    assert (forced.tasks[0].status, forced.tasks[0].rows) == ("stopped", 1000)
+    assert forced.tasks[0].remaining == 1500

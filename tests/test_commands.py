@@ -51,6 +51,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "privileges compact",
         "privileges raw",
         "run lease",
+        "health gate",
         "vacuum",
         "clock",
         "pause",

@@ -179,7 +179,9 @@ def test_through_pgbouncer_in_transaction_mode_five_runs_still_give_one_worker(
 
     check_one_worker(conn, finished)
     worker = next(f for f in finished if f.document["skipped"] is None)
-    assert worker.document["tasks"][1]["batches"] == 58, "many transactions through the pooler"
+    # At least one batch per 5 of the 289 uploads: batches of 100 ms shrink towards the 50 ms
+    # target after the first (issue 11's probe), so there are more.
+    assert worker.document["tasks"][1]["batches"] >= 58, "many transactions through the pooler"
 
 
 def test_a_migrated_database_works_through_pgbouncer(

@@ -31,8 +31,9 @@ def test_text_log_is_one_line_per_step_on_stderr(cli: Cli, conn: Conn) -> None:
     assert "(PostgreSQL " in lines[0]
     assert lines[1] == "maintctl: run lease taken"
     assert lines[2] == f"maintctl: run {document['runId']} started (run)"
-    assert lines[3].startswith("maintctl: stuck: ok, 15 rows in 1 batch(es), ")
-    assert lines[4].startswith("maintctl: temp: ok, 289 rows in 1 batch(es), ")
+    assert lines[3].startswith("maintctl: stuck: ok, 15 rows in 2 batch(es), ")  # 10, then 5
+    assert lines[4].startswith("maintctl: temp: ok, 289 rows in ")
+    assert " of WAL" in lines[4]
     assert lines[-1].startswith(f"maintctl: run {document['runId']} succeeded in ")
     assert lines[-1].endswith(", 764 rows (exit 0)")
 

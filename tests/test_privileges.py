@@ -84,6 +84,7 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "action": "granted",
         "appSchema": "public",
         "canVacuum": conn.info.server_version >= 170000,
+        "statsRefused": None,
     }
     assert healthy.exit_code == 0, healthy.stdout
     assert ran.exit_code == 0, ran.stderr

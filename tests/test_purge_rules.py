@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -144,3 +145,76 @@ def test_a_bad_where_is_refused_by_migrate_and_doctor_and_nothing_runs(
     assert len(levels(conn)) == 4
     with psycopg.connect(conn.info.dsn) as other:
         assert count(other, "select count(*) from maintenance.runs") == 0
+
+
+def add_old_entries(conn: Conn, how_many: int) -> None:
+    conn.execute(
+        "insert into audit_log (level, created_at, message) "
+        "select 'info', now() - interval '100 days', repeat('m', 100) "
+        "from generate_series(1, %s)",
+        [how_many],
+    )
+
+
+OLD_ENTRIES = "select count(*) from audit_log where level = 'info'"
+
+
+def purge_audit_log(cli: Cli, *args: str, env: dict[str, str | None] | None = None) -> Any:
+    result = cli("purge", "audit-log", "--json", *args, env=env)
+    document = json.loads(result.stdout)
+    document["exitCode"], document["stderr"] = result.exit_code, result.stderr
+    return document
+
+
+def test_a_purge_rule_reports_its_wal_and_gate_waits_in_the_json_and_the_ledger(
+    audited: Cli, conn: Conn
+) -> None:
+    add_old_entries(conn, 500)
+
+    document = purge_audit_log(audited)
+
+    (task,) = document["tasks"]
+    assert (document["exitCode"], task["rows"]) == (0, 500), document["stderr"]
+    assert task["walBytes"] > 500 * 24  # at least a WAL record's header per deleted row
+    assert task["throttledMs"] == 0
+    assert document["walBytes"] == task["walBytes"]
+    recorded = conn.execute(
+        "select tasks from maintenance.runs where id = %s", [document["runId"]]
+    ).fetchone()
+    assert recorded is not None
+    assert recorded[0][0]["walBytes"] == task["walBytes"]
+
+
+def test_max_rows_stops_a_purge_rule_and_the_next_run_carries_on(audited: Cli, conn: Conn) -> None:
+    add_old_entries(conn, 250)
+
+    first = purge_audit_log(audited, "--max-rows", "100", "--batch-size", "30")
+    in_run = json.loads(audited("run", "--json", "--max-rows", "100").stdout)
+    last = purge_audit_log(audited, env={"MAINTCTL_MAX_ROWS": "100"})
+
+    (task,) = first["tasks"]
+    assert (task["status"], task["rows"], task["remaining"]) == ("stopped", 100, 150)
+    assert task["error"] == "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on"
+    assert (in_run["tasks"][-1]["task"], in_run["tasks"][-1]["rows"]) == ("audit-log", 100)
+    assert (last["tasks"][0]["status"], last["tasks"][0]["rows"]) == ("ok", 50)
+    assert count(conn, OLD_ENTRIES) == 0
+
+
+def test_the_anomaly_guard_refuses_a_purge_rule_far_above_its_recent_runs(
+    audited: Cli, conn: Conn
+) -> None:
+    for _ in range(3):
+        add_old_entries(conn, 100)
+        assert purge_audit_log(audited)["tasks"][0]["rows"] == 100
+    add_old_entries(conn, 2500)  # the baseline is MIN_BASELINE, 1,000 rows
+
+    refused = purge_audit_log(audited, env={"MAINTCTL_ANOMALY_FACTOR": "2"})
+    in_run = json.loads(audited("run", "--json", env={"MAINTCTL_ANOMALY_FACTOR": "2"}).stdout)
+    forced = purge_audit_log(audited, "--force", env={"MAINTCTL_ANOMALY_FACTOR": "2"})
+
+    (task,) = refused["tasks"]
+    assert (refused["exitCode"], task["status"], task["rows"]) == (1, "failed", 0)
+    assert task["error"].startswith("refused: 2,500 rows eligible, 2x the most the last 3 runs")
+    assert (in_run["tasks"][-1]["task"], in_run["tasks"][-1]["status"]) == ("audit-log", "failed")
+    assert (forced["exitCode"], forced["tasks"][0]["rows"]) == (0, 2500)
+    assert count(conn, OLD_ENTRIES) == 0

@@ -1,0 +1,2 @@
+-- `maintctl grant ROLE --revoke`: takes back what grant_stats.sql gives.
+revoke pg_read_all_stats from {role};
