@@ -148,6 +148,15 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   and a.attnum > 0 and not a.attisdropped
 order by a.attnum;
 
+-- name: table_column_types
+-- The columns of an application table with their types (format_type), read at migrate: the
+-- generated steps declare a key's walk position in its own type.
+select a.attname as name, format_type(a.atttypid, a.atttypmod) as type
+from pg_attribute a
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
@@ -210,7 +219,7 @@ from {partition};
 -- The files of a detached temp_uploads partition about to be dropped, into the storage outbox in
 -- rows of %(chunk)s uploads, as the batch loop's deletes record theirs.
 insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-select %(run_id)s::bigint, array_agg(key order by key), array_agg(storage_path order by key),
+select %(run_id)s::bigint, array_agg(key::text order by key), array_agg(storage_path order by key),
        array_agg(size_bytes order by key)
 from (select {key} as key, {storage_path} as storage_path, {size_bytes} as size_bytes,
              (row_number() over (order by {key}) - 1) / %(chunk)s as chunk

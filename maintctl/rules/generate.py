@@ -48,6 +48,10 @@ class Policy:
     disabled: tuple[str, ...] = ()  # rules the policy turns off (enabled = false)
     # The [[purge]] entries: (name, table, time_column, key, where), thresholds left out.
     purge: tuple[tuple[str, str, str, str, str | None], ...] = ()
+    # The catalog's type of each column the rules read, (table, column, type as format_type
+    # gives it), read at migrate (maintctl.rules.install.catalog_policy): a key of any orderable
+    # type is walked, positioned and recorded in its own type.
+    types: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def of(
@@ -84,6 +88,12 @@ class Policy:
     def rules(self) -> tuple[Rule, ...]:
         """Every rule this policy applies, in run order: the four, then the [[purge]] ones."""
         return self.fixed_rules + self.purge_rules
+
+    def with_types(self, types: tuple[tuple[str, str, str], ...]) -> Policy:
+        return Policy(self.schema, self.names, self.disabled, self.purge, tuple(sorted(types)))
+
+    def type_of(self, table: str, column: str) -> str | None:
+        return next((t for name, c, t in self.types if (name, c) == (table, column)), None)
 
     def given(self, rule: str, key: str) -> PolicyValue | None:
         for name, keys in self.names:
@@ -182,6 +192,20 @@ def needs(rule: Rule, policy: Policy) -> list[TableNeeds]:
     return found
 
 
+def typed_columns(policy: Policy) -> set[tuple[str, str]]:
+    """(table, column) of each column whose type a rule's template declares ({type.key}): the
+    types the generated SQL, and so its fingerprint, depends on."""
+    found = set()
+    for rule in policy.rules:
+        for name in placeholder_names(read_sql(rule.template)):
+            if name.startswith("type."):
+                key = name.removeprefix("type.")
+                names = column_names(rule, key, policy)
+                table = table_name(rule, rule.table(rule.columns[key].table), policy)
+                found |= {(table, column) for column in names[:1]}
+    return found
+
+
 def all_needs(policy: Policy) -> list[TableNeeds]:
     return [need for rule in policy.rules for need in needs(rule, policy)]
 
@@ -250,6 +274,11 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
         names = column_names(rule, key, policy)
         alias = rule.table(column.table).alias
         _column_placeholders(found, key, alias, names, column)
+        # {type.key}: the column's type in the catalog (a key's walk position is declared in it).
+        # Before the catalog is read (a policy without types), the reference schema's bigint.
+        table_of = table_name(rule, rule.table(column.table), policy)
+        typed = policy.type_of(table_of, names[0]) if len(names) == 1 else None
+        found[f"type.{key}"] = sql.SQL(typed or "bigint")
     for key in rule.values:
         found[key] = _literals(value_of(rule, key, policy))
     if rule.purge:

@@ -16,6 +16,7 @@ from maintctl.rules.generate import (
     fingerprint,
     installation,
     policy_of,
+    typed_columns,
 )
 from maintctl.settings import Settings
 from maintctl.sqlfiles import hardening
@@ -30,6 +31,27 @@ class IndexState:
 @dataclass(frozen=True)
 class Column:
     name: str
+
+
+@dataclass(frozen=True)
+class TypedColumn:
+    name: str
+    type: str
+
+
+def catalog_policy(conn: db.Connection, settings: Settings) -> Policy:
+    """The policy of the settings with the catalog's type of each column the rules read (a table
+    that is missing adds none): what the generated SQL and its fingerprint depend on."""
+    policy = policy_of(settings)
+    types: dict[tuple[str, str], str] = {}
+    for table in dict.fromkeys(need.table for need in all_needs(policy)):
+        params = {"schema": policy.schema, "table": table}
+        for column in db.fetch_all(conn, "table_column_types", params, TypedColumn):
+            types[(table, column.name)] = column.type
+    wanted = typed_columns(policy)
+    return policy.with_types(
+        tuple((t, c, types[t, c]) for t, c in sorted(wanted) if (t, c) in types)
+    )
 
 
 def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) -> list[str]:
@@ -58,7 +80,12 @@ def installed_fingerprint(conn: db.Connection) -> str | None:
 
 def ensure_current(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) when the installed steps were generated from another policy."""
-    if installed_fingerprint(conn) != fingerprint(policy_of(settings)):
+    policy = catalog_policy(conn, settings)
+    if len(policy.types) < len(typed_columns(policy)):
+        # A table or key column the rules use is gone: its type is not known, so neither is the
+        # fingerprint. What is missing is named by doctor, and by the run of that rule.
+        return
+    if installed_fingerprint(conn) != fingerprint(policy):
         raise NotMigrated(
             "the installed maintenance rules were generated from another policy or another "
             "maintctl (table or column names, schema); run: maintctl migrate"
@@ -92,7 +119,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
     The policy's tables and columns are checked first (a missing one: exit 78, nothing changed).
     maintctl's own columns and the functions go in one transaction, the indexes one by one
     without blocking writes, then the fingerprint records what was installed."""
-    policy = policy_of(settings)
+    policy = catalog_policy(conn, settings)
     generated = installation(policy)
     current = installed_fingerprint(conn) == generated.fingerprint
     if current and _indexes_ready(conn, policy, generated):

@@ -40,9 +40,9 @@ language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'endedAt')::timestamptz, '-infinity');
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   upto_at timestamptz;
-  upto_id bigint;
+  upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
@@ -56,7 +56,7 @@ begin
   offset p_batch_size - 1 limit 1;
   if upto_at is null then
     upto_at := p_cutoff;
-    upto_id := 0;
+    upto_id := null;
   else
     more := exists (select 1 from {jobs} j
                      where {j.status_column} in ({finished}) and {j.compacted_at} is null
@@ -100,7 +100,7 @@ begin
       and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
     get diagnostics rows = row_count;
   end;
-  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id::text) end;
 end
 $$;
 

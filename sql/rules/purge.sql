@@ -24,9 +24,9 @@ language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'at')::timestamptz, '-infinity');
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   upto_at timestamptz;
-  upto_id bigint;
+  upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
@@ -38,7 +38,7 @@ begin
   offset p_batch_size - 1 limit 1;
   if upto_at is null then
     upto_at := p_cutoff;
-    upto_id := 0;
+    upto_id := null;
   else
     more := exists (select 1 from {target} t
                      where {t.time_column} < p_cutoff and {t.where}
@@ -64,6 +64,6 @@ begin
      where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where};
     get diagnostics rows = row_count;
   end;
-  next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id::text) end;
 end
 $$;
