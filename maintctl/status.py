@@ -134,6 +134,21 @@ def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("columns", True, "every column the rules use is present")]
 
 
+def check_timestamps(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Which time columns are naive (`timestamp without time zone`) and in which zone the rules
+    read them, and maintctl writes them, whatever the session's TimeZone."""
+    policy = install.catalog_policy(conn, settings)
+    naive = install.naive_columns(policy)
+    if not naive:
+        return [Check("timestamps", True, "every time column the rules read has a time zone")]
+    install.check_time_zone(conn, policy)
+    detail = (
+        f"{', '.join(naive)}: timestamp without time zone, read and written in "
+        f"{policy.naive_time_zone} (naive_time_zone), whatever the session's TimeZone"
+    )
+    return [Check("timestamps", True, detail)]
+
+
 def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:
     """Each [[purge]] rule's `where`: a boolean condition on its table alone, immutable."""
     rules = policy_of(settings).purge_rules
@@ -225,6 +240,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("migrations", check_migrations),
     ("tables", check_tables),
     ("columns", check_columns),
+    ("timestamps", check_timestamps),
     ("privileges", check_privileges),
     ("clock", check_clock),
     ("pause", check_pause),

@@ -157,6 +157,10 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   and a.attnum > 0 and not a.attisdropped
 order by a.attnum;
 
+-- name: time_zone_known
+-- Whether the server knows a time zone name (naive_time_zone), before anything is generated in it.
+select exists (select from pg_timezone_names where name = %(zone)s) as known;
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;

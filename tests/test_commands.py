@@ -46,6 +46,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "migrations",
         "tables",
         "columns",
+        "timestamps",
         "privileges stuck",
         "privileges temp",
         "privileges compact",

@@ -106,9 +106,15 @@ def test_migrate_installs_the_steps_once_and_records_what_it_generated(
     assert json.loads(second.stdout)["rulesInstalled"] is False
     with psycopg.connect(bare_db_url) as conn:
         recorded = conn.execute("select fingerprint from maintenance.installed_rules").fetchone()
-    # The reference schema's keys are bigint: the catalog's types are part of what was generated.
-    keys = tuple((table, column, "bigint") for table, column in typed_columns(REFERENCE))
-    assert recorded == (installation(REFERENCE.with_types(keys)).fingerprint,)
+        # The catalog's types of the columns the rules read are part of what was generated.
+        catalog = conn.execute(
+            "select c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) "
+            "from pg_attribute a join pg_class c on c.oid = a.attrelid "
+            "where c.relnamespace = 'public'::regnamespace and a.attnum > 0"
+        ).fetchall()
+    types = tuple(row for row in catalog if (row[0], row[1]) in typed_columns(REFERENCE))
+    assert len(types) == len(typed_columns(REFERENCE))
+    assert recorded == (installation(REFERENCE.with_types(types)).fingerprint,)
 
 
 def test_steps_generated_from_another_policy_are_refused_until_migrate(

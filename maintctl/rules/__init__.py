@@ -47,6 +47,8 @@ class Column:
     # {has.key} is false; a column that `needs` another is absent with it.
     optional: bool = False
     needs: str | None = None
+    # maintctl writes it: {key} is the bare name (a SET target), its value {now.key}.
+    written: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from psycopg import sql
 from maintctl import __version__, db
 from maintctl.errors import ConfigError, NotMigrated
 from maintctl.rules.generate import (
+    NAIVE,
     Installation,
     Policy,
     all_needs,
@@ -73,6 +74,23 @@ def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) ->
     return list(dict.fromkeys(missing))
 
 
+def naive_columns(policy: Policy) -> list[str]:
+    """The `timestamp without time zone` columns the rules read, as `table.column`: read and
+    written in the policy's naive_time_zone."""
+    return [f"{table}.{column}" for table, column, kind in policy.types if kind == NAIVE]
+
+
+def check_time_zone(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) a naive_time_zone the server does not know, when a column needs it."""
+    if naive_columns(policy) and not db.fetch_value(
+        conn, "time_zone_known", {"zone": policy.naive_time_zone}
+    ):
+        raise ConfigError(
+            f"naive_time_zone {policy.naive_time_zone!r} is not a time zone this server knows "
+            f"(pg_timezone_names), and {', '.join(naive_columns(policy))} are read in it"
+        )
+
+
 def installed_fingerprint(conn: db.Connection) -> str | None:
     found: str | None = db.fetch_value(conn, "installed_rules_fingerprint")
     return found
@@ -94,7 +112,7 @@ def ensure_current(conn: db.Connection, settings: Settings) -> None:
 
 def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) a policy that names a table or column the application schema lacks,
-    before migrate changes anything."""
+    before migrate changes anything; and a naive_time_zone the server does not know."""
     policy = policy_of(settings)
     missing = missing_columns(conn, policy, with_added=False)
     if missing:
@@ -103,6 +121,7 @@ def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_time_zone(conn, catalog_policy(conn, settings))
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> None:
@@ -131,6 +150,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_time_zone(conn, policy)
     with db.transaction(conn, settings):
         for statement in (*generated.columns, *generated.functions):
             conn.execute(statement)

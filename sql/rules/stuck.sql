@@ -37,7 +37,7 @@ begin
   )
   update {runs} r
      set {status_column} = {failed},
-         {finished_at} = now(),
+         {finished_at} = {now.finished_at},
          {error_column} = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
                                  maintenance.duration_text(p_threshold))
     from picked
