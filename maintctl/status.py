@@ -111,6 +111,12 @@ CLOCK_WARNING = timedelta(minutes=5)
 DoctorStep = Callable[[db.Connection, Settings], list[Check]]
 
 
+def check_writable(conn: db.Connection, settings: Settings) -> list[Check]:
+    """A hot standby or a read-only session: every command that writes would be refused."""
+    migrations.ensure_writable(conn)
+    return [Check("writable", True, "a primary, read-write session")]
+
+
 def check_migrations(conn: db.Connection, settings: Settings) -> list[Check]:
     migrations.ensure_migrated(conn, settings)
     return [Check("migrations", True, f"all {len(known_migrations())} applied")]
@@ -236,6 +242,7 @@ def pooler_check(conn: db.Connection, settings: Settings) -> list[Check]:
 
 DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("pooler", pooler_check),
+    ("writable", check_writable),
     ("conditions", check_conditions),
     ("migrations", check_migrations),
     ("tables", check_tables),

@@ -161,6 +161,12 @@ order by a.attnum;
 -- Whether the server knows a time zone name (naive_time_zone), before anything is generated in it.
 select exists (select from pg_timezone_names where name = %(zone)s) as known;
 
+-- name: session_writable
+-- Whether this session can write: not a hot standby (in recovery), not a read-only session
+-- (default_transaction_read_only, as a pooler or a role's setting may give it).
+select pg_is_in_recovery() as in_recovery,
+       current_setting('default_transaction_read_only')::boolean as read_only;
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
