@@ -137,6 +137,7 @@ def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
     missing = missing_columns(conn, policy_of(settings), with_added=True)
     if missing:
         raise ConfigError("missing column " + ", ".join(missing))
+    install.check_statuses(conn, policy_of(settings))
     return [Check("columns", True, "every column the rules use is present")]
 
 

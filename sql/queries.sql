@@ -167,6 +167,17 @@ select exists (select from pg_timezone_names where name = %(zone)s) as known;
 select pg_is_in_recovery() as in_recovery,
        current_setting('default_transaction_read_only')::boolean as read_only;
 
+-- name: column_enum_labels
+-- The labels of an application column's enum type, in order (none when it is not an enum): the
+-- statuses the rules name must be among them.
+select format_type(a.atttypid, null) as type_name,
+       array(select e.enumlabel::text from pg_enum e where e.enumtypid = a.atttypid
+             order by e.enumsortorder) as labels
+from pg_attribute a
+join pg_type t on t.oid = a.atttypid
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attname = %(column)s and t.typtype = 'e';
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;

@@ -57,6 +57,7 @@ class Value:
 
     default: PolicyValue = ""
     source: str | None = None  # another rule whose policy gives it, under the same key
+    column: str = "status_column"  # the key of the column it is a value of
 
 
 @dataclass(frozen=True)

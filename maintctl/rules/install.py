@@ -14,10 +14,13 @@ from maintctl.rules.generate import (
     Installation,
     Policy,
     all_needs,
+    column_names,
     fingerprint,
     installation,
     policy_of,
+    table_name,
     typed_columns,
+    value_of,
 )
 from maintctl.settings import Settings
 from maintctl.sqlfiles import hardening
@@ -74,6 +77,44 @@ def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) ->
     return list(dict.fromkeys(missing))
 
 
+@dataclass(frozen=True)
+class EnumLabels:
+    type_name: str
+    labels: list[str]
+
+
+def missing_statuses(conn: db.Connection, policy: Policy) -> list[str]:
+    """Each status a rule names that its column's enum type lacks (a text column takes any)."""
+    found = []
+    for rule in policy.rules:
+        for key, value in rule.values.items():
+            table = table_name(rule, rule.table(rule.columns[value.column].table), policy)
+            for column in column_names(rule, value.column, policy):
+                params = {"schema": policy.schema, "table": table, "column": column}
+                enum = db.fetch_optional(conn, "column_enum_labels", params, EnumLabels)
+                if enum is None:
+                    continue
+                found += [
+                    f"{table}.{column} (an enum {enum.type_name}: {', '.join(enum.labels)}) has "
+                    f"no status {status!r} ({rule.name}'s {key})"
+                    for status in value_of(rule, key, policy)
+                    if status not in enum.labels
+                ]
+    return list(dict.fromkeys(found))
+
+
+def check_statuses(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) a status the rules name that the column's enum lacks: the partial indexes
+    and the steps would fail on it half way through migrate."""
+    missing = missing_statuses(conn, policy)
+    if missing:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, "
+            + "; ".join(missing)
+            + "; name the application's own in maintctl.toml (see maintctl config)"
+        )
+
+
 def naive_columns(policy: Policy) -> list[str]:
     """The `timestamp without time zone` columns the rules read, as `table.column`: read and
     written in the policy's naive_time_zone."""
@@ -121,6 +162,7 @@ def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_statuses(conn, policy)
     check_time_zone(conn, catalog_policy(conn, settings))
 
 
@@ -150,6 +192,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_statuses(conn, policy)
     check_time_zone(conn, policy)
     with db.transaction(conn, settings):
         for statement in (*generated.columns, *generated.functions):
