@@ -107,6 +107,8 @@ def status_json(status: StatusReport) -> dict[str, Any]:
         # A count equal to countLimit means at least that many (status --exact: null, exact).
         "countLimit": status.count_limit,
     }
+    if status.missing:  # rules not counted: their table is missing (rule: table)
+        document["missingTables"] = status.missing
     purged = {name: rows for name, rows in status.counts.items() if name not in TASKS_BY_NAME}
     if purged:  # the [[purge]] rules' counts, by name
         document["purge"] = purged
@@ -275,6 +277,8 @@ def print_status(status: StatusReport) -> None:
         at_limit = status.count_limit is not None and rows >= status.count_limit
         table.add_row(label, threshold, f"{rows:,}" + ("+" if at_limit else ""))
     out.print(table)
+    for name, missing in status.missing.items():
+        out.print(f"[bold red]Not counted:[/] {name}: table {escape(missing)} is missing")
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
     last = status.last_run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,8 @@ class StatusReport:
     server_now: datetime
     max_age: timedelta | None
     count_limit: int | None = None  # a count equal to it means "at least that many"
+    # The rules whose table is missing (rule name: table), not counted: the others are.
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def stale(self) -> bool:
@@ -61,7 +63,9 @@ def get_status(
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
-        rules = policy_of(settings).rules
+        policy = policy_of(settings)
+        missing = install.missing_tables(conn, policy)
+        rules = tuple(rule for rule in policy.rules if rule.name not in missing)
         counts = count_rules(conn, rules, all_cutoffs(conn, settings, rules), limit)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
@@ -73,6 +77,7 @@ def get_status(
             server_now=server.now,
             max_age=max_age,
             count_limit=limit,
+            missing=missing,
         )
 
 

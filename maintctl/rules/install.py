@@ -132,6 +132,27 @@ def check_time_zone(conn: db.Connection, policy: Policy) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Present:
+    present: bool
+    can_select: bool
+    can_update: bool
+    can_delete: bool
+
+
+def missing_tables(conn: db.Connection, policy: Policy) -> dict[str, str]:
+    """The rules whose table is missing, each with the first it lacks: the others still run."""
+    found: dict[str, str] = {}
+    for need in all_needs(policy):
+        params = {"schema": policy.schema, "table": need.table}
+        if (
+            need.rule not in found
+            and not db.fetch_one(conn, "table_privileges", params, Present).present
+        ):
+            found[need.rule] = need.table
+    return found
+
+
 def installed_fingerprint(conn: db.Connection) -> str | None:
     found: str | None = db.fetch_value(conn, "installed_rules_fingerprint")
     return found
