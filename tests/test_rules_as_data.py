@@ -30,7 +30,7 @@ from tests.data import Conn, add_temp_upload, count
 
 REFERENCE = Policy.of("public", {})
 # Placeholders every template may use that are not names of the schema.
-GENERIC = {"default_older_than"}
+GENERIC = {"default_older_than", "search_path"}
 
 
 def generated_sql(rule: Rule, policy: Policy = REFERENCE) -> str:

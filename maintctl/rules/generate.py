@@ -293,6 +293,10 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
         )
     for key in rule.values:
         found[key] = _literals(value_of(rule, key, policy))
+    # The steps' search_path: the application's triggers, which fire in the steps' DML and name
+    # its tables without a schema, find them as they would for the application; built-ins still
+    # come first, and maintctl's own objects and the rule's tables are named with their schema.
+    found["search_path"] = sql.SQL("pg_catalog, {}, pg_temp").format(sql.Identifier(policy.schema))
     if rule.purge:
         found["step_function"] = sql.Identifier("maintenance", rule.step_function)
         found["count_function"] = sql.Identifier("maintenance", rule.count_function)

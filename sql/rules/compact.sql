@@ -36,7 +36,7 @@ $$;
 create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'endedAt')::timestamptz, '-infinity');
@@ -108,7 +108,7 @@ $$;
 create or replace function maintenance.compact_old_import_jobs(
   compact_after interval default {default_older_than}, batch_size integer default 5000,
   force boolean default false) returns bigint
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   cutoff timestamptz := now() - maintenance.absolute(compact_after);

@@ -20,7 +20,7 @@ $$;
 create or replace function {step_function}(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, out rows integer, out next_position jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'at')::timestamptz, '-infinity');
