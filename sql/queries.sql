@@ -178,6 +178,38 @@ join pg_type t on t.oid = a.atttypid
 where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
   and a.attname = %(column)s and t.typtype = 'e';
 
+-- name: table_safety
+-- What of an application table can make a rule's DML fail, do nothing, or see only some rows:
+-- Row Level Security (and whether it applies to this session's role: not the owner unless
+-- FORCE, not a superuser or BYPASSRLS role), its policies, each NOT NULL column, and whether a
+-- publication that publishes UPDATE or DELETE includes it while it has no replica identity.
+select c.relrowsecurity as row_security,
+       c.relforcerowsecurity as forced,
+       c.relrowsecurity
+         and not (select rolsuper or rolbypassrls from pg_roles where rolname = current_user)
+         and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE')) as applies,
+       array(select p.polname::text || ' (' ||
+                    case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
+                                  when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
+             from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
+       array(select a.attname::text from pg_attribute a
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attnotnull
+             order by a.attnum) as not_null,
+       exists (select from pg_publication p
+               where (p.pubupdate or p.pubdelete)
+                 and (p.puballtables
+                      or exists (select from pg_publication_tables t
+                                 where t.pubname = p.pubname and t.schemaname = %(schema)s
+                                   and t.tablename = %(table)s)))
+         and (c.relreplident = 'n'
+              or (c.relreplident = 'd' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisprimary))
+              or (c.relreplident = 'i' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisreplident)))
+         as lacks_replica_identity
+from pg_class c
+where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;

@@ -212,6 +212,16 @@ def typed_columns(policy: Policy) -> set[tuple[str, str]]:
     return {(need.table, column) for need in all_needs(policy) for column in need.columns}
 
 
+def cleared_columns(rule: Rule, policy: Policy) -> tuple[str, ...]:
+    """The columns the rule's template sets to null ({set_null.key}: compact's payload, log)."""
+    keys = [
+        name.removeprefix("set_null.")
+        for name in placeholder_names(read_sql(rule.template))
+        if name.startswith("set_null.")
+    ]
+    return tuple(column for key in sorted(keys) for column in column_names(rule, key, policy))
+
+
 def all_needs(policy: Policy) -> list[TableNeeds]:
     return [need for rule in policy.rules for need in needs(rule, policy)]
 
