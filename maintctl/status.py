@@ -12,7 +12,7 @@ from maintctl import db, ledger, migrations, pooler
 from maintctl.durations import format_duration
 from maintctl.errors import ConfigError, ExitCode, MaintctlError
 from maintctl.rules import install
-from maintctl.rules.generate import all_needs, cleared_columns, policy_of, table_name
+from maintctl.rules.generate import all_needs, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
@@ -161,60 +161,17 @@ def check_timestamps(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("timestamps", True, detail)]
 
 
-@dataclass(frozen=True)
-class TableSafety:
-    row_security: bool
-    forced: bool
-    applies: bool
-    policies: list[str]
-    not_null: list[str]
-    lacks_replica_identity: bool
-
-
 def check_safety(conn: db.Connection, settings: Settings) -> list[Check]:
-    """What would make a rule's DML fail, do nothing or see only some rows, named before a run:
-    Row Level Security that applies to this role, a column compact clears that is NOT NULL, a
-    table a publication replicates without a replica identity. A table with Row Level Security
-    that does not apply to the role gets a line saying why."""
-    policy = policy_of(settings)
-    problems, notes = [], []
-    for rule in policy.rules:
-        changed = table_name(rule, rule.table(rule.changes), policy)
-        for need in [n for n in all_needs(policy) if n.rule == rule.name]:
-            params = {"schema": settings.app_schema, "table": need.table}
-            found = db.fetch_optional(conn, "table_safety", params, TableSafety)
-            if found is None:
-                continue
-            policies = ", ".join(found.policies) or "none: it hides every row"
-            if found.applies:
-                problems.append(
-                    f"row level security{' (FORCE)' if found.forced else ''} on {need.table} "
-                    f"applies to this role (policies: {policies}): {rule.name} would see and "
-                    "change only the rows those allow; run maintctl as the table's owner, "
-                    "or give the role BYPASSRLS"
-                )
-            elif found.row_security:
-                notes.append(
-                    f"{need.table}: enabled, not applied to this role (owner or BYPASSRLS)"
-                )
-            if need.table == changed:
-                problems += [
-                    f"{rule.name} clears {need.table}.{column}, which is NOT NULL; set "
-                    f"[rules.{rule.name}] clear to the columns that may be null"
-                    for column in cleared_columns(rule, policy)
-                    if column in found.not_null
-                ]
-                if found.lacks_replica_identity:
-                    problems.append(
-                        f"{need.table} has no replica identity and a publication replicates "
-                        f"its updates and deletes: {rule.name}'s would fail; give it a primary "
-                        "key or ALTER TABLE ... REPLICA IDENTITY"
-                    )
-    if problems:
-        raise ConfigError("; ".join(dict.fromkeys(problems)))
+    """What would make a rule's DML fail, do nothing or see only some rows, named before a run
+    (maintctl.rules.install.safety_problems; a run fails those rules' tasks without touching
+    them). A table with Row Level Security that does not apply to the role gets a line."""
+    problems, notes = install.safety_problems(conn, policy_of(settings))
+    found = [problem for found in problems.values() for problem in found]
+    if found:
+        raise ConfigError("; ".join(dict.fromkeys(found)))
     if not notes:
         return []
-    return [Check("row security", True, "; ".join(dict.fromkeys(notes)))]
+    return [Check("row security", True, "; ".join(notes))]
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:

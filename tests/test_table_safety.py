@@ -106,3 +106,28 @@ def test_a_table_replicated_without_a_replica_identity_is_named(cli: Cli, conn: 
         )
     finally:
         conn.execute("drop publication everything")
+
+
+def test_a_run_as_the_affected_role_fails_that_rule_untouched_and_runs_the_others(
+    cli: Cli, conn: Conn, db_url: str, role: str
+) -> None:
+    old = add_temp_upload(conn, "25 hours")
+    stuck = conn.execute(
+        "insert into import_runs (status, heartbeat_at) values "
+        "('processing', now() - interval '25 hours') returning id"
+    ).fetchone()
+    assert cli("grant", role).exit_code == 0
+    conn.execute("alter table temp_uploads enable row level security")
+    as_role = make_cli(make_conninfo(db_url, user=role))
+
+    result = as_role("run", "--json")
+
+    assert result.exit_code == 1, result.stdout + result.stderr
+    tasks = {task["task"]: task for task in json.loads(result.stdout)["tasks"]}
+    assert (tasks["temp"]["status"], tasks["temp"]["rows"]) == ("failed", 0)
+    assert tasks["temp"]["error"].startswith("row level security on temp_uploads applies")
+    assert (tasks["stuck"]["status"], tasks["stuck"]["rows"]) == ("ok", 1)
+    assert count(conn, "select count(*) from temp_uploads where id = %s", [old]) == 1
+    assert stuck is not None
+    failed = "select count(*) from import_runs where id = %s and status = 'failed'"
+    assert count(conn, failed, [stuck[0]]) == 1

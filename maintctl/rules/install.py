@@ -14,6 +14,7 @@ from maintctl.rules.generate import (
     Installation,
     Policy,
     all_needs,
+    cleared_columns,
     column_names,
     fingerprint,
     installation,
@@ -151,6 +152,61 @@ def missing_tables(conn: db.Connection, policy: Policy) -> dict[str, str]:
         ):
             found[need.rule] = need.table
     return found
+
+
+@dataclass(frozen=True)
+class TableSafety:
+    row_security: bool
+    forced: bool
+    applies: bool
+    policies: list[str]
+    not_null: list[str]
+    lacks_replica_identity: bool
+
+
+def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list[str]], list[str]]:
+    """By rule, what would make its DML fail, do nothing or see only some rows: Row Level
+    Security that applies to this role, a column compact clears that is NOT NULL, a table a
+    publication replicates without a replica identity. And notes on the tables whose Row Level
+    Security does not apply to the role."""
+    problems: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for rule in policy.rules:
+        changed = table_name(rule, rule.table(rule.changes), policy)
+        found_here: list[str] = []
+        for need in [n for n in all_needs(policy) if n.rule == rule.name]:
+            params = {"schema": policy.schema, "table": need.table}
+            found = db.fetch_optional(conn, "table_safety", params, TableSafety)
+            if found is None:
+                continue
+            policies = ", ".join(found.policies) or "none: it hides every row"
+            if found.applies:
+                found_here.append(
+                    f"row level security{' (FORCE)' if found.forced else ''} on {need.table} "
+                    f"applies to this role (policies: {policies}): {rule.name} would see and "
+                    "change only the rows those allow; run maintctl as the table's owner, "
+                    "or give the role BYPASSRLS"
+                )
+            elif found.row_security:
+                notes.append(
+                    f"{need.table}: enabled, not applied to this role (owner or BYPASSRLS)"
+                )
+            if need.table == changed:
+                found_here += [
+                    f"{rule.name} clears {need.table}.{column}, which is NOT NULL; set "
+                    f"[rules.{rule.name}] clear to the columns that may be null"
+                    for column in cleared_columns(rule, policy)
+                    if column in found.not_null
+                ]
+                if found.lacks_replica_identity:
+                    found_here.append(
+                        f"{need.table} has no replica identity and a publication replicates "
+                        f"its updates and deletes: {rule.name}'s would fail; give it a primary "
+                        "key or ALTER TABLE ... REPLICA IDENTITY"
+                    )
+        if found_here:
+            problems[rule.name] = found_here
+    return problems, list(dict.fromkeys(notes))
 
 
 def installed_fingerprint(conn: db.Connection) -> str | None:
