@@ -151,6 +151,27 @@ def _newer_maintctl(applied: int, known: int) -> ConfigError:
     )
 
 
+@dataclass(frozen=True)
+class SessionWritable:
+    in_recovery: bool
+    read_only: bool
+
+
+def ensure_writable(conn: db.Connection) -> None:
+    """Refuse (exit 78) a hot standby or a read-only session before any command writes."""
+    found = db.fetch_one(conn, "session_writable", {}, SessionWritable)
+    if found.in_recovery:
+        raise ConfigError(
+            "the database is a hot standby (in recovery, read-only): maintctl writes, so give it "
+            "the primary's URL"
+        )
+    if found.read_only:
+        raise ConfigError(
+            "the session is read-only (default_transaction_read_only = on, set for this role, "
+            "database or URL): maintctl writes, so give it a read-write connection"
+        )
+
+
 def ensure_migrated(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) to work on a database whose maintenance schema is missing or stale."""
     applied = applied_migrations(conn)

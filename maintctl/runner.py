@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from maintctl import db, guard, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
+from maintctl.rules.generate import policy_of
+from maintctl.rules.install import safety_problems
 from maintctl.settings import Settings
 from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
 from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
@@ -176,7 +178,22 @@ def _run_tasks(
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
+    # A rule whose DML would fail, do nothing or see only some rows (Row Level Security, a NOT
+    # NULL column it clears, no replica identity) fails without touching anything: never an ok
+    # with 0 rows.
+    problems, _ = safety_problems(conn, policy_of(settings))
     for task in tasks:
+        if task.name in problems:
+            refused = TaskResult(task.name, "failed", 0, 0, 0, None, "; ".join(problems[task.name]))
+            report.tasks.append(refused)
+            say(
+                "task_done",
+                "error",
+                runId=report.run_id,
+                dryRun=report.dry_run,
+                **refused.as_record(),
+            )
+            continue
         result = run_task(
             conn,
             task,

@@ -194,6 +194,68 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   and a.attnum > 0 and not a.attisdropped
 order by a.attnum;
 
+-- name: table_column_types
+-- The columns of an application table with their types (format_type), read at migrate: the
+-- generated steps declare a key's walk position in its own type.
+select a.attname as name, format_type(a.atttypid, a.atttypmod) as type
+from pg_attribute a
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
+-- name: time_zone_known
+-- Whether the server knows a time zone name (naive_time_zone), before anything is generated in it.
+select exists (select from pg_timezone_names where name = %(zone)s) as known;
+
+-- name: session_writable
+-- Whether this session can write: not a hot standby (in recovery), not a read-only session
+-- (default_transaction_read_only, as a pooler or a role's setting may give it).
+select pg_is_in_recovery() as in_recovery,
+       current_setting('default_transaction_read_only')::boolean as read_only;
+
+-- name: column_enum_labels
+-- The labels of an application column's enum type, in order (none when it is not an enum): the
+-- statuses the rules name must be among them.
+select format_type(a.atttypid, null) as type_name,
+       array(select e.enumlabel::text from pg_enum e where e.enumtypid = a.atttypid
+             order by e.enumsortorder) as labels
+from pg_attribute a
+join pg_type t on t.oid = a.atttypid
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attname = %(column)s and t.typtype = 'e';
+
+-- name: table_safety
+-- What of an application table can make a rule's DML fail, do nothing, or see only some rows:
+-- Row Level Security (and whether it applies to this session's role: not the owner unless
+-- FORCE, not a superuser or BYPASSRLS role), its policies, each NOT NULL column, and whether a
+-- publication that publishes UPDATE or DELETE includes it while it has no replica identity.
+select c.relrowsecurity as row_security,
+       c.relforcerowsecurity as forced,
+       c.relrowsecurity
+         and not (select rolsuper or rolbypassrls from pg_roles where rolname = current_user)
+         and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE')) as applies,
+       array(select p.polname::text || ' (' ||
+                    case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
+                                  when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
+             from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
+       array(select a.attname::text from pg_attribute a
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attnotnull
+             order by a.attnum) as not_null,
+       exists (select from pg_publication p
+               where (p.pubupdate or p.pubdelete)
+                 and (p.puballtables
+                      or exists (select from pg_publication_tables t
+                                 where t.pubname = p.pubname and t.schemaname = %(schema)s
+                                   and t.tablename = %(table)s)))
+         and (c.relreplident = 'n'
+              or (c.relreplident = 'd' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisprimary))
+              or (c.relreplident = 'i' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisreplident)))
+         as lacks_replica_identity
+from pg_class c
+where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
@@ -256,7 +318,7 @@ from {partition};
 -- The files of a detached temp_uploads partition about to be dropped, into the storage outbox in
 -- rows of %(chunk)s uploads, as the batch loop's deletes record theirs.
 insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-select %(run_id)s::bigint, array_agg(key order by key), array_agg(storage_path order by key),
+select %(run_id)s::bigint, array_agg(key::text order by key), array_agg(storage_path order by key),
        array_agg(size_bytes order by key)
 from (select {key} as key, {storage_path} as storage_path, {size_bytes} as size_bytes,
              (row_number() over (order by {key}) - 1) / %(chunk)s as chunk
