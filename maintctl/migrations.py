@@ -12,6 +12,7 @@ from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated, PermissionDenied
 from maintctl.rules.generate import application_tables, fingerprint, policy_of
 from maintctl.rules.install import (
+    catalog_policy,
     check_conditions,
     check_rule_columns,
     ensure_current,
@@ -113,7 +114,9 @@ def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
     check_rule_columns(conn, settings)
     check_conditions(conn, settings)
     pending = {m.version for m in applied} < {m.version for m in known_migrations()}
-    if not pending and installed_fingerprint(conn) == fingerprint(policy):
+    # The installed rules' fingerprint covers the catalog's column types (a key's, a naive
+    # timestamp's), so it is compared with the policy as the catalog types it.
+    if not pending and installed_fingerprint(conn) == fingerprint(catalog_policy(conn, settings)):
         return  # nothing to create
     foreign = [table for table in tables if not table.owned]
     if foreign:
