@@ -399,7 +399,9 @@ select current_database() as database;
 
 -- name: restore_deleted_rows
 -- Put one archived batch of whole rows back with their own keys; a row whose key exists again is
--- left alone. {table}, {columns} (those that can be inserted) and {key} are identifiers.
+-- left alone. {table}, {columns} (those that can be inserted), {key} and {first_key} (its first
+-- column) are identifiers. first_keys: the restored rows' first key column as text, as the
+-- storage outbox holds an upload's key whatever its type (0009).
 with archived as (
   select * from jsonb_populate_recordset(null::{table}, %(rows)s::jsonb)
 ), inserted as (
@@ -409,7 +411,7 @@ with archived as (
   returning {key}
 )
 select jsonb_array_length(%(rows)s::jsonb) as archived, count(*)::integer as restored,
-       coalesce(jsonb_agg(to_jsonb(inserted)), '[]') as keys
+       coalesce(array_agg({first_key}::text), array[]::text[]) as first_keys
 from inserted;
 
 -- name: restore_compacted_values
@@ -432,17 +434,18 @@ select jsonb_array_length(%(rows)s::jsonb) as archived,
 
 -- name: outbox_withdraw_uploads
 -- Restored temp uploads keep their files: take their paths out of the storage outbox (the files
--- not handed to the storage cleaner yet). How many were still there.
+-- not handed to the storage cleaner yet). How many were still there. The keys as text, as the
+-- outbox holds them (0009).
 with hit as (
   select o.id from maintenance.storage_outbox o
-   where o.upload_ids && %(ids)s::bigint[]
+   where o.upload_ids && %(ids)s::text[]
    for update
 ), kept as (
   select o.id,
-         array_agg(f.upload_id order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as upload_ids,
-         array_agg(f.storage_path order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as storage_paths,
-         array_agg(f.size_bytes order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as size_bytes,
-         count(*) filter (where f.upload_id = any (%(ids)s::bigint[])) as withdrawn
+         array_agg(f.upload_id order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as upload_ids,
+         array_agg(f.storage_path order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as storage_paths,
+         array_agg(f.size_bytes order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as size_bytes,
+         count(*) filter (where f.upload_id = any (%(ids)s::text[])) as withdrawn
     from maintenance.storage_outbox o
     join hit using (id)
    cross join lateral unnest(o.upload_ids, o.storage_paths, o.size_bytes)

@@ -7,6 +7,7 @@ rows."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,7 +15,7 @@ import pytest
 
 from maintctl.sqlfiles import read_sql
 from tests.conftest import Cli
-from tests.data import Conn
+from tests.data import Conn, snapshot
 
 # What each key type replaces the reference schema's `bigint generated always as identity` with.
 KEYS = {
@@ -149,3 +150,34 @@ def test_every_rule_walks_keys_of_the_application_s_own_type(
         )
         assert keys(conn, "select distinct run_id from raw_import_items") == {rows["new_failed"]}
         assert one(conn, "select count(*) from raw_import_items", []) == 3
+
+
+@pytest.mark.parametrize("key_type", sorted(KEYS))
+def test_restore_puts_back_what_a_run_removed_by_keys_of_the_application_s_own_type(
+    bare_cli: Cli, bare_db_url: str, key_type: str, tmp_path: Path
+) -> None:
+    archive = str(tmp_path / "archive")
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        rebuild_with_keys(conn, key_type)
+        build_rows(conn)
+        assert bare_cli("migrate").exit_code == 0
+        before = snapshot(conn)
+        run = bare_cli("run", "--batch-size", "2", "--archive", archive)
+        assert run.exit_code == 0, run.stderr
+        assert snapshot(conn) != before
+        run_id = str(one(conn, "select max(id) from maintenance.runs", []))
+
+        restored = bare_cli("restore", "--run", run_id, "--archive", archive, "--json")
+
+        assert restored.exit_code == 0, restored.stdout + restored.stderr
+        assert snapshot(conn) == before
+        document = json.loads(restored.stdout)
+        assert {t["table"]: t["restored"] for t in document["tables"]} == {
+            "import_runs": 3,
+            "temp_uploads": 5,
+            "import_jobs": 3,
+            "raw_import_items": 9,
+        }
+        # The restored uploads' files were still in the outbox (keys as text): they stay.
+        assert (document["filesKept"], document["filesHandedOver"]) == (5, 0)
+        assert one(conn, "select count(*) from maintenance.storage_outbox", []) == 0
