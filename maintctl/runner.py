@@ -184,27 +184,19 @@ def _run_tasks(
     problems, _ = safety_problems(conn, policy_of(settings))
     for task in tasks:
         if task.name in problems:
-            refused = TaskResult(task.name, "failed", 0, 0, 0, None, "; ".join(problems[task.name]))
-            report.tasks.append(refused)
-            say(
-                "task_done",
-                "error",
-                runId=report.run_id,
-                dryRun=report.dry_run,
-                **refused.as_record(),
+            result = TaskResult(task.name, "failed", 0, 0, 0, None, "; ".join(problems[task.name]))
+        else:
+            result = run_task(
+                conn,
+                task,
+                settings,
+                dry_run=report.dry_run,
+                deadline=deadline,
+                run_id=report.run_id,
+                on_batch=on_batch,
+                heartbeat=heartbeat,
+                archive=archive,
             )
-            continue
-        result = run_task(
-            conn,
-            task,
-            settings,
-            dry_run=report.dry_run,
-            deadline=deadline,
-            run_id=report.run_id,
-            on_batch=on_batch,
-            heartbeat=heartbeat,
-            archive=archive,
-        )
         report.tasks.append(result)
         if report.run_id is not None:  # a run killed later still shows what this one did
             ledger.record_tasks(conn, report.run_id, [r.as_record() for r in report.tasks])
