@@ -6,6 +6,7 @@ primary (tests/standby.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import psycopg
@@ -14,6 +15,7 @@ from psycopg import sql
 from tests.conftest import Cli, make_cli
 from tests.data import Conn, add_temp_upload, count
 from tests.private_server import PrivateServer, private_server  # noqa: F401 - the fixture
+from tests.serving import serving
 from tests.standby import hot_standby
 
 STANDBY = (
@@ -99,3 +101,29 @@ def test_a_read_only_session_is_refused_before_anything_changes(
     assert json.loads(doctor.stdout)["checks"][-1]["detail"] == READ_ONLY
     assert count(conn, "select count(*) from temp_uploads where id = %s", [old]) == 1
     assert count(conn, "select count(*) from maintenance.runs") == 0
+
+
+def test_serve_on_a_read_only_session_shows_the_dashboard_and_is_not_ready(
+    db_url: str, conn: Conn
+) -> None:
+    # The dashboard and /metrics only read, as status does; a run, and so readiness, needs writes.
+    add_temp_upload(conn, "25 hours")
+    database = conn.execute("select current_database()").fetchone()
+    assert database is not None
+    conn.execute(
+        sql.SQL("alter database {} set default_transaction_read_only = on").format(
+            sql.Identifier(database[0])
+        )
+    )
+    with serving(db_url, "--public-dashboard") as server:
+        page = server.get("/")
+        metrics = server.get("/metrics")
+        ready = server.get("/readyz")
+
+    assert page.status == 200, page.text
+    assert re.search(
+        r"<td class=what>Old temp uploads</td><td>1d</td><td class=n>1</td>", page.text
+    )
+    assert metrics.status == 200, metrics.text
+    assert ready.status == 503
+    assert ready.json() == {"ready": False, "reason": READ_ONLY}
