@@ -42,6 +42,7 @@ def writing_commands(tmp_path: Path) -> list[tuple[str, ...]]:
         ("resume",),
         ("drain-outbox", str(tmp_path / "handover.jsonl")),
         ("grant", "someone"),
+        ("restore", "--run", "1", "--archive", str(tmp_path / "archive")),
     ]
 
 
