@@ -70,14 +70,18 @@ class Maintenance:
     # --- connections -------------------------------------------------------------------------
 
     @contextmanager
-    def connect(self, *, migrated: bool = True) -> Iterator[Connection]:
+    def connect(self, *, migrated: bool = True, writes: bool = True) -> Iterator[Connection]:
         """A connection whose driver errors become maintctl's; with `migrated`, refused (exit 78)
-        when the maintenance schema is missing, stale or generated from another policy."""
+        when the maintenance schema is missing, stale or generated from another policy; with
+        `writes` (every command but status and history), on a hot standby or a read-only
+        session."""
         from maintctl import db, migrations
 
         conn = db.connect(self.settings)
         try:
             with db.database_errors(conn):
+                if writes:
+                    migrations.ensure_writable(conn)
                 if migrated:
                     migrations.ensure_migrated(conn, self.settings)
                 yield conn
@@ -161,7 +165,7 @@ class Maintenance:
         """What is waiting. `max_age_text`: --max-age as the user wrote it, echoed back."""
         from maintctl.status import get_status
 
-        with self.connect() as conn:
+        with self.connect(writes=False) as conn:
             return get_status(conn, self.settings, max_age, exact=exact, max_age_text=max_age_text)
 
     def doctor(self) -> list[Check]:
@@ -185,7 +189,7 @@ class Maintenance:
     ) -> list[RunRecord]:
         from maintctl import ledger
 
-        with self.connect() as conn:
+        with self.connect(writes=False) as conn:
             return ledger.history(conn, limit, since_time=since_time, since_age=since_age)
 
     def pause(self, reason: str | None = None) -> tuple[PauseState, bool]:

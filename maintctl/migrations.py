@@ -12,6 +12,7 @@ from maintctl import __version__, db, pooler
 from maintctl.errors import ConfigError, NotMigrated, PermissionDenied
 from maintctl.rules.generate import application_tables, fingerprint, policy_of
 from maintctl.rules.install import (
+    catalog_policy,
     check_conditions,
     check_rule_columns,
     ensure_current,
@@ -113,7 +114,9 @@ def check_before_migrating(conn: db.Connection, settings: Settings) -> None:
     check_rule_columns(conn, settings)
     check_conditions(conn, settings)
     pending = {m.version for m in applied} < {m.version for m in known_migrations()}
-    if not pending and installed_fingerprint(conn) == fingerprint(policy):
+    # The installed rules' fingerprint covers the catalog's column types (a key's, a naive
+    # timestamp's), so it is compared with the policy as the catalog types it.
+    if not pending and installed_fingerprint(conn) == fingerprint(catalog_policy(conn, settings)):
         return  # nothing to create
     foreign = [table for table in tables if not table.owned]
     if foreign:
@@ -149,6 +152,27 @@ def _newer_maintctl(applied: int, known: int) -> ConfigError:
         f"the database was migrated by a newer maintctl (migration {applied}, "
         f"this maintctl knows up to {known}); upgrade maintctl"
     )
+
+
+@dataclass(frozen=True)
+class SessionWritable:
+    in_recovery: bool
+    read_only: bool
+
+
+def ensure_writable(conn: db.Connection) -> None:
+    """Refuse (exit 78) a hot standby or a read-only session before any command writes."""
+    found = db.fetch_one(conn, "session_writable", {}, SessionWritable)
+    if found.in_recovery:
+        raise ConfigError(
+            "the database is a hot standby (in recovery, read-only): maintctl writes, so give it "
+            "the primary's URL"
+        )
+    if found.read_only:
+        raise ConfigError(
+            "the session is read-only (default_transaction_read_only = on, set for this role, "
+            "database or URL): maintctl writes, so give it a read-write connection"
+        )
 
 
 def ensure_migrated(conn: db.Connection, settings: Settings) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterator
@@ -45,8 +46,16 @@ def check_target(target: str, flag: str) -> None:
         raise UsageError(f"{flag}: cannot create files in {directory}")
 
 
+# The text of an integer key (0, 42, -7): no sign but minus, no leading zero.
+INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 # Outbox rows read per statement; each holds up to a batch of files.
 ROWS_PER_READ = 20
+
+
+def upload_key(text: str) -> int | str:
+    """An upload's key as the storage cleaner gets it: an integer key as a number, any other
+    (uuid, text) as the string the outbox holds."""
+    return int(text) if INTEGER.fullmatch(text) else text
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class OutboxBatch:
     id: int
     run_id: int | None
     deleted_at: datetime
-    upload_ids: list[int]
+    upload_ids: list[str]  # each upload's key as text (its column may be of any type)
     storage_paths: list[str]
     size_bytes: list[int | None]
 
@@ -69,7 +78,7 @@ class OutboxBatch:
             record: dict[str, Any] = {
                 "path": path,
                 "sizeBytes": size,
-                "uploadId": upload_id,
+                "uploadId": upload_key(upload_id),
                 "runId": self.run_id,
                 "deletedAt": deleted_at,
             }

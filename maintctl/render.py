@@ -127,6 +127,8 @@ def status_json(status: StatusReport) -> dict[str, Any]:
             "oldestDeletedAt": _when(status.outbox.oldest),
         },
     }
+    if status.missing:  # rules not counted: their table is missing (rule: table)
+        document["missingTables"] = status.missing
     purged = {name: rows for name, rows in status.counts.items() if name not in TASKS_BY_NAME}
     if purged:  # the [[purge]] rules' counts, by name
         document["purge"] = purged
@@ -300,6 +302,8 @@ def print_status(status: StatusReport) -> None:
             f"Storage outbox: {status.outbox.paths:,} file(s) waiting for maintctl drain-outbox "
             f"since {since}"
         )
+    for name, missing in status.missing.items():
+        out.print(f"[bold red]Not counted:[/] {name}: table {escape(missing)} is missing")
     if status.pause.paused:
         out.print(f"[bold yellow]Paused:[/] {escape(pause_sentence(status.pause))}")
     last = status.last_run

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from maintctl import db, guard, health, ledger
 from maintctl.errors import ExitCode
 from maintctl.log import Notify
+from maintctl.rules.generate import policy_of
+from maintctl.rules.install import safety_problems
 from maintctl.settings import Settings
 from maintctl.tasks import ProgressCallback, Task, TaskAborted, TaskResult, run_task
 from maintctl.vacuum import VacuumResult, table_sizes, vacuum_changed_tables
@@ -203,19 +205,26 @@ def _run_tasks(
 ) -> None:
     """The tasks in order, each result appended to the report as it ends; then --vacuum."""
     sizes = table_sizes(conn, settings) if vacuum else {}
+    # A rule whose DML would fail, do nothing or see only some rows (Row Level Security, a NOT
+    # NULL column it clears, no replica identity) fails without touching anything: never an ok
+    # with 0 rows.
+    problems, _ = safety_problems(conn, policy_of(settings))
     for task in tasks:
-        result = run_task(
-            conn,
-            task,
-            settings,
-            dry_run=report.dry_run,
-            deadline=deadline,
-            run_id=report.run_id,
-            on_batch=on_batch,
-            heartbeat=heartbeat,
-            archive=archive,
-            force=force,
-        )
+        if task.name in problems:
+            result = TaskResult(task.name, "failed", 0, 0, 0, None, "; ".join(problems[task.name]))
+        else:
+            result = run_task(
+                conn,
+                task,
+                settings,
+                dry_run=report.dry_run,
+                deadline=deadline,
+                run_id=report.run_id,
+                on_batch=on_batch,
+                heartbeat=heartbeat,
+                archive=archive,
+                force=force,
+            )
         report.tasks.append(result)
         if report.run_id is not None:  # a run killed later still shows what this one did
             ledger.record_tasks(conn, report.run_id, [r.as_record() for r in report.tasks])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,8 @@ class StatusReport:
     count_limit: int | None = None  # a count equal to it means "at least that many"
     outbox: OutboxBacklog = OutboxBacklog(0, None)
     max_age_text: str | None = None  # --max-age as the user wrote it
+    # The rules whose table is missing (rule name: table), not counted: the others are.
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def stale(self) -> bool:
@@ -95,7 +97,9 @@ def get_status(
     """What is waiting; each count stops at STATUS_COUNT_LIMIT unless `exact`."""
     limit = None if exact else STATUS_COUNT_LIMIT
     with db.transaction(conn, settings):
-        rules = policy_of(settings).rules
+        policy = policy_of(settings)
+        missing = install.missing_tables(conn, policy)
+        rules = tuple(rule for rule in policy.rules if rule.name not in missing)
         counts = count_rules(conn, rules, all_cutoffs(conn, settings, rules), limit)
         server = db.fetch_one(conn, "server_info", {}, migrations.ServerInfo)
         return StatusReport(
@@ -109,6 +113,7 @@ def get_status(
             count_limit=limit,
             outbox=db.fetch_one(conn, "storage_outbox_backlog", {}, OutboxBacklog),
             max_age_text=max_age_text,
+            missing=missing,
         )
 
 
@@ -148,6 +153,12 @@ OUTBOX_WARNING = timedelta(days=1)  # files older than this in the outbox: nothi
 DoctorStep = Callable[[db.Connection, Settings], list[Check]]
 
 
+def check_writable(conn: db.Connection, settings: Settings) -> list[Check]:
+    """A hot standby or a read-only session: every command that writes would be refused."""
+    migrations.ensure_writable(conn)
+    return [Check("writable", True, "a primary, read-write session")]
+
+
 def check_migrations(conn: db.Connection, settings: Settings) -> list[Check]:
     migrations.ensure_migrated(conn, settings)
     return [Check("migrations", True, f"all {len(known_migrations())} applied")]
@@ -168,7 +179,36 @@ def check_columns(conn: db.Connection, settings: Settings) -> list[Check]:
     missing = missing_columns(conn, policy_of(settings), with_added=True)
     if missing:
         raise ConfigError("missing column " + ", ".join(missing))
+    install.check_statuses(conn, policy_of(settings))
     return [Check("columns", True, "every column the rules use is present")]
+
+
+def check_timestamps(conn: db.Connection, settings: Settings) -> list[Check]:
+    """Which time columns are naive (`timestamp without time zone`) and in which zone the rules
+    read them, and maintctl writes them, whatever the session's TimeZone."""
+    policy = install.catalog_policy(conn, settings)
+    naive = install.naive_columns(policy)
+    if not naive:
+        return [Check("timestamps", True, "every time column the rules read has a time zone")]
+    install.check_time_zone(conn, policy)
+    detail = (
+        f"{', '.join(naive)}: timestamp without time zone, read and written in "
+        f"{policy.naive_time_zone} (naive_time_zone), whatever the session's TimeZone"
+    )
+    return [Check("timestamps", True, detail)]
+
+
+def check_safety(conn: db.Connection, settings: Settings) -> list[Check]:
+    """What would make a rule's DML fail, do nothing or see only some rows, named before a run
+    (maintctl.rules.install.safety_problems; a run fails those rules' tasks without touching
+    them). A table with Row Level Security that does not apply to the role gets a line."""
+    problems, notes = install.safety_problems(conn, policy_of(settings))
+    found = [problem for found in problems.values() for problem in found]
+    if found:
+        raise ConfigError("; ".join(dict.fromkeys(found)))
+    if not notes:
+        return []
+    return [Check("row security", True, "; ".join(notes))]
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:
@@ -329,10 +369,13 @@ def pooler_check(conn: db.Connection, settings: Settings) -> list[Check]:
 
 DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("pooler", pooler_check),
+    ("writable", check_writable),
     ("conditions", check_conditions),
     ("migrations", check_migrations),
     ("tables", check_tables),
     ("columns", check_columns),
+    ("timestamps", check_timestamps),
+    ("safety", check_safety),
     ("privileges", check_privileges),
     ("run lease", check_run_lease),
     ("health gate", check_health_gate),

@@ -326,12 +326,12 @@ def _metrics_text(
 
 
 def _dashboard_data(settings: Settings) -> tuple[StatusReport, list[RunRecord]]:
-    """What waits and the last runs, over one connection."""
+    """What waits and the last runs, over one connection (which only reads, as status's)."""
     from maintctl import ledger
     from maintctl.api import Maintenance
     from maintctl.status import get_status
 
-    with Maintenance(settings).connect() as conn:
+    with Maintenance(settings).connect(writes=False) as conn:
         return get_status(conn, settings), ledger.history(conn, HISTORY_RUNS)
 
 

@@ -203,6 +203,68 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   and a.attnum > 0 and not a.attisdropped
 order by a.attnum;
 
+-- name: table_column_types
+-- The columns of an application table with their types (format_type), read at migrate: the
+-- generated steps declare a key's walk position in its own type.
+select a.attname as name, format_type(a.atttypid, a.atttypmod) as type
+from pg_attribute a
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attnum > 0 and not a.attisdropped
+order by a.attnum;
+
+-- name: time_zone_known
+-- Whether the server knows a time zone name (naive_time_zone), before anything is generated in it.
+select exists (select from pg_timezone_names where name = %(zone)s) as known;
+
+-- name: session_writable
+-- Whether this session can write: not a hot standby (in recovery), not a read-only session
+-- (default_transaction_read_only, as a pooler or a role's setting may give it).
+select pg_is_in_recovery() as in_recovery,
+       current_setting('default_transaction_read_only')::boolean as read_only;
+
+-- name: column_enum_labels
+-- The labels of an application column's enum type, in order (none when it is not an enum): the
+-- statuses the rules name must be among them.
+select format_type(a.atttypid, null) as type_name,
+       array(select e.enumlabel::text from pg_enum e where e.enumtypid = a.atttypid
+             order by e.enumsortorder) as labels
+from pg_attribute a
+join pg_type t on t.oid = a.atttypid
+where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  and a.attname = %(column)s and t.typtype = 'e';
+
+-- name: table_safety
+-- What of an application table can make a rule's DML fail, do nothing, or see only some rows:
+-- Row Level Security (and whether it applies to this session's role: not the owner unless
+-- FORCE, not a superuser or BYPASSRLS role), its policies, each NOT NULL column, and whether a
+-- publication that publishes UPDATE or DELETE includes it while it has no replica identity.
+select c.relrowsecurity as row_security,
+       c.relforcerowsecurity as forced,
+       c.relrowsecurity
+         and not (select rolsuper or rolbypassrls from pg_roles where rolname = current_user)
+         and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE')) as applies,
+       array(select p.polname::text || ' (' ||
+                    case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
+                                  when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
+             from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
+       array(select a.attname::text from pg_attribute a
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attnotnull
+             order by a.attnum) as not_null,
+       exists (select from pg_publication p
+               where (p.pubupdate or p.pubdelete)
+                 and (p.puballtables
+                      or exists (select from pg_publication_tables t
+                                 where t.pubname = p.pubname and t.schemaname = %(schema)s
+                                   and t.tablename = %(table)s)))
+         and (c.relreplident = 'n'
+              or (c.relreplident = 'd' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisprimary))
+              or (c.relreplident = 'i' and not exists (
+                    select from pg_index i where i.indrelid = c.oid and i.indisreplident)))
+         as lacks_replica_identity
+from pg_class c
+where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
@@ -265,7 +327,7 @@ from {partition};
 -- The files of a detached temp_uploads partition about to be dropped, into the storage outbox in
 -- rows of %(chunk)s uploads, as the batch loop's deletes record theirs.
 insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-select %(run_id)s::bigint, array_agg(key order by key), array_agg(storage_path order by key),
+select %(run_id)s::bigint, array_agg(key::text order by key), array_agg(storage_path order by key),
        array_agg(size_bytes order by key)
 from (select {key} as key, {storage_path} as storage_path, {size_bytes} as size_bytes,
              (row_number() over (order by {key}) - 1) / %(chunk)s as chunk
@@ -346,7 +408,9 @@ select current_database() as database;
 
 -- name: restore_deleted_rows
 -- Put one archived batch of whole rows back with their own keys; a row whose key exists again is
--- left alone. {table}, {columns} (those that can be inserted) and {key} are identifiers.
+-- left alone. {table}, {columns} (those that can be inserted), {key} and {first_key} (its first
+-- column) are identifiers. first_keys: the restored rows' first key column as text, as the
+-- storage outbox holds an upload's key whatever its type (0009).
 with archived as (
   select * from jsonb_populate_recordset(null::{table}, %(rows)s::jsonb)
 ), inserted as (
@@ -356,7 +420,7 @@ with archived as (
   returning {key}
 )
 select jsonb_array_length(%(rows)s::jsonb) as archived, count(*)::integer as restored,
-       coalesce(jsonb_agg(to_jsonb(inserted)), '[]') as keys
+       coalesce(array_agg({first_key}::text), array[]::text[]) as first_keys
 from inserted;
 
 -- name: restore_compacted_values
@@ -379,17 +443,18 @@ select jsonb_array_length(%(rows)s::jsonb) as archived,
 
 -- name: outbox_withdraw_uploads
 -- Restored temp uploads keep their files: take their paths out of the storage outbox (the files
--- not handed to the storage cleaner yet). How many were still there.
+-- not handed to the storage cleaner yet). How many were still there. The keys as text, as the
+-- outbox holds them (0009).
 with hit as (
   select o.id from maintenance.storage_outbox o
-   where o.upload_ids && %(ids)s::bigint[]
+   where o.upload_ids && %(ids)s::text[]
    for update
 ), kept as (
   select o.id,
-         array_agg(f.upload_id order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as upload_ids,
-         array_agg(f.storage_path order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as storage_paths,
-         array_agg(f.size_bytes order by f.n) filter (where f.upload_id <> all (%(ids)s::bigint[])) as size_bytes,
-         count(*) filter (where f.upload_id = any (%(ids)s::bigint[])) as withdrawn
+         array_agg(f.upload_id order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as upload_ids,
+         array_agg(f.storage_path order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as storage_paths,
+         array_agg(f.size_bytes order by f.n) filter (where f.upload_id <> all (%(ids)s::text[])) as size_bytes,
+         count(*) filter (where f.upload_id = any (%(ids)s::text[])) as withdrawn
     from maintenance.storage_outbox o
     join hit using (id)
    cross join lateral unnest(o.upload_ids, o.storage_paths, o.size_bytes)

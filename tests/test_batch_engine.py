@@ -65,7 +65,9 @@ def test_ties_on_created_at_across_batch_edges_are_each_deleted_once(cli: Cli, c
 
     assert (task["rows"], task["batches"]) == (15, 3)
     assert ids(conn, "select id from temp_uploads") == set(fresh)
-    outbox = conn.execute("select upload_id from maintenance.storage_outbox_files").fetchall()
+    outbox = conn.execute(
+        "select upload_id::bigint from maintenance.storage_outbox_files"
+    ).fetchall()
     assert sorted(row[0] for row in outbox) == sorted(tied + older)
 
 
@@ -152,7 +154,7 @@ def test_a_row_the_application_holds_is_skipped_not_waited_for(
     assert (
         count(
             conn,
-            "select count(*) from maintenance.storage_outbox_files where upload_id = %s",
+            "select count(*) from maintenance.storage_outbox_files where upload_id = %s::text",
             [held],
         )
         == 0

@@ -27,7 +27,6 @@ from tests.data import (
     count,
     grant,
     load_sample,
-    set_database_default,
     slow_down_deletes,
 )
 
@@ -43,9 +42,11 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
     assert [check["check"] for check in document["checks"]] == [
         "connection",
         "pooler",
+        "writable",
         "migrations",
         "tables",
         "columns",
+        "timestamps",
         "privileges stuck",
         "privileges temp",
         "privileges compact",
@@ -343,13 +344,21 @@ def test_a_refused_login_exits_77_at_once_and_a_missing_database_69(
 def test_an_unexpected_database_error_exits_70_and_says_how_to_see_more(
     cli: Cli, conn: Conn
 ) -> None:
-    set_database_default(conn, "default_transaction_read_only", "on")
+    # (A read-only session is refused up front, exit 78: tests/test_read_only.py.)
+    conn.execute(
+        "create function public.refuse() returns trigger language plpgsql as "
+        "$$ begin raise exception 'the pause switch is broken'; end $$"
+    )
+    conn.execute(
+        "create trigger refuse before update on maintenance.pause "
+        "for each row execute function public.refuse()"
+    )
 
     result = cli("pause")
 
     assert result.exit_code == 70
     assert result.stderr == (
-        "maintctl: error: database error: cannot execute UPDATE in a read-only transaction "
+        "maintctl: error: database error: the pause switch is broken "
         "(run again with --debug for the details)\n"
     )
 

@@ -197,3 +197,20 @@ def test_migrate_must_own_a_purge_rule_s_table_as_well_as_the_four(
         conn.execute(sql.SQL("grant create on schema public to {}").format(role))
     done = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
     assert done.exit_code == 0, done.stderr
+
+
+def test_migrate_with_nothing_to_do_is_not_refused_for_a_role_that_does_not_own_the_tables(
+    bare_db_url: str, bare_cli: Cli, stranger: str
+) -> None:
+    assert bare_cli("migrate").exit_code == 0
+    assert bare_cli("grant", stranger).exit_code == 0
+    before = catalog(bare_db_url)
+
+    again = make_cli(make_conninfo(bare_db_url, user=stranger))("migrate")
+
+    assert again.exit_code == 0, again.stderr
+    assert again.stdout == (
+        f"nothing to do: all {len(migrations())} migrations were already applied "
+        "(application schema 'public')\n"
+    )
+    assert catalog(bare_db_url) == before

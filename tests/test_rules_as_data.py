@@ -22,6 +22,7 @@ from maintctl.rules.generate import (
     placeholders,
     sections,
     table_name,
+    typed_columns,
 )
 from maintctl.sqlfiles import read_sql
 from tests.conftest import Cli
@@ -29,7 +30,7 @@ from tests.data import Conn, add_temp_upload, count
 
 REFERENCE = Policy.of("public", {})
 # Placeholders every template may use that are not names of the schema.
-GENERIC = {"default_older_than"}
+GENERIC = {"default_older_than", "search_path"}
 
 
 def generated_sql(rule: Rule, policy: Policy = REFERENCE) -> str:
@@ -105,7 +106,15 @@ def test_migrate_installs_the_steps_once_and_records_what_it_generated(
     assert json.loads(second.stdout)["rulesInstalled"] is False
     with psycopg.connect(bare_db_url) as conn:
         recorded = conn.execute("select fingerprint from maintenance.installed_rules").fetchone()
-    assert recorded == (installation(REFERENCE).fingerprint,)
+        # The catalog's types of the columns the rules read are part of what was generated.
+        catalog = conn.execute(
+            "select c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod) "
+            "from pg_attribute a join pg_class c on c.oid = a.attrelid "
+            "where c.relnamespace = 'public'::regnamespace and a.attnum > 0"
+        ).fetchall()
+    types = tuple(row for row in catalog if (row[0], row[1]) in typed_columns(REFERENCE))
+    assert len(types) == len(typed_columns(REFERENCE))
+    assert recorded == (installation(REFERENCE.with_types(types)).fingerprint,)
 
 
 def test_steps_generated_from_another_policy_are_refused_until_migrate(

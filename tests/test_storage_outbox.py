@@ -33,7 +33,7 @@ def lines(path: Path) -> list[dict[str, Any]]:
 
 def outbox(conn: Conn) -> dict[int, str]:
     rows = conn.execute(
-        "select upload_id, storage_path from maintenance.storage_outbox_files"
+        "select upload_id::bigint, storage_path from maintenance.storage_outbox_files"
     ).fetchall()
     return {row[0]: row[1] for row in rows}
 

@@ -96,8 +96,9 @@ def test_an_upgrade_from_the_hand_written_rules_gives_a_fresh_install_s_catalog(
     result = upgraded("migrate")
 
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines()[:4] == [
+    assert result.stdout.splitlines()[:5] == [
         "applied 0008_rules_as_data",
+        "applied 0009_outbox_keys_as_text",
         "applied 0010_run_lease_row",
         "applied 0012_archive_capture",
         "installed the rules' steps, counts and indexes, generated from the policy",
@@ -138,7 +139,8 @@ def test_an_upgrade_from_steps_without_the_archive_capture_gives_a_fresh_install
     result = upgraded("migrate")
 
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.splitlines()[:3] == [
+    assert result.stdout.splitlines()[:4] == [
+        "applied 0009_outbox_keys_as_text",
         "applied 0010_run_lease_row",
         "applied 0012_archive_capture",
         "installed the rules' steps, counts and indexes, generated from the policy",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from psycopg import errors as pg_errors
 from psycopg import sql
@@ -64,7 +63,7 @@ class RestoreResult:
 class _Deleted:
     archived: int
     restored: int
-    keys: list[dict[str, Any]]
+    first_keys: list[str]  # the restored rows' first key column, as text
 
 
 @dataclass(frozen=True)
@@ -171,13 +170,14 @@ def _restore_table(
                 "table": target,
                 "columns": sql.SQL(", ").join(map(sql.Identifier, insertable)),
                 "key": sql.SQL(", ").join(map(sql.Identifier, key)),
+                "first_key": sql.Identifier(key[0]),
             }
             deleted = db.fetch_composed(conn, "restore_deleted_rows", names, rows, _Deleted)
             done.archived += deleted.archived
             done.restored += deleted.restored
             done.present += deleted.archived - deleted.restored
-            if table.table == rules.outbox and deleted.keys:
-                ids = [found[key[0]] for found in deleted.keys]
+            if table.table == rules.outbox and deleted.first_keys:
+                ids = deleted.first_keys
                 kept = int(db.fetch_value(conn, "outbox_withdraw_uploads", {"ids": ids}))
                 result.files_kept += kept
                 result.files_handed_over += len(ids) - kept

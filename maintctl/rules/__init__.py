@@ -47,6 +47,8 @@ class Column:
     # {has.key} is false; a column that `needs` another is absent with it.
     optional: bool = False
     needs: str | None = None
+    # maintctl writes it: {key} is the bare name (a SET target), its value {now.key}.
+    written: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Value:
 
     default: PolicyValue = ""
     source: str | None = None  # another rule whose policy gives it, under the same key
+    column: str = "status_column"  # the key of the column it is a value of
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from maintctl.sqlfiles import read_sql
 _SECTION = re.compile(r"^-- section: (\w+)\s*$", re.MULTILINE)
 _INDEX = re.compile(r"^-- index: (\w+) (\S+)\s*$", re.MULTILINE)
 RUNNER_TEMPLATE = "rules/runner.sql"
+NAIVE = "timestamp without time zone"
 # A list column offers its first few columns one by one: {alias.key[0]}, {alias.key[1]}; past its
 # length they are null.
 LIST_POSITIONS = 2
@@ -48,6 +49,12 @@ class Policy:
     disabled: tuple[str, ...] = ()  # rules the policy turns off (enabled = false)
     # The [[purge]] entries: (name, table, time_column, key, where), thresholds left out.
     purge: tuple[tuple[str, str, str, str, str | None], ...] = ()
+    # The catalog's type of each column the rules read, (table, column, type as format_type
+    # gives it), read at migrate (maintctl.rules.install.catalog_policy): a key of any orderable
+    # type is walked, positioned and recorded in its own type.
+    types: tuple[tuple[str, str, str], ...] = ()
+    # The zone a `timestamp without time zone` column's values are read and written in.
+    naive_time_zone: str = "UTC"
 
     @classmethod
     def of(
@@ -85,6 +92,19 @@ class Policy:
         """Every rule this policy applies, in run order: the four, then the [[purge]] ones."""
         return self.fixed_rules + self.purge_rules
 
+    def with_types(self, types: tuple[tuple[str, str, str], ...]) -> Policy:
+        return Policy(
+            self.schema,
+            self.names,
+            self.disabled,
+            self.purge,
+            tuple(sorted(types)),
+            self.naive_time_zone,
+        )
+
+    def type_of(self, table: str, column: str) -> str | None:
+        return next((t for name, c, t in self.types if (name, c) == (table, column)), None)
+
     def given(self, rule: str, key: str) -> PolicyValue | None:
         for name, keys in self.names:
             if name == rule:
@@ -105,7 +125,10 @@ def policy_of(settings: Any) -> Policy:
     purge = tuple(
         (e["name"], e["table"], e["time_column"], e["key"], e.get("where")) for e in settings.purge
     )
-    return Policy.of(settings.app_schema, names, disabled, purge)
+    policy = Policy.of(settings.app_schema, names, disabled, purge)
+    return Policy(
+        policy.schema, policy.names, policy.disabled, policy.purge, (), settings.naive_time_zone
+    )
 
 
 # --- resolving a rule's names ------------------------------------------------------------------
@@ -182,6 +205,23 @@ def needs(rule: Rule, policy: Policy) -> list[TableNeeds]:
     return found
 
 
+def typed_columns(policy: Policy) -> set[tuple[str, str]]:
+    """(table, column) of each column the rules read: the generated SQL, and so its fingerprint,
+    depends on their types (a key's walk is declared in its type, {type.key}; a naive timestamp
+    is read in the policy's naive_time_zone)."""
+    return {(need.table, column) for need in all_needs(policy) for column in need.columns}
+
+
+def cleared_columns(rule: Rule, policy: Policy) -> tuple[str, ...]:
+    """The columns the rule's template sets to null ({set_null.key}: compact's payload, log)."""
+    keys = [
+        name.removeprefix("set_null.")
+        for name in placeholder_names(read_sql(rule.template))
+        if name.startswith("set_null.")
+    ]
+    return tuple(column for key in sorted(keys) for column in column_names(rule, key, policy))
+
+
 def all_needs(policy: Policy) -> list[TableNeeds]:
     return [need for rule in policy.rules for need in needs(rule, policy)]
 
@@ -254,9 +294,24 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
     for key, column in rule.columns.items():
         names = column_names(rule, key, policy)
         alias = rule.table(column.table).alias
-        _column_placeholders(found, key, alias, names, column)
+        table_of = table_name(rule, rule.table(column.table), policy)
+        zone = sql.Literal(policy.naive_time_zone)
+        naive = [policy.type_of(table_of, name) == NAIVE for name in names]
+        _column_placeholders(found, key, alias, names, column, naive, zone)
+        # {type.key}: the column's type in the catalog (a key's walk position is declared in it).
+        # Before the catalog is read (a policy without types), the reference schema's bigint.
+        typed = policy.type_of(table_of, names[0]) if len(names) == 1 else None
+        found[f"type.{key}"] = sql.SQL(typed or "bigint")
+        # {now.key}: the time now as the column stores it (a naive one: in naive_time_zone).
+        found[f"now.{key}"] = (
+            sql.SQL("(now() at time zone {})").format(zone) if any(naive) else sql.SQL("now()")
+        )
     for key in rule.values:
         found[key] = _literals(value_of(rule, key, policy))
+    # The steps' search_path: the application's triggers, which fire in the steps' DML and name
+    # its tables without a schema, find them as they would for the application; built-ins still
+    # come first, and maintctl's own objects and the rule's tables are named with their schema.
+    found["search_path"] = sql.SQL("pg_catalog, {}, pg_temp").format(sql.Identifier(policy.schema))
     if rule.purge:
         found["step_function"] = sql.Identifier("maintenance", rule.step_function)
         found["count_function"] = sql.Identifier("maintenance", rule.count_function)
@@ -275,18 +330,30 @@ def _column_placeholders(
     alias: str,
     names: tuple[str, ...],
     column: Column,
+    naive: list[bool],
+    zone: sql.Composable,
 ) -> None:
+    """A naive timestamp column reads as the instant it holds in the zone (a timestamptz, so that
+    it compares with the cutoffs whatever the session's TimeZone), in the indexes too; a column
+    maintctl writes keeps its bare name ({key}) as the target of its SET."""
+
+    def read(*parts: str) -> sql.Composable:
+        named = sql.Identifier(*parts)
+        if naive[names.index(parts[-1])]:
+            return sql.SQL("({} at time zone {})").format(named, zone)
+        return named
+
     if column.optional:
         found[f"has.{key}"] = sql.SQL("true" if names else "false")
         if not names:
             found[key] = found[f"{alias}.{key}"] = sql.SQL("null")
             return
     if isinstance(column.default, str) and len(names) == 1:
-        found[key] = sql.Identifier(names[0])
-        found[f"{alias}.{key}"] = sql.Identifier(alias, names[0])
+        found[key] = sql.Identifier(names[0]) if column.written else read(names[0])
+        found[f"{alias}.{key}"] = read(alias, names[0])
         return
-    found[key] = _coalesce([sql.Identifier(name) for name in names])
-    found[f"{alias}.{key}"] = _coalesce([sql.Identifier(alias, name) for name in names])
+    found[key] = _coalesce([read(name) for name in names])
+    found[f"{alias}.{key}"] = _coalesce([read(alias, name) for name in names])
     for position in range(max(len(names), LIST_POSITIONS)):
         found[f"{alias}.{key}[{position}]"] = (
             sql.Identifier(alias, names[position])

@@ -10,13 +10,19 @@ from psycopg import sql
 from maintctl import __version__, db
 from maintctl.errors import ConfigError, NotMigrated
 from maintctl.rules.generate import (
+    NAIVE,
     Installation,
     Policy,
     all_needs,
+    cleared_columns,
+    column_names,
     fingerprint,
     installation,
     policy_of,
+    table_name,
     thresholds_of,
+    typed_columns,
+    value_of,
 )
 from maintctl.settings import Settings
 from maintctl.sqlfiles import hardening
@@ -31,6 +37,27 @@ class IndexState:
 @dataclass(frozen=True)
 class Column:
     name: str
+
+
+@dataclass(frozen=True)
+class TypedColumn:
+    name: str
+    type: str
+
+
+def catalog_policy(conn: db.Connection, settings: Settings) -> Policy:
+    """The policy of the settings with the catalog's type of each column the rules read (a table
+    that is missing adds none): what the generated SQL and its fingerprint depend on."""
+    policy = policy_of(settings)
+    types: dict[tuple[str, str], str] = {}
+    for table in dict.fromkeys(need.table for need in all_needs(policy)):
+        params = {"schema": policy.schema, "table": table}
+        for column in db.fetch_all(conn, "table_column_types", params, TypedColumn):
+            types[(table, column.name)] = column.type
+    wanted = typed_columns(policy)
+    return policy.with_types(
+        tuple((t, c, types[t, c]) for t, c in sorted(wanted) if (t, c) in types)
+    )
 
 
 def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) -> list[str]:
@@ -52,6 +79,137 @@ def missing_columns(conn: db.Connection, policy: Policy, *, with_added: bool) ->
     return list(dict.fromkeys(missing))
 
 
+@dataclass(frozen=True)
+class EnumLabels:
+    type_name: str
+    labels: list[str]
+
+
+def missing_statuses(conn: db.Connection, policy: Policy) -> list[str]:
+    """Each status a rule names that its column's enum type lacks (a text column takes any)."""
+    found = []
+    for rule in policy.rules:
+        for key, value in rule.values.items():
+            table = table_name(rule, rule.table(rule.columns[value.column].table), policy)
+            for column in column_names(rule, value.column, policy):
+                params = {"schema": policy.schema, "table": table, "column": column}
+                enum = db.fetch_optional(conn, "column_enum_labels", params, EnumLabels)
+                if enum is None:
+                    continue
+                found += [
+                    f"{table}.{column} (an enum {enum.type_name}: {', '.join(enum.labels)}) has "
+                    f"no status {status!r} ({rule.name}'s {key})"
+                    for status in value_of(rule, key, policy)
+                    if status not in enum.labels
+                ]
+    return list(dict.fromkeys(found))
+
+
+def check_statuses(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) a status the rules name that the column's enum lacks: the partial indexes
+    and the steps would fail on it half way through migrate."""
+    missing = missing_statuses(conn, policy)
+    if missing:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, "
+            + "; ".join(missing)
+            + "; name the application's own in maintctl.toml (see maintctl config)"
+        )
+
+
+def naive_columns(policy: Policy) -> list[str]:
+    """The `timestamp without time zone` columns the rules read, as `table.column`: read and
+    written in the policy's naive_time_zone."""
+    return [f"{table}.{column}" for table, column, kind in policy.types if kind == NAIVE]
+
+
+def check_time_zone(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) a naive_time_zone the server does not know, when a column needs it."""
+    if naive_columns(policy) and not db.fetch_value(
+        conn, "time_zone_known", {"zone": policy.naive_time_zone}
+    ):
+        raise ConfigError(
+            f"naive_time_zone {policy.naive_time_zone!r} is not a time zone this server knows "
+            f"(pg_timezone_names), and {', '.join(naive_columns(policy))} are read in it"
+        )
+
+
+@dataclass(frozen=True)
+class Present:
+    present: bool
+    can_select: bool
+    can_update: bool
+    can_delete: bool
+
+
+def missing_tables(conn: db.Connection, policy: Policy) -> dict[str, str]:
+    """The rules whose table is missing, each with the first it lacks: the others still run."""
+    found: dict[str, str] = {}
+    for need in all_needs(policy):
+        params = {"schema": policy.schema, "table": need.table}
+        if (
+            need.rule not in found
+            and not db.fetch_one(conn, "table_privileges", params, Present).present
+        ):
+            found[need.rule] = need.table
+    return found
+
+
+@dataclass(frozen=True)
+class TableSafety:
+    row_security: bool
+    forced: bool
+    applies: bool
+    policies: list[str]
+    not_null: list[str]
+    lacks_replica_identity: bool
+
+
+def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list[str]], list[str]]:
+    """By rule, what would make its DML fail, do nothing or see only some rows: Row Level
+    Security that applies to this role, a column compact clears that is NOT NULL, a table a
+    publication replicates without a replica identity. And notes on the tables whose Row Level
+    Security does not apply to the role."""
+    problems: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for rule in policy.rules:
+        changed = table_name(rule, rule.table(rule.changes), policy)
+        found_here: list[str] = []
+        for need in [n for n in all_needs(policy) if n.rule == rule.name]:
+            params = {"schema": policy.schema, "table": need.table}
+            found = db.fetch_optional(conn, "table_safety", params, TableSafety)
+            if found is None:
+                continue
+            policies = ", ".join(found.policies) or "none: it hides every row"
+            if found.applies:
+                found_here.append(
+                    f"row level security{' (FORCE)' if found.forced else ''} on {need.table} "
+                    f"applies to this role (policies: {policies}): {rule.name} would see and "
+                    "change only the rows those allow; run maintctl as the table's owner, "
+                    "or give the role BYPASSRLS"
+                )
+            elif found.row_security:
+                notes.append(
+                    f"{need.table}: enabled, not applied to this role (owner or BYPASSRLS)"
+                )
+            if need.table == changed:
+                found_here += [
+                    f"{rule.name} clears {need.table}.{column}, which is NOT NULL; set "
+                    f"[rules.{rule.name}] clear to the columns that may be null"
+                    for column in cleared_columns(rule, policy)
+                    if column in found.not_null
+                ]
+                if found.lacks_replica_identity:
+                    found_here.append(
+                        f"{need.table} has no replica identity and a publication replicates "
+                        f"its updates and deletes: {rule.name}'s would fail; give it a primary "
+                        "key or ALTER TABLE ... REPLICA IDENTITY"
+                    )
+        if found_here:
+            problems[rule.name] = found_here
+    return problems, list(dict.fromkeys(notes))
+
+
 def installed_fingerprint(conn: db.Connection) -> str | None:
     found: str | None = db.fetch_value(conn, "installed_rules_fingerprint")
     return found
@@ -59,7 +217,12 @@ def installed_fingerprint(conn: db.Connection) -> str | None:
 
 def ensure_current(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) when the installed steps were generated from another policy."""
-    if installed_fingerprint(conn) != fingerprint(policy_of(settings)):
+    policy = catalog_policy(conn, settings)
+    if len(policy.types) < len(typed_columns(policy)):
+        # A table or key column the rules use is gone: its type is not known, so neither is the
+        # fingerprint. What is missing is named by doctor, and by the run of that rule.
+        return
+    if installed_fingerprint(conn) != fingerprint(policy):
         raise NotMigrated(
             "the installed maintenance rules were generated from another policy or another "
             "maintctl (table or column names, schema); run: maintctl migrate"
@@ -68,7 +231,7 @@ def ensure_current(conn: db.Connection, settings: Settings) -> None:
 
 def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) a policy that names a table or column the application schema lacks,
-    before migrate changes anything."""
+    before migrate changes anything; and a naive_time_zone the server does not know."""
     policy = policy_of(settings)
     missing = missing_columns(conn, policy, with_added=False)
     if missing:
@@ -77,6 +240,8 @@ def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_statuses(conn, policy)
+    check_time_zone(conn, catalog_policy(conn, settings))
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> None:
@@ -95,7 +260,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
     without blocking writes, then the fingerprint records what was installed. The thresholds,
     not part of the fingerprint, are the pg_cron procedure's defaults: when they changed, the
     functions are installed anew too."""
-    policy = policy_of(settings)
+    policy = catalog_policy(conn, settings)
     generated = installation(policy, thresholds_of(settings))
     current = installed_fingerprint(conn) == generated.fingerprint
     if current and _indexes_ready(conn, policy, generated) and _procedure_current(conn, generated):
@@ -107,6 +272,8 @@ def install(conn: db.Connection, settings: Settings) -> bool:
             + ", ".join(missing)
             + " (see maintctl config)"
         )
+    check_statuses(conn, policy)
+    check_time_zone(conn, policy)
     with db.transaction(conn, settings):
         for statement in (*generated.columns, *generated.functions):
             conn.execute(statement)

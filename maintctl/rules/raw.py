@@ -26,6 +26,6 @@ RULE = Rule(
         "run_status": Column("runs", source="stuck", source_key="status_column"),
         "run_ended_at": Column("runs", ("finished_at", "started_at", "created_at")),
     },
-    values={"failed": Value(source="stuck")},
+    values={"failed": Value(source="stuck", column="run_status")},
     changes="items",
 )

@@ -20,7 +20,7 @@ RULE = Rule(
         "key": Column("runs", "id"),
         "status_column": Column("runs", "status"),
         "last_seen": Column("runs", ("heartbeat_at", "started_at", "created_at")),
-        "finished_at": Column("runs", "finished_at"),
+        "finished_at": Column("runs", "finished_at", written=True),
         "error_column": Column("runs", "error_message"),
     },
     values={"running": Value(("processing",)), "failed": Value("failed")},

@@ -42,13 +42,13 @@ create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
   out rows integer, out next_position jsonb, out removed jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'endedAt')::timestamptz, '-infinity');
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   upto_at timestamptz;
-  upto_id bigint;
+  upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
@@ -62,7 +62,7 @@ begin
   offset p_batch_size - 1 limit 1;
   if upto_at is null then
     upto_at := p_cutoff;
-    upto_id := 0;
+    upto_id := null;
   else
     more := exists (select 1 from {jobs} j
                      where {j.status_column} in ({finished}) and {j.compacted_at} is null
@@ -157,7 +157,7 @@ begin
     end;
     removed := maintenance.archive_document(p_archive, 'compact', removed);
   end if;
-  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id::text) end;
 end
 $$;
 
@@ -165,7 +165,7 @@ $$;
 create or replace function maintenance.compact_old_import_jobs(
   compact_after interval default {default_older_than}, batch_size integer default 5000,
   force boolean default false) returns bigint
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   cutoff timestamptz := now() - maintenance.absolute(compact_after);

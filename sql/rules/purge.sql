@@ -22,13 +22,13 @@ create or replace function {step_function}(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
   out rows integer, out next_position jsonb, out removed jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'at')::timestamptz, '-infinity');
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   upto_at timestamptz;
-  upto_id bigint;
+  upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
@@ -40,7 +40,7 @@ begin
   offset p_batch_size - 1 limit 1;
   if upto_at is null then
     upto_at := p_cutoff;
-    upto_id := 0;
+    upto_id := null;
   else
     more := exists (select 1 from {target} t
                      where {t.time_column} < p_cutoff and {t.where}
@@ -72,6 +72,6 @@ begin
     select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
   end;
   removed := maintenance.archive_document(p_archive, 'delete', removed);
-  next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id::text) end;
 end
 $$;

@@ -35,13 +35,16 @@ create or replace function maintenance.purge_raw_items_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
   out rows integer, out next_position jsonb, out removed jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
-  from_run bigint := coalesce((p_position ->> 'runId')::bigint, 0);
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
-  run bigint;
-  upto_id bigint;
+  -- The run in progress and its last item deleted, each in its column's own type ({type.run_key},
+  -- {type.key}); null at the start. past_run: that run is done, the walk goes on after it.
+  from_run {type.run_key} := (p_position ->> 'runId')::{type.run_key};
+  after_id {type.key} := (p_position ->> 'id')::{type.key};
+  past_run boolean := false;
+  run {type.run_key};
+  upto_id {type.key};
   deleted integer;
   deleted_rows jsonb;
   parts jsonb[] := array[]::jsonb[];
@@ -56,42 +59,63 @@ begin
       from {runs} r
      cross join lateral (select {i.key} from {items} i
                           where {i.run_column} = {r.run_key}
-                            and {i.key} > case when {r.run_key} = from_run then after_id else 0 end
+                            and ({r.run_key} is distinct from from_run or after_id is null
+                                 or {i.key} > after_id)
                           order by {i.key}
                           limit 1) as has_items
      where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
-       and {r.run_key} >= from_run
+       and (from_run is null or {r.run_key} > from_run
+            or (not past_run and {r.run_key} = from_run))
      order by {r.run_key}
      limit 1
      for share of r skip locked;
     exit when run is null;  -- no eligible run has items left: the walk is done
-    if run > from_run then
-      after_id := 0;
+    if run is distinct from from_run then
+      after_id := null;
     end if;
     upto_id := null;
-    select {i.key} into upto_id
-      from {items} i
-     where {i.run_column} = run and {i.key} > after_id
-     order by {i.key}
-    offset p_batch_size - rows - 1 limit 1;
-    with gone as (
-      delete from {items} i
-       where {i.run_column} = run and {i.key} > after_id and (upto_id is null or {i.key} <= upto_id)
-      returning case when p_archive is not null then to_jsonb(i) end as whole
-    )
-    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
-      into deleted, deleted_rows
-      from gone;
+    -- Two statements each, so that each is a plain range of the (run, key) index.
+    if after_id is null then
+      select {i.key} into upto_id
+        from {items} i
+       where {i.run_column} = run
+       order by {i.key}
+      offset p_batch_size - rows - 1 limit 1;
+      with gone as (
+        delete from {items} i
+         where {i.run_column} = run and (upto_id is null or {i.key} <= upto_id)
+        returning case when p_archive is not null then to_jsonb(i) end as whole
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
+        into deleted, deleted_rows
+        from gone;
+    else
+      select {i.key} into upto_id
+        from {items} i
+       where {i.run_column} = run and {i.key} > after_id
+       order by {i.key}
+      offset p_batch_size - rows - 1 limit 1;
+      with gone as (
+        delete from {items} i
+         where {i.run_column} = run and {i.key} > after_id
+           and (upto_id is null or {i.key} <= upto_id)
+        returning case when p_archive is not null then to_jsonb(i) end as whole
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
+        into deleted, deleted_rows
+        from gone;
+    end if;
     rows := rows + deleted;
     if deleted_rows is not null then
       parts := parts || deleted_rows;
     end if;
     if upto_id is not null then  -- the batch is full; this run may have more
-      next_position := jsonb_build_object('runId', run, 'id', upto_id);
+      next_position := jsonb_build_object('runId', run::text, 'id', upto_id::text);
       exit;
     end if;
-    from_run := run + 1;
-    after_id := 0;
+    from_run := run;
+    past_run := true;
+    after_id := null;
   end loop;
   if p_archive is not null then
     removed := maintenance.archive_document(p_archive, 'delete',

@@ -1,7 +1,8 @@
 -- The stuck rule: runs in a running status with no sign of life since the cutoff become failed.
 -- A template, filled in by `maintctl migrate` from the rule's definition (maintctl/rules/stuck.py)
 -- and the policy: every {placeholder} is an identifier (quoted by psycopg.sql) or a literal of the
--- policy; {r.name} is a column of the runs table qualified by its alias r.
+-- policy; {r.name} is a column of the runs table qualified by its alias r. {search_path} is the
+-- steps' (pg_catalog, the application schema, pg_temp): the application's triggers fire in them.
 
 -- section: indexes
 -- index: runs processing
@@ -30,7 +31,7 @@ create or replace function maintenance.mark_stuck_runs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
   out rows integer, out next_position jsonb, out removed jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 begin
   with picked as (
@@ -45,7 +46,7 @@ begin
   ), marked as (
     update {runs} r
        set {status_column} = {failed},
-           {finished_at} = now(),
+           {finished_at} = {now.finished_at},
            {error_column} = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
                                    maintenance.duration_text(p_threshold))
       from picked

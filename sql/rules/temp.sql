@@ -20,6 +20,10 @@ $$;
 -- Walks (created_at, key) in index order. The boundary is the batch_size-th eligible key after the
 -- position (an index-only scan); the DELETE takes the plain key range up to it. Equal created_at
 -- values are split by the key, so ties at a batch edge are neither skipped nor taken twice.
+-- The key is of the column's own type ({type.key}, from the catalog). At the start the position's
+-- key is null, and so is the boundary's when fewer than a batch are left: a row comparison stops
+-- at its first unequal member, so (created_at, key) > ('-infinity', null) holds for every finite
+-- created_at and (created_at, key) <= (cutoff, null) for every created_at before the cutoff.
 --
 -- Row locks: a step first runs without SKIP LOCKED (a plain range statement is several times
 -- cheaper) but waits at most 50 ms for a lock; if the application holds a row of the range, that
@@ -32,13 +36,13 @@ create or replace function maintenance.purge_temp_uploads_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
   out rows integer, out next_position jsonb, out removed jsonb)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
+language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_at timestamptz := coalesce((p_position ->> 'createdAt')::timestamptz, '-infinity');
-  after_id bigint := coalesce((p_position ->> 'id')::bigint, 0);
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   upto_at timestamptz;
-  upto_id bigint;
+  upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
 begin
@@ -49,7 +53,7 @@ begin
   offset p_batch_size - 1 limit 1;
   if upto_at is null then  -- fewer than a batch left: this step takes them all
     upto_at := p_cutoff;
-    upto_id := 0;
+    upto_id := null;
   else  -- exactly a batch left: this is the last step too
     more := exists (select 1 from {uploads} t
                      where {t.created_at} < p_cutoff
@@ -67,7 +71,7 @@ begin
                 case when p_archive is not null then to_jsonb(t) end as whole
     ), recorded as (
       insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+      select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
         from gone where {has.storage_path} having count(*) > 0
       returning 1
     )
@@ -88,13 +92,13 @@ begin
                 case when p_archive is not null then to_jsonb(t) end as whole
     ), recorded as (
       insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-      select p_run_id, array_agg(gone.key), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+      select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
         from gone where {has.storage_path} having count(*) > 0
       returning 1
     )
     select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
   end;
   removed := maintenance.archive_document(p_archive, 'delete', removed);
-  next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id) end;
+  next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id::text) end;
 end
 $$;
