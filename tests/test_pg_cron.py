@@ -74,15 +74,18 @@ def test_procedure_with_thresholds_and_small_batches(conn: Conn) -> None:
 
 def test_procedure_respects_the_pause_and_the_run_lease(cli: Cli, conn: Conn, db_url: str) -> None:
     load_sample(conn)
-    cli("pause")
+    cli("pause", "--reason", "restoring a backup")
     paused = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
+    refused = cli("run")  # the CLI, stopped by the same pause
     cli("resume")
     with psycopg.connect(db_url, autocommit=True) as other:
         hold_run_lease(other, "cron-host-a")
         locked = conn.execute("call maintenance.run_maintenance_cleanup()").fetchone()
 
     assert paused is not None
-    assert "paused" in paused[0]["skipped"]
+    assert paused[0]["skipped"].startswith("maintenance is paused since ")
+    assert paused[0]["skipped"].endswith(": restoring a backup (maintctl resume)")
+    assert refused.stderr.splitlines()[-1] == f"maintctl: error: {paused[0]['skipped']}"
     assert locked is not None
     assert locked[0]["skipped"].startswith(
         "another maintenance run is in progress (host cron-host-a, started "

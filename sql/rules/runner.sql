@@ -87,8 +87,13 @@ begin
   run_thresholds := jsonb_strip_nulls(
     jsonb_build_object({thresholds_json}, 'batchSize', batch_size));
 
-  select format('maintenance is paused by %s: %s (maintctl resume)',
-                coalesce(p.paused_by, '?'), coalesce(p.reason, 'no reason given'))
+  -- Worded as the CLI words it (maintctl.ledger.pause_sentence), so the ledger reads the same
+  -- whichever of the two a pause stopped.
+  select 'maintenance is paused'
+         || coalesce(to_char(p.paused_at at time zone 'UTC', ' "since" YYYY-MM-DD HH24:MI "UTC"'), '')
+         || coalesce(' by ' || nullif(p.paused_by, ''), '')
+         || coalesce(': ' || nullif(p.reason, ''), '')
+         || ' (maintctl resume)'
     into skipped_because
     from maintenance.pause p where p.paused;
   if skipped_because is null
