@@ -70,6 +70,7 @@ class PrivateServer:
             "-R",
             "-X",
             "stream",
+            "--checkpoint=fast",  # not a spread checkpoint's minutes
         )
         return standby
 
@@ -126,7 +127,7 @@ def _has_user(pwd: object, name: str) -> bool:
     return True
 
 
-def _private_root() -> Path:
+def private_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="maintctl-private-pg-"))
     root.chmod(0o755)
     return root
@@ -136,7 +137,7 @@ def _private_root() -> Path:
 def replicated_servers() -> Iterator[tuple[PrivateServer, PrivateServer]]:
     """A running primary (wal_level=logical, so a test may add a logical slot) and its running
     streaming standby, each in a directory and on a port of its own; removed at the end."""
-    primary_root, standby_root = _private_root(), _private_root()
+    primary_root, standby_root = private_root(), private_root()
     primary = PrivateServer(primary_root)
     primary.options = ["-c wal_level=logical", "-c wal_sender_timeout=0"]
     servers = [primary]
@@ -158,7 +159,7 @@ def replicated_servers() -> Iterator[tuple[PrivateServer, PrivateServer]]:
 @pytest.fixture
 def private_server() -> Iterator[PrivateServer]:
     """A stopped private server (the test starts it when it wants); removed at the end."""
-    root = _private_root()
+    root = private_root()
     server = PrivateServer(root)
     try:
         yield server

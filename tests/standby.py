@@ -7,44 +7,21 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 
-from tests.pooler import free_port
-from tests.private_server import PrivateServer
+from tests.private_server import PrivateServer, private_root
 
 
 @contextlib.contextmanager
 def hot_standby(primary: PrivateServer) -> Iterator[PrivateServer]:
     """A started standby of the (started) primary, replaying what the primary had committed
     when it was made; stopped and removed at the end."""
-    root = Path(tempfile.mkdtemp(prefix="maintctl-standby-pg-"))
-    root.chmod(0o755)
-    standby = PrivateServer.__new__(PrivateServer)
-    standby.bin, standby.root, standby.data = primary.bin, root, root / "data"
-    standby.port, standby.user = free_port(), primary.user
-    if standby.user is not None:
-        shutil.chown(root, standby.user)
+    root = private_root()
+    standby = primary.standby(root)
     try:
-        standby._run(
-            "pg_basebackup",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(primary.port),
-            "-U",
-            "postgres",
-            "-D",
-            str(standby.data),
-            "-R",
-            "-X",
-            "stream",
-            "--checkpoint=fast",  # not a spread checkpoint's minutes
-        )
         standby.start()
         _wait_for_recovery(standby)
         yield standby

@@ -20,7 +20,7 @@ OLD = "select count(*) from temp_uploads"
 IN_OUTBOX = "select count(*) from maintenance.storage_outbox_files"
 IN_BOTH = (
     "select count(*) from temp_uploads t "
-    "join maintenance.storage_outbox_files f on f.upload_id = t.id"
+    "join maintenance.storage_outbox_files f on f.upload_id = t.id::text"
 )
 
 
