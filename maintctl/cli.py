@@ -331,43 +331,46 @@ def command(name: str, example: str, group: typer.Typer = app) -> Callable[[Comm
     def register(function: Command) -> Command:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> None:
-            from maintctl.policy import config_flag
+            from maintctl.policy import config_flag_set
 
-            config_flag.set(kwargs.pop("config", None))
-            debug = bool(kwargs.get("debug"))
-            json_output = bool(kwargs.get("json_output"))
-            # The driver's own warnings (a rollback that failed after an interrupt, say) would
-            # add lines to the one-line error; --debug shows them.
-            logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
-            _configure_log(kwargs.get("log_format"), bool(kwargs.get("quiet")))
-            try:
-                code = function(*args, **kwargs)
-            except MaintctlError as exc:
-                if debug:
-                    _traceback()
-                _fail(exc.message, exc.exit_code, json_output)
-                raise typer.Exit(exc.exit_code) from None
-            except KeyboardInterrupt as exc:
-                signal_name, exit_code = (
-                    ("SIGTERM", ExitCode.SIGTERM)
-                    if isinstance(exc, Terminated)
-                    else ("SIGINT", ExitCode.SIGINT)
-                )
-                batch = BATCH_ROLLED_BACK in getattr(exc, "__notes__", ())
-                _error(
-                    f"interrupted by {signal_name}" + (f"; {BATCH_ROLLED_BACK}" if batch else "")
-                )
-                raise typer.Exit(exit_code) from None
-            except typer.Exit:
-                raise
-            except Exception as exc:
-                if debug:
-                    _traceback()
-                hint = "" if debug else " (run again with --debug for the traceback)"
-                said = f"internal error: {type(exc).__name__}: {exc}{hint}"
-                _fail(said, ExitCode.SOFTWARE, json_output)
-                raise typer.Exit(ExitCode.SOFTWARE) from None
-            raise typer.Exit(code or 0)
+            # The file of this command only: a later command in the same process (the Python
+            # API, a test) must not inherit it.
+            with config_flag_set(kwargs.pop("config", None)):
+                debug = bool(kwargs.get("debug"))
+                json_output = bool(kwargs.get("json_output"))
+                # The driver's own warnings (a rollback that failed after an interrupt, say) would
+                # add lines to the one-line error; --debug shows them.
+                logging.getLogger("psycopg").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+                _configure_log(kwargs.get("log_format"), bool(kwargs.get("quiet")))
+                try:
+                    code = function(*args, **kwargs)
+                except MaintctlError as exc:
+                    if debug:
+                        _traceback()
+                    _fail(exc.message, exc.exit_code, json_output)
+                    raise typer.Exit(exc.exit_code) from None
+                except KeyboardInterrupt as exc:
+                    signal_name, exit_code = (
+                        ("SIGTERM", ExitCode.SIGTERM)
+                        if isinstance(exc, Terminated)
+                        else ("SIGINT", ExitCode.SIGINT)
+                    )
+                    batch = BATCH_ROLLED_BACK in getattr(exc, "__notes__", ())
+                    _error(
+                        f"interrupted by {signal_name}"
+                        + (f"; {BATCH_ROLLED_BACK}" if batch else "")
+                    )
+                    raise typer.Exit(exit_code) from None
+                except typer.Exit:
+                    raise
+                except Exception as exc:
+                    if debug:
+                        _traceback()
+                    hint = "" if debug else " (run again with --debug for the traceback)"
+                    said = f"internal error: {type(exc).__name__}: {exc}{hint}"
+                    _fail(said, ExitCode.SOFTWARE, json_output)
+                    raise typer.Exit(ExitCode.SOFTWARE) from None
+                raise typer.Exit(code or 0)
 
         # Every command takes --config: the policy file its settings read.
         signature = inspect.signature(function, eval_str=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
@@ -35,6 +36,16 @@ FROM_FILE = "file"
 
 # The --config flag of the command being run (None: not given).
 config_flag: ContextVar[str | None] = ContextVar("config_flag", default=None)
+
+
+@contextmanager
+def config_flag_set(path: str | None) -> Iterator[None]:
+    """`--config` for the duration of one command."""
+    token = config_flag.set(path)
+    try:
+        yield
+    finally:
+        config_flag.reset(token)
 
 
 @dataclass(frozen=True)

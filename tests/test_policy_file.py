@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from maintctl.api import Maintenance
 from tests.conftest import Cli, _create_database, _drop_database, make_cli, unique_name
 from tests.data import Conn, count
 
@@ -709,3 +710,18 @@ def test_uploads_without_files_are_purged_with_no_outbox(
     with psycopg.connect(bare_db_url) as conn:
         assert count(conn, "select count(*) from temp_uploads") == 1
         assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
+
+
+def test_a_config_flag_lasts_one_command_in_a_process(cli: Cli, tmp_path: Path) -> None:
+    # The Python API, maintctl serve and the tests run many commands in one process: a --config
+    # given to one must not become the policy file of the next.
+    policy = tmp_path / "elsewhere" / "policy.toml"
+    policy.parent.mkdir()
+    policy.write_text('schema = "other"\n')
+
+    given = json.loads(cli("config", "--config", str(policy), "--json").stdout)
+    after = Maintenance.from_environment().config({})
+
+    assert (given["file"], given["values"]["schema"]["value"]) == (str(policy), "other")
+    schema = next(resolved.value for resolved in after.values if resolved.key == "schema")
+    assert (after.file, schema) == (None, "public")
