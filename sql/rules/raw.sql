@@ -54,21 +54,35 @@ begin
   loop
     -- The lateral probe asks the (run, key) index of each candidate run whether items are left:
     -- its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that a
-    -- sequential scan finds one soon.
-    select {r.run_key} into run
-      from {runs} r
-     cross join lateral (select {i.key} from {items} i
-                          where {i.run_column} = {r.run_key}
-                            and ({r.run_key} is distinct from from_run or after_id is null
-                                 or {i.key} > after_id)
-                          order by {i.key}
-                          limit 1) as has_items
-     where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
-       and (from_run is null or {r.run_key} > from_run
-            or (not past_run and {r.run_key} = from_run))
-     order by {r.run_key}
-     limit 1
-     for share of r skip locked;
+    -- sequential scan finds one soon. Two statements, so that after the first run the walk starts
+    -- at from_run by an index condition: an OR with a test of from_run for null would make every probe
+    -- start again at the first failed run, each step reading every run the walk has passed.
+    if from_run is null then
+      select {r.run_key} into run
+        from {runs} r
+       cross join lateral (select {i.key} from {items} i
+                            where {i.run_column} = {r.run_key}
+                            order by {i.key}
+                            limit 1) as has_items
+       where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+       order by {r.run_key}
+       limit 1
+       for share of r skip locked;
+    else
+      select {r.run_key} into run
+        from {runs} r
+       cross join lateral (select {i.key} from {items} i
+                            where {i.run_column} = {r.run_key}
+                              and ({r.run_key} <> from_run or after_id is null
+                                   or {i.key} > after_id)
+                            order by {i.key}
+                            limit 1) as has_items
+       where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+         and {r.run_key} >= from_run and ({r.run_key} > from_run or not past_run)
+       order by {r.run_key}
+       limit 1
+       for share of r skip locked;
+    end if;
     exit when run is null;  -- no eligible run has items left: the walk is done
     if run is distinct from from_run then
       after_id := null;
