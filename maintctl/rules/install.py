@@ -232,7 +232,12 @@ def ensure_current(conn: db.Connection, settings: Settings) -> None:
 def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
     """Refuse (exit 78) a policy that names a table or column the application schema lacks,
     before migrate changes anything; and a naive_time_zone the server does not know."""
-    policy = policy_of(settings)
+    refuse_unfit(conn, catalog_policy(conn, settings))
+
+
+def refuse_unfit(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) a policy whose tables or columns the schema lacks, a status its enum
+    lacks, or a naive_time_zone the server does not know: checked before anything changes."""
     missing = missing_columns(conn, policy, with_added=False)
     if missing:
         raise ConfigError(
@@ -241,7 +246,7 @@ def check_rule_columns(conn: db.Connection, settings: Settings) -> None:
             + " (see maintctl config)"
         )
     check_statuses(conn, policy)
-    check_time_zone(conn, catalog_policy(conn, settings))
+    check_time_zone(conn, policy)
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> None:
@@ -265,15 +270,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
     current = installed_fingerprint(conn) == generated.fingerprint
     if current and _indexes_ready(conn, policy, generated) and _procedure_current(conn, generated):
         return False
-    missing = missing_columns(conn, policy, with_added=False)
-    if missing:
-        raise ConfigError(
-            f"in schema {policy.schema!r}, missing: "
-            + ", ".join(missing)
-            + " (see maintctl config)"
-        )
-    check_statuses(conn, policy)
-    check_time_zone(conn, policy)
+    refuse_unfit(conn, policy)
     with db.transaction(conn, settings):
         for statement in (*generated.columns, *generated.functions):
             conn.execute(statement)
