@@ -189,7 +189,8 @@ def start_slow_purge(
     conn: Conn, db_url: str, *, rows: int, seconds_per_row: float
 ) -> subprocess.Popen[str]:
     """`maintctl purge-temp --quiet` (errors only on stderr) in two-row batches over slow
-    deletes, once two batches committed."""
+    deletes, once two batches committed and a third is in flight (its session sleeps in the
+    delete trigger: a signal sent now lands inside that batch, not in the moment between two)."""
     conn.execute(
         "insert into temp_uploads (created_at, storage_path) "
         "select now() - interval '2 days', 'f' || n from generate_series(1, %s) n",
@@ -204,9 +205,13 @@ def start_slow_purge(
         text=True,
     )
     deadline = time.monotonic() + 30
-    while count(conn, "select count(*) from temp_uploads") > rows - 4:
+    in_delete = (
+        "select count(*) from pg_stat_activity where datname = current_database() "
+        "and application_name = 'maintctl' and wait_event = 'PgSleep'"
+    )
+    while count(conn, "select count(*) from temp_uploads") > rows - 4 or not count(conn, in_delete):
         assert time.monotonic() < deadline, "the purge never got going"
-        time.sleep(0.05)
+        time.sleep(0.01)
     return process
 
 
