@@ -203,6 +203,9 @@ class Step:
 
     rows: int
     next_position: dict[str, Any] | None
+    # Rows the rule could not change, left as they are (maintenance.rule_step): each's key, the
+    # error and the constraint.
+    blocked: list[dict[str, Any]] | None = None
     archive_action: str | None = None
     archive_columns: list[str] | None = None
     archive_rows: str | None = None
@@ -328,6 +331,7 @@ def run_task(
                 return tally.result("ok")
             if not force and (refusal := limits.anomaly(conn, settings, task.name, count_eligible)):
                 return tally.result("failed", refusal)
+            tally.snapshot = db.fetch_value(conn, "snapshot")
             total = count_eligible() if on_batch is not None else None
             tally.gate = gate = health.Gate(conn, settings, heartbeat)
             max_rows = settings.max_rows
@@ -357,15 +361,14 @@ def run_task(
                     except BatchTimedOut as exc:
                         tally.batch_size = _smaller_after_timeout(batch_size, exc)
                         continue
-                    tally.rows += step.rows
-                    tally.batches += 1
+                    tally.add(step)
                     position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
                 tally.resize(batch_size, settings.batch_size, time.monotonic() - batch_started)
                 if position is None:
                     gate.finish()
-                    return tally.result("ok")
+                    return _walked(conn, settings, task, tally, heartbeat)
                 if (reached := _limit_reached(tally.rows, max_rows, deadline)) is not None:
                     return stop(gate, reached)
     except TaskError as exc:
@@ -391,6 +394,14 @@ class _Tally:
     cutoffs: dict[str, str] | None = None  # a rule with a threshold per status: each status's
     remaining: int | None = None
     gate: Gate | None = None  # counts the WAL and the waits of a real run
+    blocked: list[dict[str, Any]] = field(default_factory=list)  # rows left as they are
+    snapshot: str | None = None  # the rows the database held when the task began
+
+    def add(self, step: Step) -> None:
+        """Count a committed batch."""
+        self.rows += step.rows
+        self.batches += 1
+        self.blocked += step.blocked or []
 
     def resize(self, size: int, configured: int, seconds: float) -> None:
         """After a batch of `size` rows took `seconds`: the first is a probe, the others adapt."""
@@ -419,6 +430,53 @@ class _Tally:
 
 
 MAX_ROWS_REACHED = "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on"
+
+
+def _walked(
+    conn: Connection, settings: Settings, task: Task, tally: _Tally, heartbeat: Heartbeat | None
+) -> TaskResult:
+    """The result of a task whose walk went to its end: ok only when no row the rule selects at
+    the task's cutoff, of those there when it began, is still there but those another session
+    holds (left to the application; the next run takes them). A row it could not change fails
+    the task, named (blocked), and so does a row whose change left no trace and no error: a
+    BEFORE trigger that cancelled the DML."""
+    from psycopg import sql
+
+    from maintctl import db
+
+    # Counted up to a bound: the check locks what it counts, for as long as it counts.
+    limit = len(tally.blocked) + LEFT_CHECK_LIMIT
+    left_function = {"left": sql.Identifier("maintenance", task.left_function)}
+    params = {
+        "cutoff": tally.cutoff,
+        "limit": limit,
+        "cutoffs": db.jsonb(tally.cutoffs),
+        "snapshot": tally.snapshot,
+    }
+    with db.transaction(conn, settings):
+        if heartbeat is not None:
+            heartbeat.beat(conn)
+        left = db.fetch_composed(conn, "rule_left", left_function, params, Count).rows
+        blocked = (
+            db.fetch_value(conn, "blocked_sentence", {"blocked": db.jsonb(tally.blocked)})
+            if tally.blocked
+            else None
+        )
+    unchanged = left - len(tally.blocked)
+    if blocked is None and unchanged <= 0:
+        return tally.result("ok")
+    tally.remaining = left
+    said = [blocked] if blocked is not None else []
+    if unchanged > 0:
+        said.append(
+            f"{'at least ' if left >= limit else ''}{unchanged} row(s) the rule selects are "
+            "still there unchanged after its walk (a trigger that cancels the change?)"
+        )
+    return tally.result("failed", "; ".join(said) + "; the rest of the rule ran")
+
+
+# What the last check of a task counts at most, beyond the rows it knows were blocked.
+LEFT_CHECK_LIMIT = 1000
 
 
 def _limit_reached(rows: int, max_rows: int | None, deadline: float | None) -> str | None:

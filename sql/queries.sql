@@ -653,16 +653,29 @@ comment on index {index} is {comment};
 -- name: rule_step
 -- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql);
 -- with %(archive)s (not null), what it removed, as maintenance.archive_lines gives it (0012).
-select s.rows, s.next_position, a.*
+select s.rows, s.next_position, s.blocked, a.*
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
                            %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
                            %(archive)s::text[]) as s
 cross join maintenance.archive_lines(s.removed) as a;
 
+-- name: blocked_sentence
+-- How a task words the rows it left as they are (maintenance.blocked_sentence, sql/rules/runner.sql).
+select maintenance.blocked_sentence(%(blocked)s::jsonb) as sentence;
+
 -- name: rule_count
 -- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;
 -- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
 select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
+
+-- name: rule_left
+-- What a rule's finished walk left of the rows it selects that were there at %(snapshot)s, but
+-- for those another session holds, up to %(limit)s rows: through its _left function.
+select {left}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb, %(snapshot)s::pg_snapshot) as rows;
+
+-- name: snapshot
+-- The moment a task begins, as the rows it can see then.
+select pg_current_snapshot()::text as snapshot;
 
 -- name: cutoffs
 -- The cutoffs of several thresholds at one moment (the database's clock), in their order.

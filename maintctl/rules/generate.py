@@ -315,6 +315,7 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
     if rule.purge:
         found["step_function"] = sql.Identifier("maintenance", rule.step_function)
         found["count_function"] = sql.Identifier("maintenance", rule.count_function)
+        found["left_function"] = sql.Identifier("maintenance", rule.left_function)
         # The one piece of SQL text of the policy, checked by maintctl.rules.purge.check_where.
         found["where"] = found["t.where"] = (
             sql.SQL("({})").format(sql.SQL(rule.where)) if rule.where else sql.SQL("true")
@@ -412,12 +413,12 @@ def runner_placeholders(
     from maintctl.settings import camel
 
     given = thresholds or default_thresholds()
-    dispatch = sql.SQL("\n  ").join(
+    dispatch = sql.SQL("\n    ").join(
         sql.SQL(
             "{keyword} p_rule = {name} then\n"
-            "    select s.rows, s.next_position, s.removed into rows, next_position, removed\n"
-            "      from {step}(p_cutoff, p_threshold, p_batch_size, p_position, p_run_id,\n"
-            "                  p_cutoffs, p_archive) as s;"
+            "      select * into piece\n"
+            "        from {step}(p_cutoff, p_threshold, piece_size, next_position, p_run_id,\n"
+            "                    p_cutoffs, p_archive);"
         ).format(
             keyword=sql.SQL("if" if position == 0 else "elsif"),
             name=sql.Literal(rule.name),

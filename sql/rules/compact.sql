@@ -31,6 +31,26 @@ as $$
     limit p_limit) as found
 $$;
 
+-- What a finished walk left of the rows the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
+-- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
+-- not happen (a trigger that cancels them) never reports ok.
+create or replace function maintenance.count_old_import_jobs_left(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
+returns bigint
+language sql volatile set search_path = pg_catalog, pg_temp set enable_seqscan = off
+as $$
+  select count(*) from (
+    select from {jobs} j
+    where {j.status_column} in ({finished})
+      and {j.compacted_at} is null
+      and {j.ended_at} < p_cutoff
+      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+      and maintenance.existed_at(j.xmin, p_snapshot)
+    limit p_limit
+    for update skip locked) as found
+$$;
+
 -- The same walk as temp's, over (ended_at, key) in the partial index. With a threshold per status,
 -- p_cutoffs holds each status's cutoff and p_cutoff the latest of them, which bounds the walk.
 --
@@ -38,10 +58,14 @@ $$;
 -- among them), the range is locked first and updated through the lock, and `removed` holds each
 -- row's previous values of those columns (action compact; UPDATE ... RETURNING alone sees only
 -- the new ones); without it, the plain range UPDATE.
+--
+-- A job the UPDATE cannot change (a trigger that raises, a check): the step rolls back to its start
+-- and `blocked` says why, with the key of the range's last job; maintenance.rule_step splits the
+-- batch until that job is alone, and goes past it.
 create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -51,6 +75,8 @@ declare
   upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
+  failure text;
+  failed_constraint text;
 begin
   select {j.ended_at}, {j.key} into upto_at, upto_id
     from {jobs} j
@@ -70,58 +96,32 @@ begin
       and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
                        and ({j.ended_at}, {j.key}) > (upto_at, upto_id));
   end if;
-  if p_archive is null then  -- the plain range UPDATE
-    begin
-      perform set_config('lock_timeout', '50ms', true);
-      update {jobs} j
-         set {summary_column} = maintenance.import_job_summary(
-               {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
-             {set_null.clear},
-             {compacted_at} = now()
-       where {j.status_column} in ({finished}) and {j.compacted_at} is null
-         and {j.ended_at} < p_cutoff
-        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
-         and ({j.ended_at}, {j.key}) > (after_at, after_id)
-         and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
-      get diagnostics rows = row_count;
-      perform set_config('lock_timeout', configured_lock_timeout, true);
-    exception when lock_not_available then
-      with picked as (
-        select {j.key} as key from {jobs} j
+  begin
+    if p_archive is null then  -- the plain range UPDATE
+      begin
+        perform set_config('lock_timeout', '50ms', true);
+        update {jobs} j
+           set {summary_column} = maintenance.import_job_summary(
+                 {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+               {set_null.clear},
+               {compacted_at} = now()
          where {j.status_column} in ({finished}) and {j.compacted_at} is null
            and {j.ended_at} < p_cutoff
-        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+          and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
            and ({j.ended_at}, {j.key}) > (after_at, after_id)
-           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
-        for update skip locked
-      )
-      update {jobs} j
-         set {summary_column} = maintenance.import_job_summary(
-               {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
-             {set_null.clear},
-             {compacted_at} = now()
-        from picked
-       where {j.key} = picked.key
-         and {j.status_column} in ({finished}) and {j.compacted_at} is null
-         and {j.ended_at} < p_cutoff
-        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
-      get diagnostics rows = row_count;
-    end;
-  else
-    -- With the archive: the range is locked first (the values read are the latest committed), then
-    -- updated through the lock; RETURNING pairs each row with the values it had.
-    begin
-      perform set_config('lock_timeout', '50ms', true);
-      with picked as (
-        select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
-          from {jobs} j
-         where {j.status_column} in ({finished}) and {j.compacted_at} is null
-           and {j.ended_at} < p_cutoff
-        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
-           and ({j.ended_at}, {j.key}) > (after_at, after_id)
-           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
-        for update
-      ), changed as (
+           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id);
+        get diagnostics rows = row_count;
+        perform set_config('lock_timeout', configured_lock_timeout, true);
+      exception when lock_not_available then
+        with picked as (
+          select {j.key} as key from {jobs} j
+           where {j.status_column} in ({finished}) and {j.compacted_at} is null
+             and {j.ended_at} < p_cutoff
+          and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+             and ({j.ended_at}, {j.key}) > (after_at, after_id)
+             and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+          for update skip locked
+        )
         update {jobs} j
            set {summary_column} = maintenance.import_job_summary(
                  {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
@@ -129,34 +129,67 @@ begin
                {compacted_at} = now()
           from picked
          where {j.key} = picked.key
-        returning picked.old
-      )
-      select count(*), jsonb_agg(changed.old) into rows, removed from changed;
-      perform set_config('lock_timeout', configured_lock_timeout, true);
-    exception when lock_not_available then
-      with picked as (
-        select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
-          from {jobs} j
-         where {j.status_column} in ({finished}) and {j.compacted_at} is null
+           and {j.status_column} in ({finished}) and {j.compacted_at} is null
            and {j.ended_at} < p_cutoff
-        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
-           and ({j.ended_at}, {j.key}) > (after_at, after_id)
-           and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
-        for update skip locked
-      ), changed as (
-        update {jobs} j
-           set {summary_column} = maintenance.import_job_summary(
-                 {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
-               {set_null.clear},
-               {compacted_at} = now()
-          from picked
-         where {j.key} = picked.key
-        returning picked.old
-      )
-      select count(*), jsonb_agg(changed.old) into rows, removed from changed;
-    end;
-    removed := maintenance.archive_document(p_archive, 'compact', removed);
-  end if;
+          and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff);
+        get diagnostics rows = row_count;
+      end;
+    else
+      -- With the archive: the range is locked first (the values read are the latest committed), then
+      -- updated through the lock; RETURNING pairs each row with the values it had.
+      begin
+        perform set_config('lock_timeout', '50ms', true);
+        with picked as (
+          select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
+            from {jobs} j
+           where {j.status_column} in ({finished}) and {j.compacted_at} is null
+             and {j.ended_at} < p_cutoff
+          and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+             and ({j.ended_at}, {j.key}) > (after_at, after_id)
+             and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+          for update
+        ), changed as (
+          update {jobs} j
+             set {summary_column} = maintenance.import_job_summary(
+                   {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+                 {set_null.clear},
+                 {compacted_at} = now()
+            from picked
+           where {j.key} = picked.key
+          returning picked.old
+        )
+        select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+        perform set_config('lock_timeout', configured_lock_timeout, true);
+      exception when lock_not_available then
+        with picked as (
+          select {j.key} as key, maintenance.archived_columns(to_jsonb(j), p_archive) as old
+            from {jobs} j
+           where {j.status_column} in ({finished}) and {j.compacted_at} is null
+             and {j.ended_at} < p_cutoff
+          and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+             and ({j.ended_at}, {j.key}) > (after_at, after_id)
+             and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+          for update skip locked
+        ), changed as (
+          update {jobs} j
+             set {summary_column} = maintenance.import_job_summary(
+                   {j.status_column}::text, {j.summary_column}, to_jsonb({j.clear[0]}), {j.clear[1]}::text),
+                 {set_null.clear},
+                 {compacted_at} = now()
+            from picked
+           where {j.key} = picked.key
+          returning picked.old
+        )
+        select count(*), jsonb_agg(changed.old) into rows, removed from changed;
+      end;
+      removed := maintenance.archive_document(p_archive, 'compact', removed);
+    end if;
+  exception when integrity_constraint_violation or raise_exception then
+    get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
+    rows := 0;
+    removed := null;
+    blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
+  end;
   next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id::text) end;
 end
 $$;
@@ -176,8 +209,11 @@ begin
   perform maintenance.check_cleanup_arguments(array[compact_after], batch_size, force);
   loop
     select * into step
-      from maintenance.compact_import_jobs_step(cutoff, compact_after, batch_size, position, null,
-                                                null);
+      from maintenance.rule_step('compact', cutoff, compact_after, batch_size, position, null, null);
+    if step.blocked is not null then  -- in the caller's transaction: all or nothing, as before
+      raise exception 'compact_old_import_jobs: %', maintenance.blocked_sentence(step.blocked)
+        using errcode = 'P0001';
+    end if;
     total := total + step.rows;
     position := step.next_position;
     exit when position is null;

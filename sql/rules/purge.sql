@@ -16,12 +16,29 @@ as $$
     select from {target} t where {t.time_column} < p_cutoff and {t.where} limit p_limit) as found
 $$;
 
+-- What a finished walk left of the rows the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
+-- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
+-- not happen (a trigger that cancels them) never reports ok.
+create or replace function {left_function}(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
+returns bigint
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from (
+    select from {target} t
+    where {t.time_column} < p_cutoff and {t.where} and maintenance.existed_at(t.xmin, p_snapshot)
+    limit p_limit
+    for update skip locked) as found
+$$;
+
 -- The walk of temp's step over (time column, key) in the rule's partial index, without an outbox;
 -- with p_archive, `removed` holds each deleted row whole, as temp's does.
+-- A row the DELETE cannot remove: `blocked`, as temp's.
 create or replace function {step_function}(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -31,6 +48,8 @@ declare
   upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
+  failure text;
+  failed_constraint text;
 begin
   select {t.time_column}, {t.key} into upto_at, upto_id
     from {target} t
@@ -47,29 +66,36 @@ begin
                        and ({t.time_column}, {t.key}) > (upto_at, upto_id));
   end if;
   begin
-    perform set_config('lock_timeout', '50ms', true);
-    with gone as (
-      delete from {target} t
-       where {t.time_column} < p_cutoff and {t.where}
-         and ({t.time_column}, {t.key}) > (after_at, after_id)
-         and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
-      returning case when p_archive is not null then to_jsonb(t) end as whole
-    )
-    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
-    perform set_config('lock_timeout', configured_lock_timeout, true);
-  exception when lock_not_available then
-    with picked as (
-      select {t.key} as maintctl_key from {target} t
-       where {t.time_column} < p_cutoff and {t.where}
-         and ({t.time_column}, {t.key}) > (after_at, after_id)
-         and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
-      for update skip locked
-    ), gone as (
-      delete from {target} t using picked
-       where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where}
-      returning case when p_archive is not null then to_jsonb(t) end as whole
-    )
-    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+    begin
+      perform set_config('lock_timeout', '50ms', true);
+      with gone as (
+        delete from {target} t
+         where {t.time_column} < p_cutoff and {t.where}
+           and ({t.time_column}, {t.key}) > (after_at, after_id)
+           and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
+        returning case when p_archive is not null then to_jsonb(t) end as whole
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+      perform set_config('lock_timeout', configured_lock_timeout, true);
+    exception when lock_not_available then
+      with picked as (
+        select {t.key} as maintctl_key from {target} t
+         where {t.time_column} < p_cutoff and {t.where}
+           and ({t.time_column}, {t.key}) > (after_at, after_id)
+           and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
+        for update skip locked
+      ), gone as (
+        delete from {target} t using picked
+         where {t.key} = picked.maintctl_key and {t.time_column} < p_cutoff and {t.where}
+        returning case when p_archive is not null then to_jsonb(t) end as whole
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+    end;
+  exception when integrity_constraint_violation or raise_exception then
+    get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
+    rows := 0;
+    removed := null;
+    blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
   end;
   removed := maintenance.archive_document(p_archive, 'delete', removed);
   next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id::text) end;

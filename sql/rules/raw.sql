@@ -26,15 +26,45 @@ as $$
     limit p_limit) as found
 $$;
 
+-- What a finished walk left of the rows the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for those the runs another session holds (the application's to finish; the
+-- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
+-- not happen (a trigger that cancels them) never reports ok.
+create or replace function maintenance.count_old_raw_items_left(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
+returns bigint
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  free {type.run_key}[];
+begin
+  select array_agg(held.key) into free  -- at most p_limit runs: each has an item at least
+    from (select {r.run_key} as key
+            from {runs} r
+           where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+             and exists (select from {items} i where {i.run_column} = {r.run_key})
+           limit p_limit
+             for share of r skip locked) as held;
+  return (select count(*) from (
+            select from {items} i
+             where {i.run_column} = any (free) and maintenance.existed_at(i.xmin, p_snapshot)
+             limit p_limit) as found);
+end
+$$;
+
 -- Walks the eligible failed runs in key order, and the items of each through (run, key), run after
 -- run until the batch is full. Each run is share-locked (skipping one a worker holds) so that it
 -- cannot be re-queued while its items go. With p_archive, `removed` holds each deleted item whole
 -- (action delete): each run's rows are appended to an array in place (a growing jsonb would be
 -- copied at each run of a batch that spans thousands of small runs) and joined once at the end.
+--
+-- An item the DELETE cannot remove (a foreign key, a trigger that raises): the step rolls back to
+-- its start and `blocked` says why, with the key and position of the last item it tried;
+-- maintenance.rule_step splits the batch until that item is alone, and goes past it.
 create or replace function maintenance.purge_raw_items_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -48,89 +78,99 @@ declare
   deleted integer;
   deleted_rows jsonb;
   parts jsonb[] := array[]::jsonb[];
+  failure text;
+  failed_constraint text;
 begin
   rows := 0;
   next_position := null;
-  loop
-    -- The lateral probe asks the (run, key) index of each candidate run whether items are left:
-    -- its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that a
-    -- sequential scan finds one soon. Two statements, so that after the first run the walk starts
-    -- at from_run by an index condition: an OR with a test of from_run for null would make every probe
-    -- start again at the first failed run, each step reading every run the walk has passed.
-    if from_run is null then
-      select {r.run_key} into run
-        from {runs} r
-       cross join lateral (select {i.key} from {items} i
-                            where {i.run_column} = {r.run_key}
-                            order by {i.key}
-                            limit 1) as has_items
-       where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
-       order by {r.run_key}
-       limit 1
-       for share of r skip locked;
-    else
-      select {r.run_key} into run
-        from {runs} r
-       cross join lateral (select {i.key} from {items} i
-                            where {i.run_column} = {r.run_key}
-                              and ({r.run_key} <> from_run or after_id is null
-                                   or {i.key} > after_id)
-                            order by {i.key}
-                            limit 1) as has_items
-       where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
-         and {r.run_key} >= from_run and ({r.run_key} > from_run or not past_run)
-       order by {r.run_key}
-       limit 1
-       for share of r skip locked;
-    end if;
-    exit when run is null;  -- no eligible run has items left: the walk is done
-    if run is distinct from from_run then
-      after_id := null;
-    end if;
-    upto_id := null;
-    -- Two statements each, so that each is a plain range of the (run, key) index.
-    if after_id is null then
-      select {i.key} into upto_id
-        from {items} i
-       where {i.run_column} = run
-       order by {i.key}
-      offset p_batch_size - rows - 1 limit 1;
-      with gone as (
-        delete from {items} i
-         where {i.run_column} = run and (upto_id is null or {i.key} <= upto_id)
-        returning case when p_archive is not null then to_jsonb(i) end as whole
-      )
-      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
-        into deleted, deleted_rows
-        from gone;
-    else
-      select {i.key} into upto_id
-        from {items} i
-       where {i.run_column} = run and {i.key} > after_id
-       order by {i.key}
-      offset p_batch_size - rows - 1 limit 1;
-      with gone as (
-        delete from {items} i
+  begin
+    loop
+      -- The lateral probe asks the (run, key) index of each candidate run whether items are left:
+      -- its LIMIT keeps the planner from joining every item, its ORDER BY from guessing that a
+      -- sequential scan finds one soon. Two statements, so that after the first run the walk starts
+      -- at from_run by an index condition: an OR with a test of from_run for null would make every probe
+      -- start again at the first failed run, each step reading every run the walk has passed.
+      if from_run is null then
+        select {r.run_key} into run
+          from {runs} r
+         cross join lateral (select {i.key} from {items} i
+                              where {i.run_column} = {r.run_key}
+                              order by {i.key}
+                              limit 1) as has_items
+         where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+         order by {r.run_key}
+         limit 1
+         for share of r skip locked;
+      else
+        select {r.run_key} into run
+          from {runs} r
+         cross join lateral (select {i.key} from {items} i
+                              where {i.run_column} = {r.run_key}
+                                and ({r.run_key} <> from_run or after_id is null
+                                     or {i.key} > after_id)
+                              order by {i.key}
+                              limit 1) as has_items
+         where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
+           and {r.run_key} >= from_run and ({r.run_key} > from_run or not past_run)
+         order by {r.run_key}
+         limit 1
+         for share of r skip locked;
+      end if;
+      exit when run is null;  -- no eligible run has items left: the walk is done
+      if run is distinct from from_run then
+        after_id := null;
+      end if;
+      upto_id := null;
+      -- Two statements each, so that each is a plain range of the (run, key) index.
+      if after_id is null then
+        select {i.key} into upto_id
+          from {items} i
+         where {i.run_column} = run
+         order by {i.key}
+        offset p_batch_size - rows - 1 limit 1;
+        with gone as (
+          delete from {items} i
+           where {i.run_column} = run and (upto_id is null or {i.key} <= upto_id)
+          returning case when p_archive is not null then to_jsonb(i) end as whole
+        )
+        select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
+          into deleted, deleted_rows
+          from gone;
+      else
+        select {i.key} into upto_id
+          from {items} i
          where {i.run_column} = run and {i.key} > after_id
-           and (upto_id is null or {i.key} <= upto_id)
-        returning case when p_archive is not null then to_jsonb(i) end as whole
-      )
-      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
-        into deleted, deleted_rows
-        from gone;
-    end if;
-    rows := rows + deleted;
-    if deleted_rows is not null then
-      parts := parts || deleted_rows;
-    end if;
-    if upto_id is not null then  -- the batch is full; this run may have more
-      next_position := jsonb_build_object('runId', run::text, 'id', upto_id::text);
-      exit;
-    end if;
-    from_run := run;
-    past_run := true;
-    after_id := null;
-  end loop;
+         order by {i.key}
+        offset p_batch_size - rows - 1 limit 1;
+        with gone as (
+          delete from {items} i
+           where {i.run_column} = run and {i.key} > after_id
+             and (upto_id is null or {i.key} <= upto_id)
+          returning case when p_archive is not null then to_jsonb(i) end as whole
+        )
+        select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null)
+          into deleted, deleted_rows
+          from gone;
+      end if;
+      rows := rows + deleted;
+      if deleted_rows is not null then
+        parts := parts || deleted_rows;
+      end if;
+      if upto_id is not null then  -- the batch is full; this run may have more
+        next_position := jsonb_build_object('runId', run::text, 'id', upto_id::text);
+        exit;
+      end if;
+      from_run := run;
+      past_run := true;
+      after_id := null;
+    end loop;
+  exception when integrity_constraint_violation or raise_exception then
+    get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
+    rows := 0;
+    parts := array[]::jsonb[];
+    blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
+    next_position := jsonb_build_object('runId', run::text, 'id', upto_id::text);
+  end;
   if p_archive is not null then
     removed := maintenance.archive_document(p_archive, 'delete',
       (select jsonb_agg(e.value order by p.n, e.n)

@@ -9,17 +9,46 @@
 -- columns whose old values it keeps), `removed` is what the batch removed, for the archive
 -- (docs/archive.md): an object of its action (delete, compact or mark) and its rows; null
 -- without it.
+--
+-- A row the rule cannot change (a foreign key restricting its delete, a trigger that raises, a
+-- check) fails the rule's step, which then rolls back to its start and says so (`blocked`). The
+-- batch is then split: the step is tried again over half as many rows, down to that row alone,
+-- which is left as it is and named in `blocked` (an array of maintenance.blocked_row objects);
+-- the walk goes on past it, and the rest of the batch is done in pieces that double again. A
+-- batch without such a row is one step, as before.
 create or replace function maintenance.rule_step(
   p_rule text, p_cutoff timestamptz, p_threshold interval, p_batch_size integer,
   p_position jsonb, p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
+declare
+  piece_size integer := p_batch_size;  -- of the next piece
+  uncovered integer := p_batch_size;  -- of the batch's rows, those no piece has covered yet
+  piece record;
 begin
-  {step_dispatch}
-  else
-    raise exception 'no maintenance rule named %', p_rule using errcode = 'invalid_parameter_value';
-  end if;
+  rows := 0;
+  next_position := p_position;
+  loop
+    {step_dispatch}
+    else
+      raise exception 'no maintenance rule named %', p_rule using errcode = 'invalid_parameter_value';
+    end if;
+    removed := maintenance.archive_merge(removed, piece.removed);  -- a blocked piece's has no rows
+    if piece.blocked is null then
+      rows := rows + piece.rows;
+      uncovered := uncovered - piece_size;
+    elsif piece_size > 1 then
+      piece_size := (piece_size + 1) / 2;
+      continue;
+    else
+      blocked := coalesce(blocked, '[]') || jsonb_build_array(piece.blocked);
+      uncovered := uncovered - 1;
+    end if;
+    next_position := piece.next_position;
+    exit when next_position is null or uncovered <= 0;
+    piece_size := least(uncovered, piece_size * 2);
+  end loop;
 end
 $$;
 
@@ -67,6 +96,8 @@ declare
   total pg_catalog.int8;
   batches pg_catalog.int4;
   failure pg_catalog.text;
+  blocked pg_catalog.jsonb;  -- the task's rows left as they are (maintenance.rule_step)
+  blocked_now pg_catalog.jsonb;
   failed_tasks pg_catalog.text;
   cancelled pg_catalog.bool := false;
   lease constant pg_catalog.interval := interval '60 seconds';
@@ -136,6 +167,7 @@ begin
     total := 0;
     batches := 0;
     failure := null;
+    blocked := pg_catalog.jsonb_build_array();
     position := null;
     loop
       begin
@@ -144,12 +176,13 @@ begin
           raise exception 'the run lease lapsed and another run took it over'
             using errcode = 'lock_not_available';
         end if;
-        select s.rows, s.next_position into n, position
+        select s.rows, s.next_position, s.blocked into n, position, blocked_now
           from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
                                      cutoffs) as s;
         perform maintenance.renew_run_lease(ledger_id, lease);
         batches := batches + 1;
         total := total + n;
+        blocked := blocked || coalesce(blocked_now, '[]');
       exception
         when query_canceled then  -- a cancel or the CALL's own timeout ends the whole run
           cancelled := true;
@@ -163,6 +196,9 @@ begin
       exit tasks when cancelled;
       exit when failure is not null or position is null;
     end loop;
+    if failure is null and jsonb_array_length(blocked) > 0 then
+      failure := maintenance.blocked_sentence(blocked);
+    end if;
     task_results := task_results || jsonb_build_object(
       'task', task,
       'status', case when failure is null then 'ok' else 'failed' end,

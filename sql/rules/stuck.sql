@@ -20,43 +20,77 @@ as $$
     limit p_limit) as found
 $$;
 
--- Few rows, so no walk: a batch takes the next batch_size eligible runs, skipping those their worker
--- holds, and its UPDATE re-checks status and cutoff on the row it locks, so a run its worker
--- finished or heartbeated meanwhile is left alone.
+-- What a finished walk left of the rows the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
+-- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
+-- not happen (a trigger that cancels them) never reports ok.
+create or replace function maintenance.count_stuck_runs_left(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
+returns bigint
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from (
+    select from {runs} r
+    where {r.status_column} in ({running}) and {r.last_seen} < p_cutoff
+      and maintenance.existed_at(r.xmin, p_snapshot)
+    limit p_limit
+    for update skip locked) as found
+$$;
+
+-- Few rows, so a plain walk in key order: a batch takes the next batch_size eligible runs after the
+-- position, skipping those their worker holds, and its UPDATE re-checks status and cutoff on the row
+-- it locks, so a run its worker finished or heartbeated meanwhile is left alone.
 --
 -- The archive (docs/archive.md): with p_archive (the columns whose old values it keeps, the key
 -- among them), `removed` holds the rows' previous values of those columns (read under the batch's
 -- FOR UPDATE, so they are the ones the UPDATE overwrote), action mark; null without it.
+--
+-- A run the UPDATE cannot mark (a trigger that raises, a check): the step rolls back to its start
+-- and `blocked` says why, with the key of the batch's last run; maintenance.rule_step splits the
+-- batch until that run is alone, and goes past it.
 create or replace function maintenance.mark_stuck_runs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = {search_path}
 as $$
+declare
+  after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
+  keys {type.key}[];
+  old jsonb;  -- with p_archive, the locked runs' values before the UPDATE, in key order
+  failure text;
+  failed_constraint text;
 begin
-  with picked as (
-    select {r.key} as key,
-           case when p_archive is not null then maintenance.archived_columns(to_jsonb(r), p_archive)
-           end as old
-      from {runs} r
-    where {r.status_column} in ({running}) and {r.last_seen} < p_cutoff
-    order by {r.key}
-    limit p_batch_size
-    for update skip locked
-  ), marked as (
+  select array_agg(k.key order by k.key), jsonb_agg(k.old order by k.key) into keys, old
+    from (select {r.key} as key,
+                 case when p_archive is not null
+                      then maintenance.archived_columns(to_jsonb(r), p_archive) end as old
+            from {runs} r
+           where {r.status_column} in ({running}) and {r.last_seen} < p_cutoff
+             and ({r.key} > after_id or after_id is null)
+           order by {r.key}
+           limit p_batch_size
+             for update skip locked) as k;
+  -- The runs are locked: none changed since it was read, and the UPDATE marks each of them.
+  begin
     update {runs} r
        set {status_column} = {failed},
            {finished_at} = {now.finished_at},
            {error_column} = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
                                    maintenance.duration_text(p_threshold))
-      from picked
-     where {r.key} = picked.key
+     where {r.key} = any (keys)
        and {r.status_column} in ({running})
-       and {r.last_seen} < p_cutoff
-    returning picked.old
-  )
-  select count(*), jsonb_agg(marked.old) filter (where p_archive is not null) into rows, removed from marked;
+       and {r.last_seen} < p_cutoff;
+    get diagnostics rows = row_count;
+    removed := case when p_archive is not null and rows > 0 then old end;
+  exception when integrity_constraint_violation or raise_exception then
+    get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
+    rows := 0;
+    removed := null;
+    blocked := maintenance.blocked_row(keys[cardinality(keys)]::text, failure, failed_constraint);
+  end;
   removed := maintenance.archive_document(p_archive, 'mark', removed);
-  next_position := case when rows >= p_batch_size then jsonb_build_object('more', true) end;
+  next_position := case when cardinality(keys) >= p_batch_size
+                        then jsonb_build_object('id', keys[cardinality(keys)]::text) end;
 end
 $$;

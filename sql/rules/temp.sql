@@ -17,6 +17,22 @@ as $$
     select from {uploads} t where {t.created_at} < p_cutoff limit p_limit) as found
 $$;
 
+-- What a finished walk left of the rows the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
+-- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
+-- not happen (a trigger that cancels them) never reports ok.
+create or replace function maintenance.count_old_temp_uploads_left(
+  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
+returns bigint
+language sql volatile set search_path = pg_catalog, pg_temp
+as $$
+  select count(*) from (
+    select from {uploads} t
+    where {t.created_at} < p_cutoff and maintenance.existed_at(t.xmin, p_snapshot)
+    limit p_limit
+    for update skip locked) as found
+$$;
+
 -- Walks (created_at, key) in index order. The boundary is the batch_size-th eligible key after the
 -- position (an index-only scan); the DELETE takes the plain key range up to it. Equal created_at
 -- values are split by the key, so ties at a batch edge are neither skipped nor taken twice.
@@ -32,10 +48,14 @@ $$;
 --
 -- The archive (docs/archive.md): with p_archive (not null), `removed` holds each deleted row whole,
 -- from the DELETE's own RETURNING, action delete; null without it.
+--
+-- A row the DELETE cannot remove (a foreign key that restricts it, a trigger that raises, a check):
+-- the whole step rolls back to its start and `blocked` says why, with the key of the range's last
+-- row; maintenance.rule_step then splits the batch until that row is alone, and goes past it.
 create or replace function maintenance.purge_temp_uploads_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -45,6 +65,8 @@ declare
   upto_id {type.key};
   more boolean := false;
   configured_lock_timeout text := current_setting('lock_timeout');
+  failure text;
+  failed_constraint text;
 begin
   select {t.created_at}, {t.key} into upto_at, upto_id
     from {uploads} t
@@ -60,43 +82,50 @@ begin
                        and ({t.created_at}, {t.key}) > (upto_at, upto_id));
   end if;
   begin
-    perform set_config('lock_timeout', '50ms', true);
-    with gone as (
-      delete from {uploads} t
-       where {t.created_at} < p_cutoff
-         and ({t.created_at}, {t.key}) > (after_at, after_id)
-         and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
-      returning {t.key} as key, {t.storage_path}::text as storage_path,
-                {t.size_bytes}::bigint as size_bytes,
-                case when p_archive is not null then to_jsonb(t) end as whole
-    ), recorded as (
-      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-      select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
-        from gone where {has.storage_path} having count(*) > 0
-      returning 1
-    )
-    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
-    perform set_config('lock_timeout', configured_lock_timeout, true);
-  exception when lock_not_available then
-    with picked as (
-      select {t.key} as key from {uploads} t
-       where {t.created_at} < p_cutoff
-         and ({t.created_at}, {t.key}) > (after_at, after_id)
-         and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
-      for update skip locked
-    ), gone as (
-      delete from {uploads} t using picked
-       where {t.key} = picked.key and {t.created_at} < p_cutoff
-      returning {t.key} as key, {t.storage_path}::text as storage_path,
-                {t.size_bytes}::bigint as size_bytes,
-                case when p_archive is not null then to_jsonb(t) end as whole
-    ), recorded as (
-      insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
-      select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
-        from gone where {has.storage_path} having count(*) > 0
-      returning 1
-    )
-    select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+    begin
+      perform set_config('lock_timeout', '50ms', true);
+      with gone as (
+        delete from {uploads} t
+         where {t.created_at} < p_cutoff
+           and ({t.created_at}, {t.key}) > (after_at, after_id)
+           and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
+        returning {t.key} as key, {t.storage_path}::text as storage_path,
+                  {t.size_bytes}::bigint as size_bytes,
+                  case when p_archive is not null then to_jsonb(t) end as whole
+      ), recorded as (
+        insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+        select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+          from gone where {has.storage_path} having count(*) > 0
+        returning 1
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+      perform set_config('lock_timeout', configured_lock_timeout, true);
+    exception when lock_not_available then
+      with picked as (
+        select {t.key} as key from {uploads} t
+         where {t.created_at} < p_cutoff
+           and ({t.created_at}, {t.key}) > (after_at, after_id)
+           and ({t.created_at}, {t.key}) <= (upto_at, upto_id)
+        for update skip locked
+      ), gone as (
+        delete from {uploads} t using picked
+         where {t.key} = picked.key and {t.created_at} < p_cutoff
+        returning {t.key} as key, {t.storage_path}::text as storage_path,
+                  {t.size_bytes}::bigint as size_bytes,
+                  case when p_archive is not null then to_jsonb(t) end as whole
+      ), recorded as (
+        insert into maintenance.storage_outbox (run_id, upload_ids, storage_paths, size_bytes)
+        select p_run_id, array_agg(gone.key::text), array_agg(gone.storage_path), array_agg(gone.size_bytes)
+          from gone where {has.storage_path} having count(*) > 0
+        returning 1
+      )
+      select count(*), jsonb_agg(gone.whole) filter (where p_archive is not null) into rows, removed from gone;
+    end;
+  exception when integrity_constraint_violation or raise_exception then
+    get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
+    rows := 0;
+    removed := null;
+    blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
   end;
   removed := maintenance.archive_document(p_archive, 'delete', removed);
   next_position := case when more then jsonb_build_object('createdAt', upto_at, 'id', upto_id::text) end;
