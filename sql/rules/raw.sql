@@ -26,10 +26,10 @@ as $$
     limit p_limit) as found
 $$;
 
--- What a finished walk left of the rows the rule selects that were there when the task began
--- (p_snapshot, taken then), but for those the runs another session holds (the application's to finish; the
--- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
--- not happen (a trigger that cancels them) never reports ok.
+-- What a finished walk left of the items the rule selects that were there when the task began
+-- (p_snapshot, taken then), but for the items of runs another session holds (the application's to
+-- finish; the next run takes them): the task's last check (maintctl.tasks), so that a task whose
+-- changes did not happen (a trigger that cancels them) never reports ok.
 create or replace function maintenance.count_old_raw_items_left(
   p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
 returns bigint
