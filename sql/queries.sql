@@ -240,6 +240,7 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
 -- publication that publishes UPDATE or DELETE includes it while it has no replica identity.
 select c.relrowsecurity as row_security,
        c.relforcerowsecurity as forced,
+       current_user::text as role,
        c.relrowsecurity
          and not (select rolsuper or rolbypassrls from pg_roles where rolname = current_user)
          and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE')) as applies,
@@ -247,6 +248,32 @@ select c.relrowsecurity as row_security,
                     case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
                                   when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
              from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
+       -- The commands for which a permissive policy of this role (or PUBLIC, or a role it is a
+       -- member of) lets every row through: USING (true), WITH CHECK (true) or none.
+       array(select distinct cmd
+             from pg_policy p
+             cross join lateral unnest(case p.polcmd when '*' then array['SELECT', 'UPDATE', 'DELETE']
+                                                     when 'r' then array['SELECT']
+                                                     when 'w' then array['UPDATE']
+                                                     when 'd' then array['DELETE']
+                                                     else array[]::text[] end) as cmd
+             where p.polrelid = c.oid and p.polpermissive
+               and (0::oid = any(p.polroles)
+                    or exists (select from unnest(p.polroles) as r(oid)
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'MEMBER')))
+               and pg_get_expr(p.polqual, p.polrelid) = 'true'
+               and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true'
+             order by cmd) as open_commands,
+       -- The restrictive policies of this role that hide rows: they narrow every permissive one.
+       array(select p.polname::text
+             from pg_policy p
+             where p.polrelid = c.oid and not p.polpermissive and p.polcmd <> 'a'
+               and (0::oid = any(p.polroles)
+                    or exists (select from unnest(p.polroles) as r(oid)
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'MEMBER')))
+               and not (coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') = 'true'
+                        and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true')
+             order by p.polname) as restricting,
        array(select a.attname::text from pg_attribute a
              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attnotnull
              order by a.attnum) as not_null,
@@ -268,6 +295,27 @@ where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
+
+-- name: row_security_enabled
+-- Whether Row Level Security is enabled on an application table, for `maintctl grant`.
+select coalesce((select c.relrowsecurity from pg_class c
+                 where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))),
+                false) as enabled;
+
+-- name: policy_exists
+-- Whether a policy of that name is on an application table (`grant --revoke` says what it dropped).
+select exists (select from pg_policy p
+               where p.polrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+                 and p.polname = %(policy)s) as exists;
+
+-- name: create_role_policy
+-- `maintctl grant`: the maintenance role sees and changes every row of a table with Row Level
+-- Security (its privileges on the table still say which commands it may run).
+create policy {policy} on {table} as permissive for all to {role} using (true) with check (true);
+
+-- name: drop_role_policy
+-- `maintctl grant` (before creating it anew) and `grant --revoke`: the policy grant created.
+drop policy {policy} on {table};
 
 -- name: role_exists
 -- Whether a role of that name exists, for `maintctl grant`.

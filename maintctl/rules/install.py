@@ -159,17 +159,63 @@ def missing_tables(conn: db.Connection, policy: Policy) -> dict[str, str]:
 class TableSafety:
     row_security: bool
     forced: bool
+    role: str  # this session's
     applies: bool
     policies: list[str]
+    open_commands: list[str]  # a permissive policy of the role lets every row through for these
+    restricting: list[str]  # restrictive policies of the role that hide rows
     not_null: list[str]
     lacks_replica_identity: bool
 
 
+def rls_commands(privileges: tuple[str, ...]) -> list[str]:
+    """The commands whose policies a rule's DML passes: its privileges, and SELECT for the rows
+    an UPDATE or DELETE reads (its WHERE, its row locks)."""
+    return list(dict.fromkeys(("SELECT", *privileges)))
+
+
+def row_security_problem(
+    rule: str, table: str, needed: list[str], found: TableSafety
+) -> str | None:
+    """Why Row Level Security that applies to the role would hide rows from the rule, or None
+    when policies of the role let every row through for each command it needs."""
+    lacking = [command for command in needed if command not in found.open_commands]
+    if not lacking and not found.restricting:
+        return None
+    policies = ", ".join(found.policies) or "none: it hides every row"
+    why = []
+    if lacking:
+        why.append(f"no policy of this role lets every row through for {', '.join(lacking)}")
+    if found.restricting:
+        why.append(f"restrictive {', '.join(found.restricting)} hide rows")
+    return (
+        f"row level security{' (FORCE)' if found.forced else ''} on {table} applies to this "
+        f"role (policies: {policies}): {rule} needs every row for {', '.join(needed)}, but "
+        f"{' and '.join(why)}, so it would see and change only the rows those allow; run "
+        f"maintctl grant {found.role} as the table's owner (it adds a policy letting the role "
+        "see every row), run maintctl as the table's owner, or give the role BYPASSRLS"
+    )
+
+
+def row_security_note(table: str, found: TableSafety) -> str:
+    """What doctor says of a table's Row Level Security, and whether it affects this role."""
+    if not found.row_security:
+        return f"{table}: off"
+    enabled = "enabled (FORCE)" if found.forced else "enabled"
+    if not found.applies:
+        return f"{table}: {enabled}, not applied to this role (owner or BYPASSRLS)"
+    return (
+        f"{table}: {enabled}, applies to this role, whose policies let every row through for "
+        f"{', '.join(found.open_commands)}"
+    )
+
+
 def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list[str]], list[str]]:
     """By rule, what would make its DML fail, do nothing or see only some rows: Row Level
-    Security that applies to this role, a column compact clears that is NOT NULL, a table a
-    publication replicates without a replica identity. And notes on the tables whose Row Level
-    Security does not apply to the role."""
+    Security that applies to this role without a policy letting every row through for each
+    command the rule needs (`maintctl grant` adds one), a column compact clears that is NOT
+    NULL, a table a publication replicates without a replica identity. And a note on each
+    table's Row Level Security: off, not applied to this role, or applied with such policies."""
     problems: dict[str, list[str]] = {}
     notes: list[str] = []
     for rule in policy.rules:
@@ -180,18 +226,15 @@ def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list
             found = db.fetch_optional(conn, "table_safety", params, TableSafety)
             if found is None:
                 continue
-            policies = ", ".join(found.policies) or "none: it hides every row"
-            if found.applies:
-                found_here.append(
-                    f"row level security{' (FORCE)' if found.forced else ''} on {need.table} "
-                    f"applies to this role (policies: {policies}): {rule.name} would see and "
-                    "change only the rows those allow; run maintctl as the table's owner, "
-                    "or give the role BYPASSRLS"
-                )
-            elif found.row_security:
-                notes.append(
-                    f"{need.table}: enabled, not applied to this role (owner or BYPASSRLS)"
-                )
+            hidden = (
+                row_security_problem(rule.name, need.table, rls_commands(need.privileges), found)
+                if found.applies
+                else None
+            )
+            if hidden is not None:
+                found_here.append(hidden)
+            else:
+                notes.append(row_security_note(need.table, found))
             if need.table == changed:
                 found_here += [
                     f"{rule.name} clears {need.table}.{column}, which is NOT NULL; set "
