@@ -193,7 +193,8 @@ def test_forced_rls_for_the_owner_works_through_the_policy_grant_creates(
         # Reads every row, changes none: UPDATE and DELETE would find nothing.
         "create policy reads on temp_uploads for select to {role} using (true)",
         # Every command, but only some rows.
-        "create policy some_rows on temp_uploads for all to {role} using (storage_path like 'keep/%')",
+        "create policy some_rows on temp_uploads for all to {role} "
+        "using (storage_path like 'keep/%')",
     ],
 )
 def test_a_policy_that_hides_rows_from_the_role_is_refused_by_doctor_and_run_nothing_changed(
