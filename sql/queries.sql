@@ -686,6 +686,15 @@ join pg_namespace n on n.oid = c.relnamespace
 join pg_index i on i.indexrelid = c.oid
 where n.nspname = %(schema)s and c.relname = %(name)s;
 
+-- name: relation_named
+-- What holds a name in the application schema (one of the rules' index names): its kind, and
+-- whether it is an index of the table given.
+select c.relkind::text as kind, coalesce(i.indrelid = to_regclass(%(table)s), false) as on_table
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_index i on i.indexrelid = c.oid
+where n.nspname = %(schema)s and c.relname = %(name)s;
+
 -- name: drop_index_concurrently
 -- Clears a leftover of an interrupted build, or an index built from another definition.
 drop index concurrently if exists {index};
@@ -693,6 +702,15 @@ drop index concurrently if exists {index};
 -- name: create_index_concurrently
 -- Builds one of the rules' indexes without blocking the application's writes.
 create index concurrently {index} {definition};
+
+-- name: rename_index
+-- An index built beside the one it replaces takes that one's name (after dropping it).
+alter index {index} rename to {name};
+
+-- name: drop_added_column
+-- Undoes a failed migrate's adding of one of maintctl's own columns (compacted_at): no value
+-- was written to it yet.
+alter table {table} drop column if exists {column};
 
 -- name: comment_index
 -- Marks one of maintctl's indexes with the digest of its definition.
