@@ -333,23 +333,29 @@ select set_config('lock_timeout', %(lock_timeout)s, false),
 -- name: expired_temp_uploads_partitions
 -- When temp_uploads is range-partitioned by created_at alone: its plain partitions whose whole
 -- range ends at or before the cutoff, oldest first (never the DEFAULT partition, nor one bounded
--- by MAXVALUE). The bound is read back from the partition's own definition.
+-- by MAXVALUE). The bound is read back from the partition's own definition: of a `timestamp
+-- without time zone` created_at, as the instant it is in %(zone)s (naive_time_zone), whatever the
+-- session's TimeZone.
 select n.nspname as partition_schema, c.relname as partition, b.upper_bound,
        i.inhdetachpending as detach_pending, pt.partdefid <> 0 as has_default
 from pg_class p
 join pg_namespace pn on pn.oid = p.relnamespace
 join pg_partitioned_table pt on pt.partrelid = p.oid
+join pg_attribute a on a.attrelid = p.oid and a.attname = %(created_at)s
 join pg_inherits i on i.inhparent = p.oid
 join pg_class c on c.oid = i.inhrelid
 join pg_namespace n on n.oid = c.relnamespace
 cross join lateral (
-  select (regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                       $re$ TO \('([^']*)'\)$re$))[1]::timestamptz as upper_bound
+  select (regexp_match(pg_get_expr(c.relpartbound, c.oid), $re$ TO \('([^']*)'\)$re$))[1]
+         as bound
+) as t
+cross join lateral (
+  select case when a.atttypid = 'timestamp'::regtype
+              then t.bound::timestamp at time zone %(zone)s
+              else t.bound::timestamptz end as upper_bound
 ) as b
 where pn.nspname = %(schema)s and p.relname = %(table)s and p.relkind = 'p'
-  and pt.partstrat = 'r' and pt.partnatts = 1
-  and pt.partattrs[0] = (select a.attnum from pg_attribute a
-                         where a.attrelid = p.oid and a.attname = %(created_at)s)
+  and pt.partstrat = 'r' and pt.partnatts = 1 and pt.partattrs[0] = a.attnum
   and c.relkind = 'r' and c.oid <> pt.partdefid
   and b.upper_bound <= %(cutoff)s
 order by b.upper_bound;
@@ -368,6 +374,8 @@ alter table {parent} detach partition {partition};
 
 -- name: count_detached_partition
 -- The rows of a detached partition, and how many of them are at or past the cutoff (none may be).
+-- {created_at} reads the column as the rules do (a naive one: the instant it is in
+-- naive_time_zone, maintctl.rules.generate).
 select count(*) as rows, count(*) filter (where {created_at} >= %(cutoff)s) as fresh
 from {partition};
 

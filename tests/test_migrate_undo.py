@@ -107,7 +107,8 @@ def test_an_index_build_that_fails_part_way_is_undone_and_the_old_rules_stay(
     after = catalog(conn)
     status = make_cli(db_url)("status")
 
-    assert len(invalid) == 1 and invalid[0][0].startswith("maintctl_new_"), invalid
+    assert len(invalid) == 1, invalid
+    assert invalid[0][0].startswith("maintctl_new_"), invalid
     assert process.returncode == 1, stderr
     assert stderr == (
         "maintctl: error: migrate did not install the rules: a statement ran longer than "

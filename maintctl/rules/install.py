@@ -301,7 +301,16 @@ class NameHolder:
     on_table: bool
 
 
-RELATION_KINDS = {"r": "table", "v": "view", "m": "materialized view", "S": "sequence"}
+RELATION_KINDS = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "S": "a sequence",
+    "f": "a foreign table",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
 
 
 def check_index_names(conn: db.Connection, policy: Policy) -> None:
@@ -311,9 +320,10 @@ def check_index_names(conn: db.Connection, policy: Policy) -> None:
     for build in installation(policy).indexes:
         params = {"schema": policy.schema, "name": build.name, "table": build.table.as_string()}
         holder = db.fetch_optional(conn, "relation_named", params, NameHolder)
-        if holder is not None and not (holder.kind == "i" and holder.on_table):
-            what = RELATION_KINDS.get(holder.kind, "index of another table")
-            taken.append(f"{build.name} is a {what}")
+        index = holder is not None and holder.kind in ("i", "I")  # "I": of a partitioned table
+        if holder is not None and not (index and holder.on_table):
+            what = "an index of another table" if index else RELATION_KINDS[holder.kind]
+            taken.append(f"{build.name} is {what}")
         # A valid or INVALID index of that name on the table: built anew or kept (install).
     if taken:
         raise ConfigError(
