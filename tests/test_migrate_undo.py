@@ -150,3 +150,23 @@ def test_an_index_name_another_relation_holds_is_refused_before_anything_is_made
     )
     assert after == before
     assert "migrations" not in after  # not even maintctl's own schema
+
+
+def test_a_time_column_the_rules_cannot_compare_is_refused_before_any_index_is_built(
+    cli: Cli, conn: Conn
+) -> None:
+    # The application keeps its upload times as text: no cutoff compares with them, which the
+    # rules' functions show when they are created, after the index builds.
+    conn.execute("alter table temp_uploads alter column created_at type text")
+    conn.execute("alter table import_jobs drop column compacted_at")
+    before = catalog(conn)
+
+    refused = cli("migrate")
+
+    assert refused.exit_code == 78
+    assert refused.stderr == (
+        "maintctl: error: migrate did not install the rules: the database is not as maintctl "
+        "expects: operator does not exist: text < timestamp with time zone; nothing was "
+        "changed\n"
+    )
+    assert catalog(conn) == before

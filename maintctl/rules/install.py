@@ -345,13 +345,14 @@ def install(conn: db.Connection, settings: Settings) -> bool:
     """Install what the policy generates, unless it is already installed; True when it was.
 
     Everything is checked first (a missing table or column, an index name another relation
-    holds: exit 78, nothing changed). maintctl's own columns go in a transaction; the indexes
-    are built one by one without blocking writes (one that replaces an index of another
-    definition beside it, under a name of its own); then the functions and the fingerprint
-    commit together. Should a build or that transaction fail, what this install made is undone
-    (the indexes it built or left invalid, the columns it added) and the database is as it was:
-    the old rules keep working. Only then do the new indexes take the old ones' places. The
-    thresholds, not part of the fingerprint, are the pg_cron procedure's defaults: when they
+    holds, a statement the schema will not take: exit 78, nothing changed). maintctl's own
+    columns go in a transaction; the indexes are built one by one without blocking writes (one
+    that replaces an index of another definition beside it, under a name of its own); then the
+    functions and the fingerprint commit together. Should a build or that transaction fail,
+    what this install made is undone (the indexes it built or left invalid, the columns it
+    added) and the database is as it was: the old rules keep working. Only then do the new
+    indexes take the old ones' places. The thresholds, not part of the fingerprint, are the
+    pg_cron procedure's defaults: when they
     changed, the functions are installed anew too."""
     policy = catalog_policy(conn, settings)
     generated = installation(policy, thresholds_of(settings))
@@ -359,6 +360,7 @@ def install(conn: db.Connection, settings: Settings) -> bool:
     if current and _indexes_ready(conn, policy, generated) and _procedure_current(conn, generated):
         return False
     refuse_unfit(conn, policy)
+    _try_statements(conn, settings, generated)
     added = _absent_added_columns(conn, policy)
     with db.transaction(conn, settings):
         for statement in generated.columns:
@@ -381,6 +383,22 @@ def install(conn: db.Connection, settings: Settings) -> bool:
         raise type(error)(_undo(conn, settings, policy, built, added, error.message)) from exc
     _take_places(conn, policy, generated, swaps)
     return True
+
+
+def _try_statements(conn: db.Connection, settings: Settings, generated: Installation) -> None:
+    """The columns and functions, run once in a transaction rolled back: what the application's
+    schema will not take (a time column of text, which no cutoff compares with) fails here,
+    before an index build of hours, and nothing changes."""
+    try:
+        with db.transaction(conn, settings):
+            for statement in (*generated.columns, *generated.functions):
+                conn.execute(statement)
+            raise psycopg.Rollback()
+    except psycopg.Error as exc:
+        error = db.translate(conn, exc)
+        raise type(error)(
+            f"migrate did not install the rules: {error.message}; nothing was changed"
+        ) from exc
 
 
 def _absent_added_columns(conn: db.Connection, policy: Policy) -> list[tuple[str, str]]:
