@@ -120,8 +120,8 @@ def _row_security_policy(
     without one, every rule there would find no row and report 0, forever. True when created
     (with `revoke`: the policy is dropped from every table, True when there was one).
 
-    Creating a policy needs the table's owner: as another role grant fails (exit 77) and
-    nothing it did stays."""
+    Creating a policy needs the table's owner (or a superuser), as the grants on it do; grant is
+    one transaction, so a refusal (exit 77) leaves nothing half done."""
     names = {
         "policy": sql.Identifier(policy),
         "table": sql.Identifier(settings.app_schema, table),

@@ -432,7 +432,7 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "canVacuum": result.can_vacuum,
         "statsRefused": result.stats_refused,
         # Row Level Security: the policy created (or with --revoke dropped) and on which tables.
-        "rowSecurityPolicy": result.policy,
+        "rowSecurityPolicy": result.policy if result.policy_tables else None,
         "rowSecurityTables": list(result.policy_tables),
     }
 
