@@ -114,7 +114,7 @@ def test_an_index_build_that_fails_part_way_is_undone_and_the_old_rules_stay(
         "maintctl: error: migrate did not install the rules: a statement ran longer than "
         "MAINTCTL_STATEMENT_TIMEOUT: canceling statement due to user request; it undid what it "
         f"had made (dropped index {invalid[0][0]}, dropped column import_jobs.compacted_at): the "
-        "database is as it was\n"
+        "rules and the application's tables are as they were\n"
     )
     assert after == before
     # The old rules are what is installed: other commands say the policy changed.
@@ -166,7 +166,7 @@ def test_a_time_column_the_rules_cannot_compare_is_refused_before_any_index_is_b
     assert refused.exit_code == 78
     assert refused.stderr == (
         "maintctl: error: migrate did not install the rules: the database is not as maintctl "
-        "expects: operator does not exist: text < timestamp with time zone; nothing was "
-        "changed\n"
+        "expects: operator does not exist: text < timestamp with time zone; the rules and the "
+        "application's tables were left as they were\n"
     )
     assert catalog(conn) == before

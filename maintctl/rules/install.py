@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from maintctl import __version__, db
-from maintctl.errors import ConfigError, NotMigrated
+from maintctl.errors import Busy, ConfigError, NotMigrated
 from maintctl.rules.generate import (
     NAIVE,
     IndexBuild,
@@ -396,8 +396,11 @@ def _try_statements(conn: db.Connection, settings: Settings, generated: Installa
             raise psycopg.Rollback()
     except psycopg.Error as exc:
         error = db.translate(conn, exc)
+        if isinstance(error, Busy):  # the application held a table: try again later
+            raise error from exc
         raise type(error)(
-            f"migrate did not install the rules: {error.message}; nothing was changed"
+            f"migrate did not install the rules: {error.message}; the rules and the "
+            "application's tables were left as they were"
         ) from exc
 
 
@@ -451,7 +454,10 @@ def _undo(
             "next maintctl migrate clears what is left"
         )
     done = f" ({', '.join(undone)})" if undone else ""
-    return f"{message}; it undid what it had made{done}: the database is as it was"
+    return (
+        f"{message}; it undid what it had made{done}: the rules and the application's tables "
+        "are as they were"
+    )
 
 
 def _procedure_current(conn: db.Connection, generated: Installation) -> bool:
