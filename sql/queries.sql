@@ -248,8 +248,9 @@ select c.relrowsecurity as row_security,
                     case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
                                   when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
              from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
-       -- The commands for which a permissive policy of this role (or PUBLIC, or a role it is a
-       -- member of) lets every row through: USING (true), WITH CHECK (true) or none.
+       -- The commands for which a permissive policy of this role (or PUBLIC, or a role whose
+       -- privileges it has, as PostgreSQL applies policies) lets every row through: USING (true),
+       -- WITH CHECK (true) or none.
        array(select distinct cmd
              from pg_policy p
              cross join lateral unnest(case p.polcmd when '*' then array['SELECT', 'UPDATE', 'DELETE']
@@ -260,7 +261,7 @@ select c.relrowsecurity as row_security,
              where p.polrelid = c.oid and p.polpermissive
                and (0::oid = any(p.polroles)
                     or exists (select from unnest(p.polroles) as r(oid)
-                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'MEMBER')))
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'USAGE')))
                and pg_get_expr(p.polqual, p.polrelid) = 'true'
                and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true'
              order by cmd) as open_commands,
@@ -270,7 +271,7 @@ select c.relrowsecurity as row_security,
              where p.polrelid = c.oid and not p.polpermissive and p.polcmd <> 'a'
                and (0::oid = any(p.polroles)
                     or exists (select from unnest(p.polroles) as r(oid)
-                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'MEMBER')))
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'USAGE')))
                and not (coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') = 'true'
                         and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true')
              order by p.polname) as restricting,
