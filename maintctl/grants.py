@@ -37,6 +37,10 @@ class GrantResult:
     # pg_read_all_stats: None when granted (or revoked), else why it could not be.
     stats_refused: str | None = None
     tables: tuple[str, ...] = ()  # the application tables the rules work on
+    # The policy (named `policy`) created on each of those with Row Level Security enabled, so
+    # that the role sees every row; with `revoked`, dropped from every table.
+    policy: str = ""
+    policy_tables: tuple[str, ...] = ()
 
 
 def grant_role(
@@ -64,6 +68,8 @@ def grant_role(
         "owner": sql.Identifier(owner),
     }
     tables = table_privileges(settings)
+    policy = policy_name(role)
+    with_policy: list[str] = []
     with db.transaction(conn, settings):
         if revoke:
             conn.execute(statements.format(**names))
@@ -79,6 +85,8 @@ def grant_role(
                 db.execute_composed(conn, "revoke_table", granted)
             else:
                 db.execute_composed(conn, "grant_table", granted)
+            if _row_security_policy(conn, settings, table, role, policy, revoke=revoke):
+                with_policy.append(table)
         if not revoke:
             conn.execute(statements.format(**names))
         # Granting a predefined role needs a superuser or CREATEROLE (ADMIN OPTION from 16 on):
@@ -95,7 +103,40 @@ def grant_role(
         maintain and not revoke,
         stats_refused=refused,
         tables=tuple(tables),
+        policy=policy,
+        policy_tables=tuple(with_policy),
     )
+
+
+def policy_name(role: str) -> str:
+    """The name of the policy grant creates for the role: maintctl_<role>, cut to 63 bytes."""
+    return f"maintctl_{role}".encode()[:63].decode(errors="ignore")
+
+
+def _row_security_policy(
+    conn: db.Connection, settings: Settings, table: str, role: str, policy: str, *, revoke: bool
+) -> bool:
+    """On a table with Row Level Security, the role's policy letting it see and change every row:
+    without one, every rule there would find no row and report 0, forever. True when created
+    (with `revoke`: the policy is dropped from every table, True when there was one).
+
+    Creating a policy needs the table's owner (or a superuser), as the grants on it do; grant is
+    one transaction, so a refusal (exit 77) leaves nothing half done."""
+    names = {
+        "policy": sql.Identifier(policy),
+        "table": sql.Identifier(settings.app_schema, table),
+        "role": sql.Identifier(role),
+    }
+    params = {"schema": settings.app_schema, "table": table, "policy": policy}
+    existed = bool(db.fetch_value(conn, "policy_exists", params))
+    if existed:  # grant again: created anew, as grant makes it
+        db.execute_composed(conn, "drop_role_policy", names)
+    if revoke:
+        return existed
+    if not db.fetch_value(conn, "row_security_enabled", params):
+        return False
+    db.execute_composed(conn, "create_role_policy", names)
+    return True
 
 
 def table_privileges(settings: Settings) -> dict[str, tuple[str, ...]]:

@@ -431,6 +431,9 @@ def grant_json(result: GrantResult) -> dict[str, Any]:
         "appSchema": result.app_schema,
         "canVacuum": result.can_vacuum,
         "statsRefused": result.stats_refused,
+        # Row Level Security: the policy created (or with --revoke dropped) and on which tables.
+        "rowSecurityPolicy": result.policy if result.policy_tables else None,
+        "rowSecurityTables": list(result.policy_tables),
     }
 
 
@@ -450,6 +453,17 @@ def print_grant(result: GrantResult) -> None:
                 "note: before PostgreSQL 17 only the tables' owner can VACUUM them: run --vacuum "
                 "as the owner (as this role each VACUUM is reported failed), or leave it to "
                 "autovacuum"
+            )
+    if result.policy_tables:
+        tables = escape(", ".join(result.policy_tables))
+        if result.revoked:
+            console().print(f"dropped policy {escape(result.policy)} from {tables}")
+        else:
+            console().print(
+                f"row level security is enabled on {tables}: created policy "
+                f"{escape(result.policy)} on each, for role {escape(result.role)}, using "
+                "(true) with check (true), so that it sees every row (its privileges still limit "
+                "what it may do)"
             )
     if result.stats_refused is not None:
         console().print(

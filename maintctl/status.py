@@ -201,7 +201,8 @@ def check_timestamps(conn: db.Connection, settings: Settings) -> list[Check]:
 def check_safety(conn: db.Connection, settings: Settings) -> list[Check]:
     """What would make a rule's DML fail, do nothing or see only some rows, named before a run
     (maintctl.rules.install.safety_problems; a run fails those rules' tasks without touching
-    them). A table with Row Level Security that does not apply to the role gets a line."""
+    them). Then a line on each table's Row Level Security: off, not applied to the role, or
+    applied with policies that let the role see every row."""
     problems, notes = install.safety_problems(conn, policy_of(settings))
     found = [problem for found in problems.values() for problem in found]
     if found:

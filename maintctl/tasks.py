@@ -546,16 +546,20 @@ def drop_expired_temp_partitions(
     from psycopg import sql
 
     from maintctl import db
-    from maintctl.rules.generate import column_names, policy_of, table_name
+    from maintctl.rules.generate import column_names, placeholders, table_name
+    from maintctl.rules.install import catalog_policy
 
     rule = RULES_BY_NAME["temp"]
-    policy = policy_of(settings)
+    # With the catalog's types: a naive created_at is compared in naive_time_zone, as the rule's
+    # generated SQL compares it, whatever the session's TimeZone.
+    policy = catalog_policy(conn, settings)
     table = table_name(rule, rule.tables[0], policy)
     columns = {key: column_names(rule, key, policy) for key in rule.columns}
     params = {
         "schema": settings.app_schema,
         "table": table,
         "created_at": columns["created_at"][0],
+        "zone": policy.naive_time_zone,
         "cutoff": cutoff,
     }
     expired = db.fetch_all(conn, "expired_temp_uploads_partitions", params, ExpiredPartition)
@@ -568,6 +572,7 @@ def drop_expired_temp_partitions(
                 key: sql.Identifier(found[0]) if found else sql.SQL("null::bigint")
                 for key, found in columns.items()
             },
+            "created_at": placeholders(rule, policy)["created_at"],
         }
         if found.detach_pending:
             detached = db.try_outside_transaction(conn, settings, "finalize_detach", names)

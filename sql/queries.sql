@@ -240,6 +240,7 @@ where a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
 -- publication that publishes UPDATE or DELETE includes it while it has no replica identity.
 select c.relrowsecurity as row_security,
        c.relforcerowsecurity as forced,
+       current_user::text as role,
        c.relrowsecurity
          and not (select rolsuper or rolbypassrls from pg_roles where rolname = current_user)
          and (c.relforcerowsecurity or not pg_has_role(c.relowner, 'USAGE')) as applies,
@@ -247,6 +248,33 @@ select c.relrowsecurity as row_security,
                     case p.polcmd when '*' then 'ALL' when 'r' then 'SELECT' when 'a' then 'INSERT'
                                   when 'w' then 'UPDATE' when 'd' then 'DELETE' end || ')'
              from pg_policy p where p.polrelid = c.oid order by p.polname) as policies,
+       -- The commands for which a permissive policy of this role (or PUBLIC, or a role whose
+       -- privileges it has, as PostgreSQL applies policies) lets every row through: USING (true),
+       -- WITH CHECK (true) or none.
+       array(select distinct cmd
+             from pg_policy p
+             cross join lateral unnest(case p.polcmd when '*' then array['SELECT', 'UPDATE', 'DELETE']
+                                                     when 'r' then array['SELECT']
+                                                     when 'w' then array['UPDATE']
+                                                     when 'd' then array['DELETE']
+                                                     else array[]::text[] end) as cmd
+             where p.polrelid = c.oid and p.polpermissive
+               and (0::oid = any(p.polroles)
+                    or exists (select from unnest(p.polroles) as r(oid)
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'USAGE')))
+               and pg_get_expr(p.polqual, p.polrelid) = 'true'
+               and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true'
+             order by cmd) as open_commands,
+       -- The restrictive policies of this role that hide rows: they narrow every permissive one.
+       array(select p.polname::text
+             from pg_policy p
+             where p.polrelid = c.oid and not p.polpermissive and p.polcmd <> 'a'
+               and (0::oid = any(p.polroles)
+                    or exists (select from unnest(p.polroles) as r(oid)
+                               where r.oid <> 0 and pg_has_role(current_user, r.oid, 'USAGE')))
+               and not (coalesce(pg_get_expr(p.polqual, p.polrelid), 'true') = 'true'
+                        and coalesce(pg_get_expr(p.polwithcheck, p.polrelid), 'true') = 'true')
+             order by p.polname) as restricting,
        array(select a.attname::text from pg_attribute a
              where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attnotnull
              order by a.attnum) as not_null,
@@ -269,6 +297,27 @@ where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;
 
+-- name: row_security_enabled
+-- Whether Row Level Security is enabled on an application table, for `maintctl grant`.
+select coalesce((select c.relrowsecurity from pg_class c
+                 where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))),
+                false) as enabled;
+
+-- name: policy_exists
+-- Whether a policy of that name is on an application table (`grant --revoke` says what it dropped).
+select exists (select from pg_policy p
+               where p.polrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+                 and p.polname = %(policy)s) as exists;
+
+-- name: create_role_policy
+-- `maintctl grant`: the maintenance role sees and changes every row of a table with Row Level
+-- Security (its privileges on the table still say which commands it may run).
+create policy {policy} on {table} as permissive for all to {role} using (true) with check (true);
+
+-- name: drop_role_policy
+-- `maintctl grant` (before creating it anew) and `grant --revoke`: the policy grant created.
+drop policy {policy} on {table};
+
 -- name: role_exists
 -- Whether a role of that name exists, for `maintctl grant`.
 select exists (select 1 from pg_roles where rolname = %(role)s) as exists;
@@ -285,23 +334,29 @@ select set_config('lock_timeout', %(lock_timeout)s, false),
 -- name: expired_temp_uploads_partitions
 -- When temp_uploads is range-partitioned by created_at alone: its plain partitions whose whole
 -- range ends at or before the cutoff, oldest first (never the DEFAULT partition, nor one bounded
--- by MAXVALUE). The bound is read back from the partition's own definition.
+-- by MAXVALUE). The bound is read back from the partition's own definition: of a `timestamp
+-- without time zone` created_at, as the instant it is in %(zone)s (naive_time_zone), whatever the
+-- session's TimeZone.
 select n.nspname as partition_schema, c.relname as partition, b.upper_bound,
        i.inhdetachpending as detach_pending, pt.partdefid <> 0 as has_default
 from pg_class p
 join pg_namespace pn on pn.oid = p.relnamespace
 join pg_partitioned_table pt on pt.partrelid = p.oid
+join pg_attribute a on a.attrelid = p.oid and a.attname = %(created_at)s
 join pg_inherits i on i.inhparent = p.oid
 join pg_class c on c.oid = i.inhrelid
 join pg_namespace n on n.oid = c.relnamespace
 cross join lateral (
-  select (regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                       $re$ TO \('([^']*)'\)$re$))[1]::timestamptz as upper_bound
+  select (regexp_match(pg_get_expr(c.relpartbound, c.oid), $re$ TO \('([^']*)'\)$re$))[1]
+         as bound
+) as t
+cross join lateral (
+  select case when a.atttypid = 'timestamp'::regtype
+              then t.bound::timestamp at time zone %(zone)s
+              else t.bound::timestamptz end as upper_bound
 ) as b
 where pn.nspname = %(schema)s and p.relname = %(table)s and p.relkind = 'p'
-  and pt.partstrat = 'r' and pt.partnatts = 1
-  and pt.partattrs[0] = (select a.attnum from pg_attribute a
-                         where a.attrelid = p.oid and a.attname = %(created_at)s)
+  and pt.partstrat = 'r' and pt.partnatts = 1 and pt.partattrs[0] = a.attnum
   and c.relkind = 'r' and c.oid <> pt.partdefid
   and b.upper_bound <= %(cutoff)s
 order by b.upper_bound;
@@ -320,6 +375,8 @@ alter table {parent} detach partition {partition};
 
 -- name: count_detached_partition
 -- The rows of a detached partition, and how many of them are at or past the cutoff (none may be).
+-- {created_at} reads the column as the rules do (a naive one: the instant it is in
+-- naive_time_zone, maintctl.rules.generate).
 select count(*) as rows, count(*) filter (where {created_at} >= %(cutoff)s) as fresh
 from {partition};
 
@@ -638,6 +695,15 @@ join pg_namespace n on n.oid = c.relnamespace
 join pg_index i on i.indexrelid = c.oid
 where n.nspname = %(schema)s and c.relname = %(name)s;
 
+-- name: relation_named
+-- What holds a name in the application schema (one of the rules' index names): its kind, and
+-- whether it is an index of the table given.
+select c.relkind::text as kind, coalesce(i.indrelid = to_regclass(%(table)s), false) as on_table
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_index i on i.indexrelid = c.oid
+where n.nspname = %(schema)s and c.relname = %(name)s;
+
 -- name: drop_index_concurrently
 -- Clears a leftover of an interrupted build, or an index built from another definition.
 drop index concurrently if exists {index};
@@ -645,6 +711,15 @@ drop index concurrently if exists {index};
 -- name: create_index_concurrently
 -- Builds one of the rules' indexes without blocking the application's writes.
 create index concurrently {index} {definition};
+
+-- name: rename_index
+-- An index built beside the one it replaces takes that one's name (after dropping it).
+alter index {index} rename to {name};
+
+-- name: drop_added_column
+-- Undoes a failed migrate's adding of one of maintctl's own columns (compacted_at): no value
+-- was written to it yet.
+alter table {table} drop column if exists {column};
 
 -- name: comment_index
 -- Marks one of maintctl's indexes with the digest of its definition.

@@ -47,6 +47,7 @@ def test_doctor_reports_each_check_and_exits_0_when_healthy(cli: Cli, conn: Conn
         "tables",
         "columns",
         "timestamps",
+        "row security",
         "privileges stuck",
         "privileges temp",
         "privileges compact",

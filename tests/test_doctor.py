@@ -103,7 +103,8 @@ def test_healthy_doctor_changes_nothing_and_every_line_is_ok(cli: Cli, conn: Con
 
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert len(lines) == 19  # main's 16, the health gate's line, writable and timestamps
+    # main's 16, the health gate's line, writable, timestamps and row security
+    assert len(lines) == 20
     assert all(line.startswith("ok   ") for line in lines[:-1])
     assert lines[-1] == "healthy"
     assert count(conn, "select count(*) from maintenance.runs") == 0

@@ -85,6 +85,8 @@ def test_a_granted_role_runs_maintenance_and_can_do_nothing_more(
         "appSchema": "public",
         "canVacuum": conn.info.server_version >= 170000,
         "statsRefused": None,
+        "rowSecurityPolicy": None,  # no table has Row Level Security: no policy
+        "rowSecurityTables": [],
     }
     assert healthy.exit_code == 0, healthy.stdout
     assert ran.exit_code == 0, ran.stderr

@@ -56,15 +56,24 @@ def test_row_level_security_that_applies_to_the_granted_role_is_named_by_doctor(
 
     assert hidden == (
         "row level security on temp_uploads applies to this role (policies: none: it hides "
-        "every row): temp would see and change only the rows those allow; run maintctl as the "
-        "table's owner, or give the role BYPASSRLS"
+        "every row): temp needs every row for SELECT, UPDATE, DELETE, but no policy of this "
+        "role lets every row through for SELECT, UPDATE, DELETE, so it would see and change "
+        f"only the rows those allow; run maintctl grant {role} as the table's owner (it adds a "
+        "policy letting the role see every row), run maintctl as the table's owner, or give "
+        "the role BYPASSRLS"
     )
-    assert "(policies: reads (SELECT)): temp would see" in read_only
+    assert (
+        "(policies: reads (SELECT)): temp needs every row for SELECT, UPDATE, DELETE, but no "
+        "policy of this role lets every row through for UPDATE, DELETE, so"
+    ) in read_only
     assert as_owner.exit_code == 0, as_owner.stdout
     notes = {c["check"]: c["detail"] for c in json.loads(as_owner.stdout)["checks"]}
-    assert notes["row security"] == (
-        "temp_uploads: enabled, not applied to this role (owner or BYPASSRLS)"
-    )
+    assert notes["row security"].split("; ") == [
+        "import_runs: off",
+        "temp_uploads: enabled, not applied to this role (owner or BYPASSRLS)",
+        "import_jobs: off",
+        "raw_import_items: off",
+    ]
     assert count(conn, "select count(*) from temp_uploads") == 1
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import sql
 
 from maintctl import __version__, db
-from maintctl.errors import ConfigError, NotMigrated
+from maintctl.errors import Busy, ConfigError, NotMigrated
 from maintctl.rules.generate import (
     NAIVE,
+    IndexBuild,
     Installation,
     Policy,
     all_needs,
@@ -159,17 +161,63 @@ def missing_tables(conn: db.Connection, policy: Policy) -> dict[str, str]:
 class TableSafety:
     row_security: bool
     forced: bool
+    role: str  # this session's
     applies: bool
     policies: list[str]
+    open_commands: list[str]  # a permissive policy of the role lets every row through for these
+    restricting: list[str]  # restrictive policies of the role that hide rows
     not_null: list[str]
     lacks_replica_identity: bool
 
 
+def rls_commands(privileges: tuple[str, ...]) -> list[str]:
+    """The commands whose policies a rule's DML passes: its privileges, and SELECT for the rows
+    an UPDATE or DELETE reads (its WHERE, its row locks)."""
+    return list(dict.fromkeys(("SELECT", *privileges)))
+
+
+def row_security_problem(
+    rule: str, table: str, needed: list[str], found: TableSafety
+) -> str | None:
+    """Why Row Level Security that applies to the role would hide rows from the rule, or None
+    when policies of the role let every row through for each command it needs."""
+    lacking = [command for command in needed if command not in found.open_commands]
+    if not lacking and not found.restricting:
+        return None
+    policies = ", ".join(found.policies) or "none: it hides every row"
+    why = []
+    if lacking:
+        why.append(f"no policy of this role lets every row through for {', '.join(lacking)}")
+    if found.restricting:
+        why.append(f"restrictive {', '.join(found.restricting)} hide rows")
+    return (
+        f"row level security{' (FORCE)' if found.forced else ''} on {table} applies to this "
+        f"role (policies: {policies}): {rule} needs every row for {', '.join(needed)}, but "
+        f"{' and '.join(why)}, so it would see and change only the rows those allow; run "
+        f"maintctl grant {found.role} as the table's owner (it adds a policy letting the role "
+        "see every row), run maintctl as the table's owner, or give the role BYPASSRLS"
+    )
+
+
+def row_security_note(table: str, found: TableSafety) -> str:
+    """What doctor says of a table's Row Level Security, and whether it affects this role."""
+    if not found.row_security:
+        return f"{table}: off"
+    enabled = "enabled (FORCE)" if found.forced else "enabled"
+    if not found.applies:
+        return f"{table}: {enabled}, not applied to this role (owner or BYPASSRLS)"
+    return (
+        f"{table}: {enabled}, applies to this role, whose policies let every row through for "
+        f"{', '.join(found.open_commands)}"
+    )
+
+
 def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list[str]], list[str]]:
     """By rule, what would make its DML fail, do nothing or see only some rows: Row Level
-    Security that applies to this role, a column compact clears that is NOT NULL, a table a
-    publication replicates without a replica identity. And notes on the tables whose Row Level
-    Security does not apply to the role."""
+    Security that applies to this role without a policy letting every row through for each
+    command the rule needs (`maintctl grant` adds one), a column compact clears that is NOT
+    NULL, a table a publication replicates without a replica identity. And a note on each
+    table's Row Level Security: off, not applied to this role, or applied with such policies."""
     problems: dict[str, list[str]] = {}
     notes: list[str] = []
     for rule in policy.rules:
@@ -180,18 +228,15 @@ def safety_problems(conn: db.Connection, policy: Policy) -> tuple[dict[str, list
             found = db.fetch_optional(conn, "table_safety", params, TableSafety)
             if found is None:
                 continue
-            policies = ", ".join(found.policies) or "none: it hides every row"
-            if found.applies:
-                found_here.append(
-                    f"row level security{' (FORCE)' if found.forced else ''} on {need.table} "
-                    f"applies to this role (policies: {policies}): {rule.name} would see and "
-                    "change only the rows those allow; run maintctl as the table's owner, "
-                    "or give the role BYPASSRLS"
-                )
-            elif found.row_security:
-                notes.append(
-                    f"{need.table}: enabled, not applied to this role (owner or BYPASSRLS)"
-                )
+            hidden = (
+                row_security_problem(rule.name, need.table, rls_commands(need.privileges), found)
+                if found.applies
+                else None
+            )
+            if hidden is not None:
+                found_here.append(hidden)
+            else:
+                notes.append(row_security_note(need.table, found))
             if need.table == changed:
                 found_here += [
                     f"{rule.name} clears {need.table}.{column}, which is NOT NULL; set "
@@ -247,6 +292,45 @@ def refuse_unfit(conn: db.Connection, policy: Policy) -> None:
         )
     check_statuses(conn, policy)
     check_time_zone(conn, policy)
+    check_index_names(conn, policy)
+
+
+@dataclass(frozen=True)
+class NameHolder:
+    kind: str
+    on_table: bool
+
+
+RELATION_KINDS = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "S": "a sequence",
+    "f": "a foreign table",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+def check_index_names(conn: db.Connection, policy: Policy) -> None:
+    """Refuse (exit 78) an index name of the rules that another relation of the schema holds (a
+    table, a view, an index of another table): its build would fail once migrate had begun."""
+    taken = []
+    for build in installation(policy).indexes:
+        params = {"schema": policy.schema, "name": build.name, "table": build.table.as_string()}
+        holder = db.fetch_optional(conn, "relation_named", params, NameHolder)
+        index = holder is not None and holder.kind in ("i", "I")  # "I": of a partitioned table
+        if holder is not None and not (index and holder.on_table):
+            what = "an index of another table" if index else RELATION_KINDS[holder.kind]
+            taken.append(f"{build.name} is {what}")
+        # A valid or INVALID index of that name on the table: built anew or kept (install).
+    if taken:
+        raise ConfigError(
+            f"in schema {policy.schema!r}, the names of the rules' indexes are taken: "
+            + ", ".join(taken)
+            + "; rename or drop those, then run maintctl migrate"
+        )
 
 
 def check_conditions(conn: db.Connection, settings: Settings) -> None:
@@ -260,30 +344,120 @@ def check_conditions(conn: db.Connection, settings: Settings) -> None:
 def install(conn: db.Connection, settings: Settings) -> bool:
     """Install what the policy generates, unless it is already installed; True when it was.
 
-    The policy's tables and columns are checked first (a missing one: exit 78, nothing changed).
-    maintctl's own columns and the functions go in one transaction, the indexes one by one
-    without blocking writes, then the fingerprint records what was installed. The thresholds,
-    not part of the fingerprint, are the pg_cron procedure's defaults: when they changed, the
-    functions are installed anew too."""
+    Everything is checked first (a missing table or column, an index name another relation
+    holds, a statement the schema will not take: exit 78, nothing changed). maintctl's own
+    columns go in a transaction; the indexes are built one by one without blocking writes (one
+    that replaces an index of another definition beside it, under a name of its own); then the
+    functions and the fingerprint commit together. Should a build or that transaction fail,
+    what this install made is undone (the indexes it built or left invalid, the columns it
+    added) and the database is as it was: the old rules keep working. Only then do the new
+    indexes take the old ones' places. The thresholds, not part of the fingerprint, are the
+    pg_cron procedure's defaults: when they
+    changed, the functions are installed anew too."""
     policy = catalog_policy(conn, settings)
     generated = installation(policy, thresholds_of(settings))
     current = installed_fingerprint(conn) == generated.fingerprint
     if current and _indexes_ready(conn, policy, generated) and _procedure_current(conn, generated):
         return False
     refuse_unfit(conn, policy)
+    _try_statements(conn, settings, generated)
+    added = _absent_added_columns(conn, policy)
     with db.transaction(conn, settings):
-        for statement in (*generated.columns, *generated.functions):
+        for statement in generated.columns:
             conn.execute(statement)
-        conn.execute(hardening())
-    _build_indexes(conn, policy, generated)
-    with db.transaction(conn, settings):
-        record = {
-            "fingerprint": generated.fingerprint,
-            "app_schema": policy.schema,
-            "maintctl_version": __version__,
-        }
-        db.execute(conn, "record_installed_rules", record)
+    built: list[str] = []  # the indexes this install made, dropped again should it fail
+    try:
+        swaps = _build_indexes(conn, policy, generated, built)
+        with db.transaction(conn, settings):
+            for statement in generated.functions:
+                conn.execute(statement)
+            conn.execute(hardening())
+            record = {
+                "fingerprint": generated.fingerprint,
+                "app_schema": policy.schema,
+                "maintctl_version": __version__,
+            }
+            db.execute(conn, "record_installed_rules", record)
+    except psycopg.Error as exc:
+        error = db.translate(conn, exc)
+        raise type(error)(_undo(conn, settings, policy, built, added, error.message)) from exc
+    _take_places(conn, policy, generated, swaps)
     return True
+
+
+def _try_statements(conn: db.Connection, settings: Settings, generated: Installation) -> None:
+    """The columns and functions, run once in a transaction rolled back: what the application's
+    schema will not take (a time column of text, which no cutoff compares with) fails here,
+    before an index build of hours, and nothing changes."""
+    try:
+        with db.transaction(conn, settings):
+            for statement in (*generated.columns, *generated.functions):
+                conn.execute(statement)
+            raise psycopg.Rollback()
+    except psycopg.Error as exc:
+        error = db.translate(conn, exc)
+        if isinstance(error, Busy):  # the application held a table: try again later
+            raise error from exc
+        raise type(error)(
+            f"migrate did not install the rules: {error.message}; the rules and the "
+            "application's tables were left as they were"
+        ) from exc
+
+
+def _absent_added_columns(conn: db.Connection, policy: Policy) -> list[tuple[str, str]]:
+    """maintctl's own columns (compacted_at) that the tables lack: the ones this install adds."""
+    absent = []
+    for need in all_needs(policy):
+        params = {"schema": policy.schema, "table": need.table}
+        present = {column.name for column in db.fetch_all(conn, "table_columns", params, Column)}
+        absent += [(need.table, column) for column in need.added if column not in present]
+    return list(dict.fromkeys(absent))
+
+
+def _undo(
+    conn: db.Connection,
+    settings: Settings,
+    policy: Policy,
+    built: list[str],
+    added: list[tuple[str, str]],
+    failure: str,
+) -> str:
+    """Drop the indexes and columns a failed install made; the message says what failed, what
+    was undone and what could not be (the next migrate clears an index left behind)."""
+    undone, left = [], []
+    if not conn.closed:
+        with db.best_effort():
+            db.execute(conn, "allow_long_statements")
+    for name in built:
+        try:
+            index = sql.Identifier(policy.schema, name)
+            db.execute_composed(conn, "drop_index_concurrently", {"index": index})
+            undone.append(f"dropped index {name}")
+        except psycopg.Error as exc:
+            left.append(f"index {name} ({db.first_line(exc)})")
+    with db.best_effort():
+        db.execute(conn, "reset_session_limits")
+    for table, column in added:
+        try:
+            with db.transaction(conn, settings):
+                names = {"table": sql.Identifier(policy.schema, table)}
+                db.execute_composed(
+                    conn, "drop_added_column", {**names, "column": sql.Identifier(column)}
+                )
+            undone.append(f"dropped column {table}.{column}")
+        except psycopg.Error as exc:
+            left.append(f"column {table}.{column} ({db.first_line(exc)})")
+    message = f"migrate did not install the rules: {failure}"
+    if left:
+        return (
+            f"{message}; it could not undo {', '.join(left)}: the old rules still run, and the "
+            "next maintctl migrate clears what is left"
+        )
+    done = f" ({', '.join(undone)})" if undone else ""
+    return (
+        f"{message}; it undid what it had made{done}: the rules and the application's tables "
+        "are as they were"
+    )
 
 
 def _procedure_current(conn: db.Connection, generated: Installation) -> bool:
@@ -308,20 +482,67 @@ def _indexes_ready(conn: db.Connection, policy: Policy, generated: Installation)
     )
 
 
-def _build_indexes(conn: db.Connection, policy: Policy, generated: Installation) -> None:
-    """Each index, unless a valid one of that name and definition is there. An index of that name
-    without maintctl's comment (built by a maintctl before rules were data) is kept as it is."""
+def _replacement_name(build: IndexBuild) -> str:
+    """Where an index of a new definition is built beside the one it replaces."""
+    return f"maintctl_new_{build.digest}"
+
+
+def _build_indexes(
+    conn: db.Connection, policy: Policy, generated: Installation, built: list[str]
+) -> list[IndexBuild]:
+    """Each index, unless a valid one of that name and definition is there; the name of each
+    build goes into `built` before it starts. An index of that name without maintctl's comment
+    (built by a maintctl before rules were data) is kept as it is. One of another definition
+    stays until the new rules are installed: the new one is built beside it (returned, for
+    _take_places)."""
+    swaps = []
     db.execute(conn, "allow_long_statements")
     try:
         for build in generated.indexes:
             state = _index_state(conn, policy.schema, build.name)
-            index = sql.Identifier(policy.schema, build.name)
-            if not _ready(state, build.digest):
-                db.execute_composed(conn, "drop_index_concurrently", {"index": index})
-                names = {"index": sql.Identifier(build.name), "definition": build.definition}
-                db.execute_composed(conn, "create_index_concurrently", names)
+            if _ready(state, build.digest):
+                continue
+            target = build.name
+            if state is not None and state.valid:
+                target = _replacement_name(build)
+                swaps.append(build)
+            # Leftovers of an interrupted migrate go first: an INVALID build, of no use to
+            # anyone, or a replacement that never took its place.
+            index = sql.Identifier(policy.schema, target)
+            for leftover in dict.fromkeys((target, _replacement_name(build))):
+                old = {"index": sql.Identifier(policy.schema, leftover)}
+                db.execute_composed(conn, "drop_index_concurrently", old)
+            built.append(target)
+            names = {"index": sql.Identifier(target), "definition": build.definition}
+            db.execute_composed(conn, "create_index_concurrently", names)
             db.execute_composed(
                 conn, "comment_index", {"index": index, "comment": sql.Literal(build.digest)}
             )
+    finally:
+        with db.best_effort():
+            db.execute(conn, "reset_session_limits")
+    return swaps
+
+
+def _take_places(
+    conn: db.Connection, policy: Policy, generated: Installation, swaps: list[IndexBuild]
+) -> None:
+    """Once the new rules are installed: each index built beside an old one takes its name, and
+    an index of maintctl's name built before rules were data gets its digest as its comment."""
+    db.execute(conn, "allow_long_statements")
+    try:
+        for build in swaps:
+            index = sql.Identifier(policy.schema, build.name)
+            db.execute_composed(conn, "drop_index_concurrently", {"index": index})
+            new = sql.Identifier(policy.schema, _replacement_name(build))
+            db.execute_composed(
+                conn, "rename_index", {"index": new, "name": sql.Identifier(build.name)}
+            )
+        for build in generated.indexes:
+            state = _index_state(conn, policy.schema, build.name)
+            if state is not None and state.comment is None:
+                index = sql.Identifier(policy.schema, build.name)
+                comment = {"index": index, "comment": sql.Literal(build.digest)}
+                db.execute_composed(conn, "comment_index", comment)
     finally:
         db.execute(conn, "reset_session_limits")
