@@ -435,48 +435,34 @@ MAX_ROWS_REACHED = "max rows reached (MAINTCTL_MAX_ROWS); the next run carries o
 def _walked(
     conn: Connection, settings: Settings, task: Task, tally: _Tally, heartbeat: Heartbeat | None
 ) -> TaskResult:
-    """The result of a task whose walk went to its end: ok only when no row the rule selects at
-    the task's cutoff, of those there when it began, is still there but those another session
-    holds (left to the application; the next run takes them). A row it could not change fails
-    the task, named (blocked), and so does a row whose change left no trace and no error: a
-    BEFORE trigger that cancelled the DML."""
-    from psycopg import sql
-
+    """The result of a task whose walk went to its end (maintenance.walk_outcome): ok only when no
+    row the rule selects at the task's cutoff, of those there when it began, is still there but
+    those another session holds (left to the application; the next run takes them). A row it
+    could not change fails the task, named (blocked), and so does a row whose change left no
+    trace and no error: a BEFORE trigger that cancelled the DML."""
     from maintctl import db
 
-    # Counted up to a bound: the check locks what it counts, for as long as it counts.
-    limit = len(tally.blocked) + LEFT_CHECK_LIMIT
-    left_function = {"left": sql.Identifier("maintenance", task.left_function)}
     params = {
+        "rule": task.name,
         "cutoff": tally.cutoff,
-        "limit": limit,
         "cutoffs": db.jsonb(tally.cutoffs),
         "snapshot": tally.snapshot,
+        "blocked": db.jsonb(tally.blocked),
     }
     with db.transaction(conn, settings):
         if heartbeat is not None:
             heartbeat.beat(conn)
-        left = db.fetch_composed(conn, "rule_left", left_function, params, Count).rows
-        blocked = (
-            db.fetch_value(conn, "blocked_sentence", {"blocked": db.jsonb(tally.blocked)})
-            if tally.blocked
-            else None
-        )
-    unchanged = left - len(tally.blocked)
-    if blocked is None and unchanged <= 0:
+        outcome = db.fetch_one(conn, "walk_outcome", params, WalkOutcome)
+    if outcome.failure is None:
         return tally.result("ok")
-    tally.remaining = left
-    said = [blocked] if blocked is not None else []
-    if unchanged > 0:
-        said.append(
-            f"{'at least ' if left >= limit else ''}{unchanged} row(s) the rule selects are "
-            "still there unchanged after its walk (a trigger that cancels the change?)"
-        )
-    return tally.result("failed", "; ".join(said) + "; the rest of the rule ran")
+    tally.remaining = outcome.rows_left
+    return tally.result("failed", outcome.failure)
 
 
-# What the last check of a task counts at most, beyond the rows it knows were blocked.
-LEFT_CHECK_LIMIT = 1000
+@dataclass(frozen=True)
+class WalkOutcome:
+    rows_left: int
+    failure: str | None
 
 
 def _limit_reached(rows: int, max_rows: int | None, deadline: float | None) -> str | None:

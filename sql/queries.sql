@@ -734,19 +734,17 @@ from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batc
                            %(archive)s::text[]) as s
 cross join maintenance.archive_lines(s.removed) as a;
 
--- name: blocked_sentence
--- How a task words the rows it left as they are (maintenance.blocked_sentence, sql/rules/runner.sql).
-select maintenance.blocked_sentence(%(blocked)s::jsonb) as sentence;
-
 -- name: rule_count
 -- What a rule would touch now, counted up to %(limit)s rows (null: all), through its count function;
 -- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
 select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
 
--- name: rule_left
--- What a rule's finished walk left of the rows it selects that were there at %(snapshot)s, but
--- for those another session holds, up to %(limit)s rows: through its _left function.
-select {left}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb, %(snapshot)s::pg_snapshot) as rows;
+-- name: walk_outcome
+-- The last check of a task whose walk went to its end (maintenance.walk_outcome, runner.sql): the
+-- rows left that were there at %(snapshot)s, and why the task failed (null: it did not).
+select o.rows_left, o.failure
+from maintenance.walk_outcome(%(rule)s, %(cutoff)s, %(cutoffs)s::jsonb, %(snapshot)s::pg_snapshot,
+                              %(blocked)s::jsonb) as o;
 
 -- name: snapshot
 -- The moment a task begins, as the rows it can see then.

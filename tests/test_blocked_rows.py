@@ -240,3 +240,26 @@ def test_with_an_archive_only_the_deleted_rows_are_archived(
     manifest = json.loads(manifest_file.read_text())
     assert sum(f["rows"] for f in manifest["files"]) == 11
     assert cli("archive", "verify", str(archive)).exit_code == 0
+
+
+def test_the_pg_cron_procedure_checks_what_its_walk_left_as_the_cli_does(
+    cli: Cli, conn: Conn
+) -> None:
+    add_old_uploads(conn, 6)
+    conn.execute(
+        """
+        create function keep_all() returns trigger language plpgsql as $$
+        begin return null; end $$;
+        create trigger pinned before delete on temp_uploads for each row
+          when (old.storage_path = 'tmp/2') execute function keep_all();
+        """
+    )
+    said = cli("purge-temp", "--json")
+    assert said.exit_code == 1
+    error = task_of(json.loads(said.stdout), "temp")["error"]
+
+    with pytest.raises(psycopg.errors.RaiseException) as raised:
+        conn.execute("call maintenance.run_maintenance_cleanup()")
+
+    assert f"temp: {error}" in str(raised.value)
+    assert count(conn, "select count(*) from temp_uploads") == 1

@@ -426,6 +426,17 @@ def runner_placeholders(
         )
         for position, rule in enumerate(policy.rules)
     )
+    left_dispatch = sql.SQL("\n  ").join(
+        sql.SQL(
+            "{keyword} p_rule = {name} then\n"
+            "    rows_left := {left}(p_cutoff, bound, p_cutoffs, p_snapshot);"
+        ).format(
+            keyword=sql.SQL("if" if position == 0 else "elsif"),
+            name=sql.Literal(rule.name),
+            left=sql.Identifier("maintenance", rule.left_function),
+        )
+        for position, rule in enumerate(policy.rules)
+    )
     count_wrappers = sql.SQL("\n\n").join(
         sql.SQL(
             "create or replace function {count}(p_cutoff timestamptz, p_limit bigint)\n"
@@ -498,6 +509,7 @@ def runner_placeholders(
     return {
         "count_wrappers": count_wrappers,
         "step_dispatch": dispatch,
+        "left_dispatch": left_dispatch,
         "threshold_parameters": parameters,
         "rule_thresholds": sql.SQL("jsonb_build_object({})").format(
             sql.SQL(", ").join(own_thresholds)

@@ -52,6 +52,40 @@ begin
 end
 $$;
 
+-- The last check of a task whose walk went to its end, the CLI's and the procedure's: what is left
+-- of the rows the rule selects at its cutoff that were there when the task began (p_snapshot), but
+-- for those another session holds (the rule's _left function), counted up to 1,000 beyond the rows
+-- the walk named as blocked (the check locks what it counts); and why the task failed, or null:
+-- the blocked rows, and rows left that no error explains (a BEFORE trigger that cancels the change).
+create or replace function maintenance.walk_outcome(
+  p_rule text, p_cutoff timestamptz, p_cutoffs jsonb, p_snapshot pg_snapshot, p_blocked jsonb,
+  out rows_left bigint, out failure text)
+language plpgsql volatile set search_path = pg_catalog, pg_temp
+as $$
+declare
+  blocked_count integer := coalesce(jsonb_array_length(p_blocked), 0);
+  bound bigint := blocked_count + 1000;
+  said text[] := array[]::text[];
+begin
+  {left_dispatch}
+  else
+    raise exception 'no maintenance rule named %', p_rule using errcode = 'invalid_parameter_value';
+  end if;
+  if blocked_count > 0 then
+    said := said || maintenance.blocked_sentence(p_blocked);
+  end if;
+  if rows_left > blocked_count then
+    said := said || format('%s%s row(s) the rule selects are still there unchanged after its walk '
+                           '(a trigger that cancels the change?)',
+                           case when rows_left >= bound then 'at least ' else '' end,
+                           rows_left - blocked_count);
+  end if;
+  if cardinality(said) > 0 then
+    failure := array_to_string(said, '; ') || '; the rest of the rule ran';
+  end if;
+end
+$$;
+
 -- Each rule's count with no per-status cutoffs, as maintenance_status and pending_counts call them.
 {count_wrappers}
 
@@ -98,6 +132,7 @@ declare
   failure pg_catalog.text;
   blocked pg_catalog.jsonb;  -- the task's rows left as they are (maintenance.rule_step)
   blocked_now pg_catalog.jsonb;
+  snapshot pg_catalog.pg_snapshot;  -- the rows there when the task began
   failed_tasks pg_catalog.text;
   cancelled pg_catalog.bool := false;
   lease constant pg_catalog.interval := interval '60 seconds';
@@ -164,6 +199,7 @@ begin
       from jsonb_each_text(status_thresholds -> task) s;
     cutoff := coalesce(cutoff, now() - maintenance.absolute(threshold));
     task_started := clock_timestamp();
+    snapshot := pg_catalog.pg_current_snapshot();
     total := 0;
     batches := 0;
     failure := null;
@@ -196,8 +232,21 @@ begin
       exit tasks when cancelled;
       exit when failure is not null or position is null;
     end loop;
-    if failure is null and jsonb_array_length(blocked) > 0 then
-      failure := maintenance.blocked_sentence(blocked);
+    if failure is null then  -- the walk went to its end: its last check, as the CLI's
+      begin
+        select o.failure into failure
+          from maintenance.walk_outcome(task, cutoff, cutoffs, snapshot, blocked) as o;
+      exception
+        when query_canceled then
+          cancelled := true;
+          failure := 'canceling statement: the batch in flight rolled back';
+        when others then
+          failure := sqlerrm;
+      end;
+      commit;
+      perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+      perform maintenance.set_lock_timeout(lock_timeout);
+      exit tasks when cancelled;
     end if;
     task_results := task_results || jsonb_build_object(
       'task', task,
