@@ -212,6 +212,28 @@ def check_safety(conn: db.Connection, settings: Settings) -> list[Check]:
     return [Check("row security", True, "; ".join(notes))]
 
 
+def check_foreign_keys(conn: db.Connection, settings: Settings) -> list[Check]:
+    """A foreign key of another table that keeps a row the rule deletes while it refers to it:
+    not a fault of the schema, but such a row is left as it is and named, and its task fails
+    (docs/safety.md, "Rows that cannot change"). A warning, so that the first run's exit 1 is
+    no surprise."""
+    policy = policy_of(settings)
+    found = []
+    for need in all_needs(policy):
+        if "DELETE" not in need.privileges:
+            continue
+        params = {"schema": policy.schema, "table": need.table}
+        keys: list[str] = db.fetch_value(conn, "restricting_foreign_keys", params)
+        if keys:
+            found.append(
+                f"a row of {need.table} that {', '.join(keys)} refers to is not deleted: "
+                f"{need.rule} leaves it, names it and fails (exit 1)"
+            )
+    if not found:
+        return []
+    return [Check("foreign keys", True, "; ".join(dict.fromkeys(found)), warning=True)]
+
+
 def check_conditions(conn: db.Connection, settings: Settings) -> list[Check]:
     """Each [[purge]] rule's `where`: a boolean condition on its table alone, immutable."""
     rules = policy_of(settings).purge_rules
@@ -377,6 +399,7 @@ DOCTOR_STEPS: list[tuple[str, DoctorStep]] = [
     ("columns", check_columns),
     ("timestamps", check_timestamps),
     ("safety", check_safety),
+    ("foreign keys", check_foreign_keys),
     ("privileges", check_privileges),
     ("run lease", check_run_lease),
     ("health gate", check_health_gate),

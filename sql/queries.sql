@@ -293,6 +293,16 @@ select c.relrowsecurity as row_security,
 from pg_class c
 where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
 
+-- name: restricting_foreign_keys
+-- The foreign keys of other tables that keep a row of this one from being deleted while they
+-- refer to it (ON DELETE RESTRICT or NO ACTION): each as "table (constraint, ON DELETE ...)".
+select coalesce(array_agg(format('%%s (%%s, ON DELETE %%s)', k.conrelid::regclass, k.conname,
+                                 case k.confdeltype when 'r' then 'RESTRICT' else 'NO ACTION' end)
+                          order by k.conrelid::regclass::text, k.conname), '{}') as keys
+from pg_constraint k
+where k.contype = 'f' and k.confdeltype in ('r', 'a')
+  and k.confrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
+
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.
 select clock_timestamp() as now;

@@ -55,8 +55,17 @@ def test_an_upload_a_foreign_key_keeps_is_named_and_every_other_one_goes(
     kept = [uploads[0], uploads[17]]  # the oldest, where each run's walk starts, and one inside
     referenced_by_the_application(conn, *kept)
 
+    doctor = cli("doctor")
     dry = cli("purge-temp", "--dry-run", "--json")
     result = cli("purge-temp", "--json", "--batch-size", batch_size)
+
+    # Doctor warns of it first: the run's exit 1 is no surprise.
+    assert doctor.exit_code == 0, doctor.stdout
+    assert (
+        "warn foreign keys: a row of temp_uploads that upload_refs (upload_refs_upload_fk, "
+        "ON DELETE RESTRICT) refers to is not deleted: temp leaves it, names it and fails "
+        "(exit 1)"
+    ) in " ".join(doctor.stdout.split())
 
     assert json.loads(dry.stdout)["tempUploadsPurged"] == 30
     assert result.exit_code == 1, result.stderr
