@@ -691,14 +691,14 @@ def main_options(
     """
 
 
-@command("run", "maintctl run --json   (daily from cron: 0 3 * * * maintctl run --json)")
-def run(
+def _task_options(
     database_url: DatabaseUrl = None,
     schema: Schema = None,
     json_output: JsonOutput = False,
     dry_run: DryRun = False,
     batch_size: BatchSize = None,
     max_runtime: MaxRuntime = None,
+    older_than: OlderThan = None,
     force: Force = False,
     log_format: LogFormat = None,
     quiet: Quiet = False,
@@ -712,96 +712,63 @@ def run(
     max_wal_rate: MaxWalRate = None,
     throttle_wait: ThrottleWait = None,
     debug: Debug = False,
+) -> None:
+    """The options of `run`, of each task command and of `purge`, in one list (a command may
+    leave some out: `run` has no --older-than, a rule without files no --emit-paths)."""
+
+
+# The health gate's and the row limit's options: _run takes them as settings, by these names.
+_GATE_OPTIONS = ("max_rows", "max_replica_lag", "max_slot_lag", "max_wal_rate", "throttle_wait")
+
+
+def _with_task_options(*without: str) -> Callable[[Command], Command]:
+    """Give a command taking **options the parameters of _task_options (but those `without`),
+    after its own: the signature Typer reads its options from."""
+
+    def give(function: Command) -> Command:
+        own = [
+            p
+            for p in inspect.signature(function, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        shared = inspect.signature(_task_options, eval_str=True).parameters.values()
+        parameters = own + [p for p in shared if p.name not in without]
+        function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        return function
+
+    return give
+
+
+def _run_with(
+    tasks: tuple[Task, ...],
+    command_name: str,
+    options: dict[str, Any],
+    thresholds: dict[str, Any] | None = None,
 ) -> int:
+    """_run with the options of _task_options, as a command received them."""
+    given = {k: v for k, v in options.items() if k not in ("debug", "older_than")}
+    gate = {name: given.pop(name) for name in _GATE_OPTIONS}
+    return _run(tasks, command_name, thresholds=thresholds, gate=gate, **given)
+
+
+@command("run", "maintctl run --json   (daily from cron: 0 3 * * * maintctl run --json)")
+@_with_task_options("older_than")
+def run(**options: Any) -> int:
     """Run every task in order: stuck, purge-temp, compact, purge-raw."""
     from maintctl.tasks import TASKS
 
-    return _run(
-        TASKS,
-        "run",
-        database_url=database_url,
-        schema=schema,
-        json_output=json_output,
-        dry_run=dry_run,
-        batch_size=batch_size,
-        max_runtime=max_runtime,
-        force=force,
-        log_format=log_format,
-        quiet=quiet,
-        metrics_file=metrics_file,
-        vacuum=vacuum,
-        emit_paths=emit_paths,
-        archive=archive,
-        gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
-    )
-
-
-def _gate_flags(
-    max_rows: int | None,
-    max_replica_lag: str | None,
-    max_slot_lag: str | None,
-    max_wal_rate: str | None,
-    throttle_wait: str | None,
-) -> dict[str, Any]:
-    """The health gate's and the row limit's flags, by their settings' names."""
-    return {
-        "max_rows": max_rows,
-        "max_replica_lag": max_replica_lag,
-        "max_slot_lag": max_slot_lag,
-        "max_wal_rate": max_wal_rate,
-        "throttle_wait": throttle_wait,
-    }
+    return _run_with(TASKS, "run", options)
 
 
 def _task_command(task: Task) -> None:
     """Register the command that runs one task alone."""
 
-    def single_task(
-        database_url: DatabaseUrl = None,
-        schema: Schema = None,
-        json_output: JsonOutput = False,
-        dry_run: DryRun = False,
-        batch_size: BatchSize = None,
-        max_runtime: MaxRuntime = None,
-        older_than: OlderThan = None,
-        force: Force = False,
-        log_format: LogFormat = None,
-        quiet: Quiet = False,
-        metrics_file: MetricsFile = None,
-        vacuum: Vacuum = False,
-        emit_paths: EmitPaths = None,
-        archive: ArchiveDest = None,
-        max_rows: MaxRows = None,
-        max_replica_lag: MaxReplicaLag = None,
-        max_slot_lag: MaxSlotLag = None,
-        max_wal_rate: MaxWalRate = None,
-        throttle_wait: ThrottleWait = None,
-        debug: Debug = False,
-    ) -> int:
-        return _run(
-            (task,),
-            task.command,
-            database_url=database_url,
-            schema=schema,
-            json_output=json_output,
-            dry_run=dry_run,
-            batch_size=batch_size,
-            max_runtime=max_runtime,
-            force=force,
-            vacuum=vacuum,
-            thresholds={task.threshold: older_than},
-            log_format=log_format,
-            quiet=quiet,
-            metrics_file=metrics_file,
-            emit_paths=emit_paths,
-            archive=archive,
-            gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
-        )
+    def single_task(**options: Any) -> int:
+        thresholds = {task.threshold: options["older_than"]}
+        return _run_with((task,), task.command, options, thresholds)
 
-    if not task.emits_paths:  # only a rule whose rows have files takes --emit-paths
-        signature = inspect.signature(single_task, eval_str=True)
-        kept = [p for p in signature.parameters.values() if p.name != "emit_paths"]
-        single_task.__signature__ = signature.replace(parameters=kept)  # type: ignore[attr-defined]
+    # Only a rule whose rows have files takes --emit-paths.
+    _with_task_options(*(() if task.emits_paths else ("emit_paths",)))(single_task)
     single_task.__doc__ = task.summary
     single_task.__name__ = task.command.replace("-", "_")
     command(task.command, task.example)(single_task)
@@ -818,59 +785,28 @@ _task_commands()
 
 
 @command("purge", "maintctl purge audit-log --dry-run   (a [[purge]] rule of maintctl.toml)")
+@_with_task_options("emit_paths")
 def purge(
     name: Annotated[
         str,
         typer.Argument(help="The name of a [[purge]] rule of the policy file.", show_default=False),
     ],
-    database_url: DatabaseUrl = None,
-    schema: Schema = None,
-    json_output: JsonOutput = False,
-    dry_run: DryRun = False,
-    batch_size: BatchSize = None,
-    max_runtime: MaxRuntime = None,
-    older_than: OlderThan = None,
-    force: Force = False,
-    log_format: LogFormat = None,
-    quiet: Quiet = False,
-    metrics_file: MetricsFile = None,
-    vacuum: Vacuum = False,
-    archive: ArchiveDest = None,
-    max_rows: MaxRows = None,
-    max_replica_lag: MaxReplicaLag = None,
-    max_slot_lag: MaxSlotLag = None,
-    max_wal_rate: MaxWalRate = None,
-    throttle_wait: ThrottleWait = None,
-    debug: Debug = False,
+    **options: Any,
 ) -> int:
     """Run one [[purge]] rule of the policy file alone: delete the rows of its table older than
     its threshold (and selected by its where)."""
     from maintctl.errors import ConfigError
     from maintctl.policy import nearest
 
-    rules = {rule.name: rule for rule in _settings(database_url, schema).purge_rules()}
+    settings = _settings(options["database_url"], options["schema"])
+    rules = {rule.name: rule for rule in settings.purge_rules()}
     if name not in rules:
         raise ConfigError(
             f"no [[purge]] rule named {name!r} in the policy file{nearest(name, rules)}"
         )
-    return _run(
-        (rules[name],),
-        f"purge {name}",
-        database_url=database_url,
-        schema=schema,
-        json_output=json_output,
-        dry_run=dry_run,
-        batch_size=batch_size,
-        max_runtime=max_runtime,
-        force=force,
-        vacuum=vacuum,
-        thresholds={"purge_older_than": {name: older_than}} if older_than else None,
-        log_format=log_format,
-        quiet=quiet,
-        metrics_file=metrics_file,
-        archive=archive,
-        gate=_gate_flags(max_rows, max_replica_lag, max_slot_lag, max_wal_rate, throttle_wait),
-    )
+    older_than = options["older_than"]
+    thresholds = {"purge_older_than": {name: older_than}} if older_than else None
+    return _run_with((rules[name],), f"purge {name}", options, thresholds)
 
 
 @command("status", "maintctl status --max-age 26h   (exit 1 when no successful run in 26h)")
