@@ -133,6 +133,7 @@ declare
   blocked pg_catalog.jsonb;  -- the task's rows left as they are (maintenance.rule_step)
   blocked_now pg_catalog.jsonb;
   snapshot pg_catalog.pg_snapshot;  -- the rows there when the task began
+  checked pg_catalog.bool;  -- the task's last check is done
   failed_tasks pg_catalog.text;
   cancelled pg_catalog.bool := false;
   lease constant pg_catalog.interval := interval '60 seconds';
@@ -205,20 +206,29 @@ begin
     failure := null;
     blocked := pg_catalog.jsonb_build_array();
     position := null;
+    checked := false;
+    -- Batch after batch, each its own transaction; once the walk is at its end (position null
+    -- after a batch), one more transaction for its last check, as the CLI's.
     loop
       begin
-        -- Renewed at the start (the row stays locked for the batch) and at the end of each batch.
-        if not maintenance.renew_run_lease(ledger_id, lease) then
-          raise exception 'the run lease lapsed and another run took it over'
-            using errcode = 'lock_not_available';
+        if batches > 0 and position is null then
+          select o.failure into failure
+            from maintenance.walk_outcome(task, cutoff, cutoffs, snapshot, blocked) as o;
+          checked := true;
+        else
+          -- Renewed at the start (the row stays locked for the batch) and at the end of each batch.
+          if not maintenance.renew_run_lease(ledger_id, lease) then
+            raise exception 'the run lease lapsed and another run took it over'
+              using errcode = 'lock_not_available';
+          end if;
+          select s.rows, s.next_position, s.blocked into n, position, blocked_now
+            from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
+                                       cutoffs) as s;
+          perform maintenance.renew_run_lease(ledger_id, lease);
+          batches := batches + 1;
+          total := total + n;
+          blocked := blocked || coalesce(blocked_now, '[]');
         end if;
-        select s.rows, s.next_position, s.blocked into n, position, blocked_now
-          from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
-                                     cutoffs) as s;
-        perform maintenance.renew_run_lease(ledger_id, lease);
-        batches := batches + 1;
-        total := total + n;
-        blocked := blocked || coalesce(blocked_now, '[]');
       exception
         when query_canceled then  -- a cancel or the CALL's own timeout ends the whole run
           cancelled := true;
@@ -230,24 +240,8 @@ begin
       perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
       perform maintenance.set_lock_timeout(lock_timeout);
       exit tasks when cancelled;
-      exit when failure is not null or position is null;
+      exit when failure is not null or checked;
     end loop;
-    if failure is null then  -- the walk went to its end: its last check, as the CLI's
-      begin
-        select o.failure into failure
-          from maintenance.walk_outcome(task, cutoff, cutoffs, snapshot, blocked) as o;
-      exception
-        when query_canceled then
-          cancelled := true;
-          failure := 'canceling statement: the batch in flight rolled back';
-        when others then
-          failure := sqlerrm;
-      end;
-      commit;
-      perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-      perform maintenance.set_lock_timeout(lock_timeout);
-      exit tasks when cancelled;
-    end if;
     task_results := task_results || jsonb_build_object(
       'task', task,
       'status', case when failure is null then 'ok' else 'failed' end,
