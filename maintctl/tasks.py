@@ -124,13 +124,18 @@ class Count:
 
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
 MIN_BATCH_SIZE = 1
-# Each transaction is held to about this long, so that the application's writes never wait long
-# behind one: a batch that took longer shrinks the next in proportion, at most by half (down to
-# TIMED_FLOOR rows), one that took under half grows the next back towards the configured size.
+# No transaction is to take longer than this, so that the application's writes never wait long
+# behind one. Batches aim at AIM_BATCH_SECONDS, well under it, so that one that meets a stall (a
+# checkpoint, the other sessions on the cores) or heavier rows still fits: a batch over the
+# budget shrinks the next to the aim in proportion, at most by half (down to TIMED_FLOOR rows);
+# one that took under AIM_GROW_BELOW of the aim grows the next towards the aim, at most doubling,
+# up to the ceiling (Settings.batch_ceiling).
 TARGET_BATCH_SECONDS = 0.05
+AIM_BATCH_SECONDS = 0.035
+AIM_GROW_BELOW = 0.8
 TIMED_FLOOR = 10
 # The first batch of a task is a probe of this many rows: the second is sized to fit
-# TARGET_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
+# AIM_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
 # import jobs with 4 MB logs took 5 s).
 FIRST_BATCH_SIZE = 10
 # Set to end every task between two batches as SIGTERM would (maintctl serve's shutdown: its run
@@ -211,20 +216,22 @@ class Step:
 ProgressCallback = Callable[[TaskProgress], None]
 
 
-def next_batch_size(size: int, configured: int, seconds: float) -> int:
-    """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
+def next_batch_size(size: int, ceiling: int, seconds: float) -> int:
+    """The size of the next batch after one of `size` rows took `seconds` (AIM_BATCH_SECONDS,
+    never over TARGET_BATCH_SECONDS), within the `ceiling`."""
     if seconds > TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
-        return max(TIMED_FLOOR, size // 2, int(size * TARGET_BATCH_SECONDS / seconds))
-    if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
-        return min(configured, size * 2)
-    return size
+        return max(TIMED_FLOOR, size // 2, int(size * AIM_BATCH_SECONDS / seconds))
+    if seconds < AIM_BATCH_SECONDS * AIM_GROW_BELOW and size < ceiling:
+        fits = int(size * AIM_BATCH_SECONDS / max(seconds, 1e-6))
+        return min(ceiling, size * 2, fits)
+    return min(size, ceiling)
 
 
-def size_after_probe(size: int, configured: int, seconds: float) -> int:
+def size_after_probe(size: int, ceiling: int, seconds: float) -> int:
     """The size of the second batch, after the first (the probe) of `size` rows took `seconds`:
-    as many rows as fit TARGET_BATCH_SECONDS at that pace, within 1 and the configured size."""
-    fits = int(size * TARGET_BATCH_SECONDS / max(seconds, 1e-6))
-    return max(MIN_BATCH_SIZE, min(configured, fits))
+    as many rows as fit AIM_BATCH_SECONDS at that pace, within 1 and the `ceiling`."""
+    fits = int(size * AIM_BATCH_SECONDS / max(seconds, 1e-6))
+    return max(MIN_BATCH_SIZE, min(ceiling, fits))
 
 
 def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
@@ -305,7 +312,7 @@ def run_task(
     from maintctl import db, health, limits
 
     threshold = settings.threshold_of(task)
-    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_size, FIRST_BATCH_SIZE))
+    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_ceiling, FIRST_BATCH_SIZE))
 
     def count_eligible() -> int:
         return _count_eligible(conn, settings, task, tally, heartbeat)
@@ -362,7 +369,7 @@ def run_task(
                     position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
-                tally.resize(batch_size, settings.batch_size, time.monotonic() - batch_started)
+                tally.resize(batch_size, settings.batch_ceiling, time.monotonic() - batch_started)
                 if position is None:
                     gate.finish()
                     return tally.result("ok")
@@ -392,10 +399,10 @@ class _Tally:
     remaining: int | None = None
     gate: Gate | None = None  # counts the WAL and the waits of a real run
 
-    def resize(self, size: int, configured: int, seconds: float) -> None:
+    def resize(self, size: int, ceiling: int, seconds: float) -> None:
         """After a batch of `size` rows took `seconds`: the first is a probe, the others adapt."""
         resized = size_after_probe if self.batches == 1 else next_batch_size
-        self.batch_size = resized(size, configured, seconds)
+        self.batch_size = resized(size, ceiling, seconds)
 
     def size_within(self, max_rows: int | None) -> int:
         """The next batch's size, so that the task stays within --max-rows."""
