@@ -165,25 +165,54 @@ def connect(settings: Settings) -> Connection:
 
 @contextmanager
 def transaction(
-    conn: Connection, settings: Settings, *, asynchronous_commit: bool = False
+    conn: Connection,
+    settings: Settings,
+    *,
+    asynchronous_commit: bool = False,
+    one_snapshot: bool = False,
 ) -> Iterator[None]:
     """One short transaction with the configured limits set inside it (poolers keep no session).
-    With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush."""
+    With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush. With
+    `one_snapshot`, it is REPEATABLE READ: every statement sees the rows as its first did, and a
+    row changed meanwhile by another transaction fails the one that would change it too
+    (SnapshotConflict, see `snapshot_conflicts`)."""
     limits = (
         query("set_batch_transaction_limits")
         if asynchronous_commit
         else query("set_transaction_timeouts")
     )
-    with conn.transaction():
-        conn.execute(
-            limits,
-            {
-                "lock_timeout": milliseconds(settings.lock_timeout),
-                "statement_timeout": milliseconds(settings.statement_timeout),
-                "idle_timeout": milliseconds(settings.statement_timeout),
-            },
-        )
+    previous = conn.isolation_level
+    if one_snapshot:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with conn.transaction():
+            conn.execute(
+                limits,
+                {
+                    "lock_timeout": milliseconds(settings.lock_timeout),
+                    "statement_timeout": milliseconds(settings.statement_timeout),
+                    "idle_timeout": milliseconds(settings.statement_timeout),
+                },
+            )
+            yield
+    finally:
+        if one_snapshot:
+            conn.isolation_level = previous
+
+
+class SnapshotConflict(Exception):
+    """A REPEATABLE READ transaction rolled back because another changed a row it was changing:
+    the caller does the same work again in READ COMMITTED."""
+
+
+@contextmanager
+def snapshot_conflicts() -> Iterator[None]:
+    """Around a `one_snapshot` transaction: a serialization failure raises SnapshotConflict
+    (after the rollback)."""
+    try:
         yield
+    except pg_errors.SerializationFailure as exc:
+        raise SnapshotConflict(first_line(exc)) from exc
 
 
 @contextmanager

@@ -249,12 +249,20 @@ def _step(
     hold: ExitStack,
     heartbeat: Heartbeat | None,
     archive: RunArchive | None,
+    *,
+    one_snapshot: bool = True,
 ) -> Step:
     """One batch, its own transaction, the run lease renewed at its start and end; none once a
     stop is requested (`stop_requested`, as SIGTERM). What it removed is made durable in the
     `archive` before the COMMIT (an archive that fails rolls the batch back). From just before its
     COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch: an interrupt
-    in between would leave a committed batch out of the ledger."""
+    in between would leave a committed batch out of the ledger.
+
+    The batch runs in one snapshot (REPEATABLE READ) unless `one_snapshot` is false: a step may
+    then read what it is about to change in a statement of its own (purge-temp reads the files of
+    the range it deletes, which is cheaper than a RETURNING). A row another transaction changed
+    meanwhile raises db.SnapshotConflict, and the caller does the batch again in READ COMMITTED,
+    where the steps take no such shortcut."""
     from maintctl import db
 
     if stop_requested.is_set():
@@ -262,7 +270,11 @@ def _step(
     # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
     # ledger commits synchronously, which flushes the WAL of every batch before it.
     try:
-        with db.statement_timeouts(), db.transaction(conn, settings, asynchronous_commit=True):
+        with (
+            db.statement_timeouts(),
+            db.snapshot_conflicts(),
+            db.transaction(conn, settings, asynchronous_commit=True, one_snapshot=one_snapshot),
+        ):
             if heartbeat is not None:
                 heartbeat.beat(conn)
             step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
@@ -275,6 +287,25 @@ def _step(
         exc.add_note(BATCH_ROLLED_BACK)
         raise
     return step
+
+
+def _batch(
+    conn: Connection,
+    settings: Settings,
+    task: Task,
+    params: dict[str, Any],
+    hold: ExitStack,
+    heartbeat: Heartbeat | None,
+    archive: RunArchive | None,
+) -> Step:
+    """One batch (_step) in one snapshot; when the application changed a row of its range
+    meanwhile, the same batch again in READ COMMITTED."""
+    from maintctl import db
+
+    try:
+        return _step(conn, settings, task, params, hold, heartbeat, archive)
+    except db.SnapshotConflict:
+        return _step(conn, settings, task, params, hold, heartbeat, archive, one_snapshot=False)
 
 
 def run_task(
@@ -360,7 +391,7 @@ def run_task(
                 batch_started = time.monotonic()
                 with ExitStack() as hold:
                     try:
-                        step = _step(conn, settings, task, params, hold, heartbeat, archive)
+                        step = _batch(conn, settings, task, params, hold, heartbeat, archive)
                     except BatchTimedOut as exc:
                         tally.batch_size = _smaller_after_timeout(batch_size, exc)
                         continue
