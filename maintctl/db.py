@@ -24,6 +24,7 @@ from maintctl.errors import (
     Busy,
     ConfigError,
     DatabaseUnavailable,
+    LeaseLost,
     MaintctlError,
     PermissionDenied,
     TaskError,
@@ -170,30 +171,39 @@ def transaction(
     *,
     asynchronous_commit: bool = False,
     one_snapshot: bool = False,
+    renew_lease: Mapping[str, Any] | None = None,
 ) -> Iterator[None]:
     """One short transaction with the configured limits set inside it (poolers keep no session).
     With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush. With
     `one_snapshot`, it is REPEATABLE READ: every statement sees the rows as its first did, and a
     row changed meanwhile by another transaction fails the one that would change it too
-    (SnapshotConflict, see `snapshot_conflicts`)."""
-    limits = (
-        query("set_batch_transaction_limits")
-        if asynchronous_commit
-        else query("set_transaction_timeouts")
-    )
+    (SnapshotConflict, see `snapshot_conflicts`). With `renew_lease` (a batch's: lease_run_id
+    and lease), the run lease is renewed by the statement that sets the limits, and LeaseLost
+    raised when another run took it over."""
+    if renew_lease is not None:
+        limits = query("begin_batch_renewing_lease")
+    elif asynchronous_commit:
+        limits = query("set_batch_transaction_limits")
+    else:
+        limits = query("set_transaction_timeouts")
     previous = conn.isolation_level
     if one_snapshot:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     try:
         with conn.transaction():
-            conn.execute(
+            set_limits = conn.execute(
                 limits,
                 {
                     "lock_timeout": milliseconds(settings.lock_timeout),
                     "statement_timeout": milliseconds(settings.statement_timeout),
                     "idle_timeout": milliseconds(settings.statement_timeout),
+                    **(renew_lease or {}),
                 },
             )
+            if renew_lease is not None:
+                found = set_limits.fetchone()
+                if found is None or not found[-1]:
+                    raise LeaseLost
             yield
     finally:
         if one_snapshot:

@@ -213,6 +213,13 @@ class Step:
     archive_rows: str | None = None
 
 
+@dataclass(frozen=True)
+class _RenewingStep(Step):
+    """A Step whose statement also renewed the run lease (rule_step_renewing_lease)."""
+
+    renewed: bool = False
+
+
 ProgressCallback = Callable[[TaskProgress], None]
 
 
@@ -269,19 +276,39 @@ def _step(
         raise Terminated
     # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
     # ledger commits synchronously, which flushes the WAL of every batch before it.
+    # A guarded run renews its lease in the batch's own statements (two round trips fewer).
+    lease = heartbeat.lease_parameters() if heartbeat is not None else None
     try:
         with (
             db.statement_timeouts(),
             db.snapshot_conflicts(),
-            db.transaction(conn, settings, asynchronous_commit=True, one_snapshot=one_snapshot),
+            db.transaction(
+                conn,
+                settings,
+                asynchronous_commit=True,
+                one_snapshot=one_snapshot,
+                renew_lease=lease,
+            ),
         ):
-            if heartbeat is not None:
+            if heartbeat is not None and lease is None:
                 heartbeat.beat(conn)
-            step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
-            if archive is not None:
-                archive.record(conn, task, step)
-            if heartbeat is not None:
-                heartbeat.beat(conn)
+            step: Step
+            if lease is not None and archive is None:
+                renewing = db.fetch_one(
+                    conn,
+                    "rule_step_renewing_lease",
+                    {**params, **lease, "rule": task.name},
+                    _RenewingStep,
+                )
+                if not renewing.renewed:
+                    raise LeaseLost
+                step = renewing
+            else:
+                step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
+                if archive is not None:
+                    archive.record(conn, task, step)
+                if heartbeat is not None:
+                    heartbeat.beat(conn)
             hold.enter_context(db.interrupts_held())
     except KeyboardInterrupt as exc:
         exc.add_note(BATCH_ROLLED_BACK)

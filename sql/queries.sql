@@ -87,6 +87,16 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
+-- name: begin_batch_renewing_lease
+-- set_batch_transaction_limits and, in the same round trip, the run lease renewed at the start of
+-- the batch (as renew_run_lease; it keeps the lease row locked while the batch works). The select
+-- list is evaluated in order: the renewal waits under the lock_timeout just set.
+select set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
+       set_config('synchronous_commit', 'off', true),
+       maintenance.renew_run_lease(%(lease_run_id)s, %(lease)s::interval) as renewed;
+
 -- name: pause_state
 -- Whether maintenance is paused in the database, by whom and why.
 select paused, reason, paused_by, paused_at from maintenance.pause;
@@ -657,6 +667,16 @@ select s.rows, s.next_position, a.*
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
                            %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
                            %(archive)s::text[]) as s
+cross join maintenance.archive_lines(s.removed) as a;
+
+-- name: rule_step_renewing_lease
+-- rule_step without an archive, and the run lease renewed at the end of the batch in the same
+-- round trip (evaluated once the step's row is there).
+select s.rows, s.next_position, a.*,
+       maintenance.renew_run_lease(%(lease_run_id)s, %(lease)s::interval) as renewed
+from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
+                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
+                           null::text[]) as s
 cross join maintenance.archive_lines(s.removed) as a;
 
 -- name: rule_count
