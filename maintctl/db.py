@@ -206,7 +206,8 @@ def transaction(
                     raise LeaseLost
             yield
     finally:
-        if one_snapshot:
+        # A connection that broke inside keeps its error: setting it would raise another.
+        if one_snapshot and not (conn.closed or conn.broken):
             conn.isolation_level = previous
 
 
