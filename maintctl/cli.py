@@ -119,7 +119,10 @@ BatchSize = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="Rows per transaction [env: MAINTCTL_BATCH_SIZE; default: 5000].",
+        help=(
+            "The most rows per transaction [env: MAINTCTL_BATCH_SIZE; default: 5000, which a fast "
+            "table may exceed up to 100,000 when it is not set]."
+        ),
         show_default=False,
     ),
 ]

@@ -24,6 +24,7 @@ from maintctl.errors import (
     Busy,
     ConfigError,
     DatabaseUnavailable,
+    LeaseLost,
     MaintctlError,
     PermissionDenied,
     TaskError,
@@ -165,25 +166,64 @@ def connect(settings: Settings) -> Connection:
 
 @contextmanager
 def transaction(
-    conn: Connection, settings: Settings, *, asynchronous_commit: bool = False
+    conn: Connection,
+    settings: Settings,
+    *,
+    asynchronous_commit: bool = False,
+    one_snapshot: bool = False,
+    renew_lease: Mapping[str, Any] | None = None,
 ) -> Iterator[None]:
     """One short transaction with the configured limits set inside it (poolers keep no session).
-    With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush."""
-    limits = (
-        query("set_batch_transaction_limits")
-        if asynchronous_commit
-        else query("set_transaction_timeouts")
-    )
-    with conn.transaction():
-        conn.execute(
-            limits,
-            {
-                "lock_timeout": milliseconds(settings.lock_timeout),
-                "statement_timeout": milliseconds(settings.statement_timeout),
-                "idle_timeout": milliseconds(settings.statement_timeout),
-            },
-        )
+    With `asynchronous_commit` (a batch's), its COMMIT does not wait for the WAL flush. With
+    `one_snapshot`, it is REPEATABLE READ: every statement sees the rows as its first did, and a
+    row changed meanwhile by another transaction fails the one that would change it too
+    (SnapshotConflict, see `snapshot_conflicts`). With `renew_lease` (a batch's: lease_run_id
+    and lease), the run lease is renewed by the statement that sets the limits, and LeaseLost
+    raised when another run took it over."""
+    if renew_lease is not None:
+        limits = query("begin_batch_renewing_lease")
+    elif asynchronous_commit:
+        limits = query("set_batch_transaction_limits")
+    else:
+        limits = query("set_transaction_timeouts")
+    previous = conn.isolation_level
+    if one_snapshot:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        with conn.transaction():
+            set_limits = conn.execute(
+                limits,
+                {
+                    "lock_timeout": milliseconds(settings.lock_timeout),
+                    "statement_timeout": milliseconds(settings.statement_timeout),
+                    "idle_timeout": milliseconds(settings.statement_timeout),
+                    **(renew_lease or {}),
+                },
+            )
+            if renew_lease is not None:
+                found = set_limits.fetchone()
+                if found is None or not found[-1]:
+                    raise LeaseLost
+            yield
+    finally:
+        # A connection that broke inside keeps its error: setting it would raise another.
+        if one_snapshot and not (conn.closed or conn.broken):
+            conn.isolation_level = previous
+
+
+class SnapshotConflict(Exception):
+    """A REPEATABLE READ transaction rolled back because another changed a row it was changing:
+    the caller does the same work again in READ COMMITTED."""
+
+
+@contextmanager
+def snapshot_conflicts() -> Iterator[None]:
+    """Around a `one_snapshot` transaction: a serialization failure raises SnapshotConflict
+    (after the rollback)."""
+    try:
         yield
+    except pg_errors.SerializationFailure as exc:
+        raise SnapshotConflict(first_line(exc)) from exc
 
 
 @contextmanager

@@ -55,6 +55,11 @@ class Heartbeat:
     lease: timedelta
     guarded: bool
 
+    def lease_parameters(self) -> dict[str, object] | None:
+        """What a batch needs to renew the lease in its own statements (db.transaction's
+        renew_lease, tasks' rule_step_renewing_lease); None for a dry run, which holds none."""
+        return {"lease_run_id": self.run_id, "lease": self.lease} if self.guarded else None
+
     def beat(self, conn: db.Connection) -> None:
         params = {"run_id": self.run_id, "lease": self.lease}
         if not self.guarded:

@@ -124,13 +124,18 @@ class Count:
 
 # A batch that runs into statement_timeout is tried again at half the size, down to one row.
 MIN_BATCH_SIZE = 1
-# Each transaction is held to about this long, so that the application's writes never wait long
-# behind one: a batch that took longer shrinks the next in proportion, at most by half (down to
-# TIMED_FLOOR rows), one that took under half grows the next back towards the configured size.
+# No transaction is to take longer than this, so that the application's writes never wait long
+# behind one. Batches aim at AIM_BATCH_SECONDS, well under it, so that one that meets a stall (a
+# checkpoint, the other sessions on the cores) or heavier rows still fits: a batch over the
+# budget shrinks the next to the aim in proportion, at most by half (down to TIMED_FLOOR rows);
+# one that took under AIM_GROW_BELOW of the aim grows the next towards the aim, at most doubling,
+# up to the ceiling (Settings.batch_ceiling).
 TARGET_BATCH_SECONDS = 0.05
+AIM_BATCH_SECONDS = 0.035
+AIM_GROW_BELOW = 0.8
 TIMED_FLOOR = 10
 # The first batch of a task is a probe of this many rows: the second is sized to fit
-# TARGET_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
+# AIM_BATCH_SECONDS at the probe's pace, whatever the rows weigh (a fixed first batch of 1,000
 # import jobs with 4 MB logs took 5 s).
 FIRST_BATCH_SIZE = 10
 # Set to end every task between two batches as SIGTERM would (maintctl serve's shutdown: its run
@@ -204,30 +209,40 @@ class Step:
     rows: int
     next_position: dict[str, Any] | None
     # Rows the rule could not change, left as they are (maintenance.rule_step): each's key, the
-    # error and the constraint.
+    # error and the constraint; and how many it left unchanged without an error.
     blocked: list[dict[str, Any]] | None = None
+    unchanged: int = 0
     archive_action: str | None = None
     archive_columns: list[str] | None = None
     archive_rows: str | None = None
 
 
+@dataclass(frozen=True)
+class _RenewingStep(Step):
+    """A Step whose statement also renewed the run lease (rule_step_renewing_lease)."""
+
+    renewed: bool = False
+
+
 ProgressCallback = Callable[[TaskProgress], None]
 
 
-def next_batch_size(size: int, configured: int, seconds: float) -> int:
-    """The size of the next batch after one of `size` rows took `seconds` (TARGET_BATCH_SECONDS)."""
+def next_batch_size(size: int, ceiling: int, seconds: float) -> int:
+    """The size of the next batch after one of `size` rows took `seconds` (AIM_BATCH_SECONDS,
+    never over TARGET_BATCH_SECONDS), within the `ceiling`."""
     if seconds > TARGET_BATCH_SECONDS and size > TIMED_FLOOR:
-        return max(TIMED_FLOOR, size // 2, int(size * TARGET_BATCH_SECONDS / seconds))
-    if seconds < TARGET_BATCH_SECONDS / 2 and size < configured:
-        return min(configured, size * 2)
-    return size
+        return max(TIMED_FLOOR, size // 2, int(size * AIM_BATCH_SECONDS / seconds))
+    if seconds < AIM_BATCH_SECONDS * AIM_GROW_BELOW and size < ceiling:
+        fits = int(size * AIM_BATCH_SECONDS / max(seconds, 1e-6))
+        return min(ceiling, size * 2, fits)
+    return min(size, ceiling)
 
 
-def size_after_probe(size: int, configured: int, seconds: float) -> int:
+def size_after_probe(size: int, ceiling: int, seconds: float) -> int:
     """The size of the second batch, after the first (the probe) of `size` rows took `seconds`:
-    as many rows as fit TARGET_BATCH_SECONDS at that pace, within 1 and the configured size."""
-    fits = int(size * TARGET_BATCH_SECONDS / max(seconds, 1e-6))
-    return max(MIN_BATCH_SIZE, min(configured, fits))
+    as many rows as fit AIM_BATCH_SECONDS at that pace, within 1 and the `ceiling`."""
+    fits = int(size * AIM_BATCH_SECONDS / max(seconds, 1e-6))
+    return max(MIN_BATCH_SIZE, min(ceiling, fits))
 
 
 def _smaller_after_timeout(size: int, timeout: BatchTimedOut) -> int:
@@ -245,32 +260,83 @@ def _step(
     hold: ExitStack,
     heartbeat: Heartbeat | None,
     archive: RunArchive | None,
+    *,
+    one_snapshot: bool = True,
 ) -> Step:
     """One batch, its own transaction, the run lease renewed at its start and end; none once a
     stop is requested (`stop_requested`, as SIGTERM). What it removed is made durable in the
     `archive` before the COMMIT (an archive that fails rolls the batch back). From just before its
     COMMIT, SIGINT and SIGTERM wait in `hold` until the caller has counted the batch: an interrupt
-    in between would leave a committed batch out of the ledger."""
+    in between would leave a committed batch out of the ledger.
+
+    The batch runs in one snapshot (REPEATABLE READ) unless `one_snapshot` is false: a step may
+    then read what it is about to change in a statement of its own (purge-temp reads the files of
+    the range it deletes, which is cheaper than a RETURNING). A row another transaction changed
+    meanwhile raises db.SnapshotConflict, and the caller does the batch again in READ COMMITTED,
+    where the steps take no such shortcut."""
     from maintctl import db
 
     if stop_requested.is_set():
         raise Terminated
     # A crash may lose this batch's commit (the next run redoes it), never the ledger's: the
     # ledger commits synchronously, which flushes the WAL of every batch before it.
+    # A guarded run renews its lease in the batch's own statements (two round trips fewer).
+    lease = heartbeat.lease_parameters() if heartbeat is not None else None
     try:
-        with db.statement_timeouts(), db.transaction(conn, settings, asynchronous_commit=True):
-            if heartbeat is not None:
+        with (
+            db.statement_timeouts(),
+            db.snapshot_conflicts(),
+            db.transaction(
+                conn,
+                settings,
+                asynchronous_commit=True,
+                one_snapshot=one_snapshot,
+                renew_lease=lease,
+            ),
+        ):
+            if heartbeat is not None and lease is None:
                 heartbeat.beat(conn)
-            step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
-            if archive is not None:
-                archive.record(conn, task, step)
-            if heartbeat is not None:
-                heartbeat.beat(conn)
+            step: Step
+            if lease is not None and archive is None:
+                renewing = db.fetch_one(
+                    conn,
+                    "rule_step_renewing_lease",
+                    {**params, **lease, "rule": task.name},
+                    _RenewingStep,
+                )
+                if not renewing.renewed:
+                    raise LeaseLost
+                step = renewing
+            else:
+                step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
+                if archive is not None:
+                    archive.record(conn, task, step)
+                if heartbeat is not None:
+                    heartbeat.beat(conn)
             hold.enter_context(db.interrupts_held())
     except KeyboardInterrupt as exc:
         exc.add_note(BATCH_ROLLED_BACK)
         raise
     return step
+
+
+def _batch(
+    conn: Connection,
+    settings: Settings,
+    task: Task,
+    params: dict[str, Any],
+    hold: ExitStack,
+    heartbeat: Heartbeat | None,
+    archive: RunArchive | None,
+) -> Step:
+    """One batch (_step) in one snapshot; when the application changed a row of its range
+    meanwhile, the same batch again in READ COMMITTED."""
+    from maintctl import db
+
+    try:
+        return _step(conn, settings, task, params, hold, heartbeat, archive)
+    except db.SnapshotConflict:
+        return _step(conn, settings, task, params, hold, heartbeat, archive, one_snapshot=False)
 
 
 def run_task(
@@ -308,7 +374,7 @@ def run_task(
     from maintctl import db, health, limits
 
     threshold = settings.threshold_of(task)
-    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_size, FIRST_BATCH_SIZE))
+    tally = _Tally(task.name, dry_run, batch_size=min(settings.batch_ceiling, FIRST_BATCH_SIZE))
 
     def count_eligible() -> int:
         return _count_eligible(conn, settings, task, tally, heartbeat)
@@ -318,8 +384,8 @@ def run_task(
         gate.finish()
         if tally.remaining == 0 and reason == MAX_ROWS_REACHED:  # the limit fell on the last row
             tally.remaining = None
-            return tally.result("ok")
-        return tally.result("stopped", reason)
+            return _ended(conn, tally, "ok")
+        return _ended(conn, tally, "stopped", reason)
 
     if deadline is not None and time.monotonic() >= deadline:
         return tally.result("not_run", "max runtime reached before this task started")
@@ -331,7 +397,6 @@ def run_task(
                 return tally.result("ok")
             if not force and (refusal := limits.anomaly(conn, settings, task.name, count_eligible)):
                 return tally.result("failed", refusal)
-            tally.snapshot = db.fetch_value(conn, "snapshot")
             total = count_eligible() if on_batch is not None else None
             tally.gate = gate = health.Gate(conn, settings, heartbeat)
             max_rows = settings.max_rows
@@ -357,7 +422,7 @@ def run_task(
                 batch_started = time.monotonic()
                 with ExitStack() as hold:
                     try:
-                        step = _step(conn, settings, task, params, hold, heartbeat, archive)
+                        step = _batch(conn, settings, task, params, hold, heartbeat, archive)
                     except BatchTimedOut as exc:
                         tally.batch_size = _smaller_after_timeout(batch_size, exc)
                         continue
@@ -365,14 +430,14 @@ def run_task(
                     position = step.next_position
                 if on_batch is not None:
                     on_batch(TaskProgress(task.name, tally.rows, tally.batches, total, batch_size))
-                tally.resize(batch_size, settings.batch_size, time.monotonic() - batch_started)
+                tally.resize(batch_size, settings.batch_ceiling, time.monotonic() - batch_started)
                 if position is None:
                     gate.finish()
-                    return _walked(conn, settings, task, tally, heartbeat)
+                    return _ended(conn, tally, "ok")
                 if (reached := _limit_reached(tally.rows, max_rows, deadline)) is not None:
                     return stop(gate, reached)
     except TaskError as exc:
-        return tally.result("failed", exc.message)
+        return _ended(conn, tally, "failed", exc.message)
     except KeyboardInterrupt as exc:
         interrupted = tally.result("interrupted", "interrupted; the batch in flight rolled back")
         raise TaskAborted(interrupted, exc) from exc
@@ -394,19 +459,25 @@ class _Tally:
     cutoffs: dict[str, str] | None = None  # a rule with a threshold per status: each status's
     remaining: int | None = None
     gate: Gate | None = None  # counts the WAL and the waits of a real run
-    blocked: list[dict[str, Any]] = field(default_factory=list)  # rows left as they are
-    snapshot: str | None = None  # the rows the database held when the task began
+    # Rows its batches left: could not change (a foreign key, a trigger raising, a check), the
+    # first of them, and left unchanged without an error (a BEFORE trigger that cancelled it).
+    blocked: int = 0
+    first_blocked: dict[str, Any] | None = None
+    unchanged: int = 0
 
     def add(self, step: Step) -> None:
         """Count a committed batch."""
         self.rows += step.rows
         self.batches += 1
-        self.blocked += step.blocked or []
+        self.blocked += len(step.blocked or [])
+        if self.first_blocked is None and step.blocked:
+            self.first_blocked = step.blocked[0]
+        self.unchanged += step.unchanged
 
-    def resize(self, size: int, configured: int, seconds: float) -> None:
+    def resize(self, size: int, ceiling: int, seconds: float) -> None:
         """After a batch of `size` rows took `seconds`: the first is a probe, the others adapt."""
         resized = size_after_probe if self.batches == 1 else next_batch_size
-        self.batch_size = resized(size, configured, seconds)
+        self.batch_size = resized(size, ceiling, seconds)
 
     def size_within(self, max_rows: int | None) -> int:
         """The next batch's size, so that the task stays within --max-rows."""
@@ -432,37 +503,24 @@ class _Tally:
 MAX_ROWS_REACHED = "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on"
 
 
-def _walked(
-    conn: Connection, settings: Settings, task: Task, tally: _Tally, heartbeat: Heartbeat | None
-) -> TaskResult:
-    """The result of a task whose walk went to its end (maintenance.walk_outcome): ok only when no
-    row the rule selects at the task's cutoff, of those there when it began, is still there but
-    those another session holds (left to the application; the next run takes them). A row it
-    could not change fails the task, named (blocked), and so does a row whose change left no
-    trace and no error: a BEFORE trigger that cancelled the DML."""
+def _ended(conn: Connection, tally: _Tally, status: str, reason: str | None = None) -> TaskResult:
+    """The task's result. Rows its batches left (could not change, or left unchanged without an
+    error) fail it, named after what ended it (maintenance.left_rows_sentence): a task never says
+    ok while rows it found are still there unchanged, but for rows another session holds, which
+    the next run takes."""
     from maintctl import db
 
+    if not (tally.blocked or tally.unchanged):
+        return tally.result(status, reason)
     params = {
-        "rule": task.name,
-        "cutoff": tally.cutoff,
-        "cutoffs": db.jsonb(tally.cutoffs),
-        "snapshot": tally.snapshot,
-        "blocked": db.jsonb(tally.blocked),
+        "blocked": tally.blocked,
+        "first": db.jsonb(tally.first_blocked),
+        "unchanged": tally.unchanged,
     }
-    with db.transaction(conn, settings):
-        if heartbeat is not None:
-            heartbeat.beat(conn)
-        outcome = db.fetch_one(conn, "walk_outcome", params, WalkOutcome)
-    if outcome.failure is None:
-        return tally.result("ok")
-    tally.remaining = outcome.rows_left
-    return tally.result("failed", outcome.failure)
-
-
-@dataclass(frozen=True)
-class WalkOutcome:
-    rows_left: int
-    failure: str | None
+    said: str = db.fetch_value(conn, "left_rows_sentence", params)
+    if tally.remaining is None:  # the walk went to its end: what is left is what it left
+        tally.remaining = tally.blocked + tally.unchanged
+    return tally.result("failed", "; ".join(part for part in (reason, said) if part))
 
 
 def _limit_reached(rows: int, max_rows: int | None, deadline: float | None) -> str | None:
@@ -541,6 +599,11 @@ def drop_expired_temp_partitions(
     policy = catalog_policy(conn, settings)
     table = table_name(rule, rule.tables[0], policy)
     columns = {key: column_names(rule, key, policy) for key in rule.columns}
+    referred = {"schema": settings.app_schema, "table": table}
+    if db.fetch_value(conn, "restricting_foreign_keys", referred):
+        # A partition with a row another table refers to cannot go whole: the batch loop deletes
+        # the rest and names that row.
+        return 0
     params = {
         "schema": settings.app_schema,
         "table": table,

@@ -76,6 +76,7 @@ STATUS_SAME_FACTOR, STATUS_SAME_SLACK_MS = 1.5, 2.0
 HELP_TARGET_S = 0.2
 
 WRITER_INTERVAL_S = 0.01  # the application writes 100 times a second
+LAST_STATEMENT = {"checkpoints": 0}  # begun while the last plain_statement ran
 SAMPLER_INTERVAL_S = 0.005
 
 
@@ -285,6 +286,7 @@ def maintctl_binary() -> str:
 class CliRun:
     seconds: float
     document: dict[str, Any] | None
+    checkpoints: int = 0  # begun on the server while it ran (see checkpoints())
 
 
 def maintctl(url: str, *args: str, json_output: bool = True) -> CliRun:
@@ -292,14 +294,16 @@ def maintctl(url: str, *args: str, json_output: bool = True) -> CliRun:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MAINTCTL_")}
     env["MAINTCTL_DATABASE_URL"] = url
     command = [maintctl_binary(), *args, *(["--json"] if json_output else [])]
+    checkpoints_before = checkpoints(url)
     started = time.perf_counter()
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    begun = checkpoints(url) - checkpoints_before
     if completed.returncode != 0:
         raise RuntimeError(
             f"`maintctl {' '.join(args)}` exited {completed.returncode}: {completed.stderr.strip()}"
         )
-    return CliRun(seconds, json.loads(completed.stdout) if json_output else None)
+    return CliRun(seconds, json.loads(completed.stdout) if json_output else None, begun)
 
 
 def task_of(run: CliRun) -> dict[str, Any]:
@@ -467,6 +471,20 @@ def prepare(url: str) -> None:
         conn.execute("checkpoint")
 
 
+def checkpoints(url: str) -> int:
+    """Checkpoints the server has begun so far, whoever asked (another session's CREATE DATABASE
+    asks for one): each makes the next change of every page write a full-page image to the WAL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        version = conn.execute("show server_version_num").fetchone()
+        query = (
+            "select num_timed + num_requested from pg_stat_checkpointer"
+            if version is not None and int(version[0]) >= 170000
+            else "select checkpoints_timed + checkpoints_req from pg_stat_bgwriter"
+        )
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def wal_position(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(WAL_POSITION).fetchone()
     return int(row[0]) if row is not None else 0
@@ -477,6 +495,7 @@ def plain_statement(url: str, statement: str) -> tuple[int, float, int]:
     WAL the server wrote meanwhile."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("set statement_timeout = 0")
+        checkpoints_before = checkpoints(url)
         before = wal_position(conn)
         started = time.perf_counter()
         cursor = conn.execute(statement)
@@ -486,12 +505,14 @@ def plain_statement(url: str, statement: str) -> tuple[int, float, int]:
             row = cursor.fetchone()
             rows = int(row[0]) if row is not None else 0
         seconds = time.perf_counter() - started
+        LAST_STATEMENT["checkpoints"] = checkpoints(url) - checkpoints_before
         return rows, seconds, wal_position(conn) - before
 
 
 def statement_side(rows: int, seconds: float, wal_bytes: int) -> dict[str, Any]:
-    """The figures of one single statement."""
+    """The figures of one single statement (right after plain_statement ran it)."""
     return {
+        "checkpoints": LAST_STATEMENT["checkpoints"],
         "rows": rows,
         "seconds": round(seconds, 2),
         "rowsPerSecond": round(rows / seconds),
@@ -526,6 +547,7 @@ def gate_share(side: dict[str, Any], gate: dict[str, Any]) -> float:
 def maintctl_side(task: dict[str, Any], run: CliRun, sampler: TransactionSampler) -> dict[str, Any]:
     """The figures of one maintctl task: its own rows and time, its process, its transactions."""
     return {
+        "checkpoints": run.checkpoints,
         "rows": task["rows"],
         "batches": task["batches"],
         "taskSeconds": task["durationMs"] / 1000,
@@ -912,6 +934,11 @@ def figure_rows(figures: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{purge['maintctl']['transactionsSeen']} transactions",
             f"{single['seconds'] * 1000:,.0f} ms (one)",
         ),
+        (
+            "checkpoints begun during: purge-temp / compact (server-wide, any session's)",
+            f"{purge['maintctl']['checkpoints']} / {compact['maintctl']['checkpoints']}",
+            f"{single['checkpoints']} / {compact['plainUpdate']['checkpoints']}",
+        ),
         ("writer idle", f"p50 {idle['p50Ms']} ms, p99 {idle['p99Ms']} ms", ""),
         ("writer during purge (vs DELETE + outbox)", writer(purge["maintctl"]), writer(single)),
         ("writer during a plain DELETE, no outbox", "", writer(plain)),
@@ -1002,6 +1029,7 @@ def machine(server: Server) -> dict[str, Any]:
         version = admin.execute("show server_version").fetchone()
         buffers = admin.execute("show shared_buffers").fetchone()
     return {
+        "loadAverageAtStart": [round(load, 2) for load in os.getloadavg()],
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -1079,6 +1107,7 @@ def run_bench(server: Server, scale: float, repeat: int, idle_seconds: float) ->
         for name in created:
             server.drop(name)
     figures["totalSeconds"] = round(time.perf_counter() - started)
+    figures["machine"]["loadAverageAtEnd"] = [round(load, 2) for load in os.getloadavg()]
     figures["finishedAt"] = datetime.now(UTC).isoformat(timespec="seconds")
     results = Results(figures)
     results.targets = judge(figures)

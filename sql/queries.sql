@@ -87,6 +87,16 @@ select set_config('lock_timeout', %(lock_timeout)s, true),
        set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
        set_config('synchronous_commit', 'off', true);
 
+-- name: begin_batch_renewing_lease
+-- set_batch_transaction_limits and, in the same round trip, the run lease renewed at the start of
+-- the batch (as renew_run_lease; it keeps the lease row locked while the batch works). The select
+-- list is evaluated in order: the renewal waits under the lock_timeout just set.
+select set_config('lock_timeout', %(lock_timeout)s, true),
+       set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle_timeout)s, true),
+       set_config('synchronous_commit', 'off', true),
+       maintenance.renew_run_lease(%(lease_run_id)s, %(lease)s::interval) as renewed;
+
 -- name: pause_state
 -- Whether maintenance is paused in the database, by whom and why.
 select paused, reason, paused_by, paused_at from maintenance.pause;
@@ -301,6 +311,7 @@ select coalesce(array_agg(format('%%s (%%s, ON DELETE %%s)', k.conrelid::regclas
                           order by k.conrelid::regclass::text, k.conname), '{}') as keys
 from pg_constraint k
 where k.contype = 'f' and k.confdeltype in ('r', 'a')
+  and k.conparentid = 0  -- a partitioned table's key once, not once more for each partition
   and k.confrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
 
 -- name: server_clock
@@ -738,10 +749,20 @@ comment on index {index} is {comment};
 -- name: rule_step
 -- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql);
 -- with %(archive)s (not null), what it removed, as maintenance.archive_lines gives it (0012).
-select s.rows, s.next_position, s.blocked, a.*
+select s.rows, s.next_position, s.blocked, s.unchanged, a.*
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
                            %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
                            %(archive)s::text[]) as s
+cross join maintenance.archive_lines(s.removed) as a;
+
+-- name: rule_step_renewing_lease
+-- rule_step without an archive, and the run lease renewed at the end of the batch in the same
+-- round trip (evaluated once the step's row is there).
+select s.rows, s.next_position, s.blocked, s.unchanged, a.*,
+       maintenance.renew_run_lease(%(lease_run_id)s, %(lease)s::interval) as renewed
+from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
+                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
+                           null::text[]) as s
 cross join maintenance.archive_lines(s.removed) as a;
 
 -- name: rule_count
@@ -749,16 +770,9 @@ cross join maintenance.archive_lines(s.removed) as a;
 -- %(cutoffs)s: the cutoff of each status, for a rule with a threshold per status (else null).
 select {count}(%(cutoff)s, %(limit)s::bigint, %(cutoffs)s::jsonb) as rows;
 
--- name: walk_outcome
--- The last check of a task whose walk went to its end (maintenance.walk_outcome, runner.sql): the
--- rows left that were there at %(snapshot)s, and why the task failed (null: it did not).
-select o.rows_left, o.failure
-from maintenance.walk_outcome(%(rule)s, %(cutoff)s, %(cutoffs)s::jsonb, %(snapshot)s::pg_snapshot,
-                              %(blocked)s::jsonb) as o;
-
--- name: snapshot
--- The moment a task begins, as the rows it can see then.
-select pg_current_snapshot()::text as snapshot;
+-- name: left_rows_sentence
+-- How a task words the rows its batches left (maintenance.left_rows_sentence, 0015).
+select maintenance.left_rows_sentence(%(blocked)s::bigint, %(first)s::jsonb, %(unchanged)s::bigint);
 
 -- name: cutoffs
 -- The cutoffs of several thresholds at one moment (the database's clock), in their order.

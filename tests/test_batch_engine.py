@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from maintctl import db
-from maintctl.settings import Settings
+from maintctl import db, tasks
+from maintctl.settings import ADAPTIVE_BATCH_CEILING, Settings
 from maintctl.tasks import (
+    AIM_BATCH_SECONDS,
     FIRST_BATCH_SIZE,
     TARGET_BATCH_SECONDS,
     TASKS_BY_NAME,
@@ -377,17 +378,74 @@ def test_thenext_batch_size_follows_the_time_the_last_one_took() -> None:
     assert next_batch_size(15, 5000, slow) == TIMED_FLOOR
     assert next_batch_size(5, 5000, slow) == 5  # a batch at the floor is left alone
     assert next_batch_size(2500, 5000, on_target) == 2500
-    assert next_batch_size(2500, 5000, 1.25 * TARGET_BATCH_SECONDS) == 2000  # in proportion
+    # Over the budget: back to the aim (35 ms), in proportion: 2500 * 35 / 62.5.
+    assert next_batch_size(2500, 5000, 1.25 * TARGET_BATCH_SECONDS) == 1400
     assert next_batch_size(2500, 5000, fast) == 5000
     assert next_batch_size(5000, 5000, fast) == 5000
 
 
+def test_batches_grow_towards_the_aim_not_up_to_the_budget() -> None:
+    # Between the aim and the budget a batch keeps its size; under the aim it grows to what fits
+    # the aim at its pace, at most doubling: a batch of 20 ms does not double into 40 ms.
+    assert next_batch_size(2500, 100_000, 0.8 * TARGET_BATCH_SECONDS) == 2500
+    assert next_batch_size(2500, 100_000, AIM_BATCH_SECONDS) == 2500
+    assert next_batch_size(1000, 100_000, 0.02) == int(1000 * AIM_BATCH_SECONDS / 0.02)
+    assert next_batch_size(1000, 100_000, 0.001) == 2000
+    assert next_batch_size(80_000, 100_000, 0.001) == 100_000  # never over the ceiling
+
+
 def test_the_second_batch_fits_the_target_at_the_probes_pace() -> None:
-    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.001) == 500
-    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.0) == 5000  # never over the configured
+    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.001) == 350  # 35 ms at 0.1 ms a row
+    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.0) == 5000  # never over the ceiling
     assert size_after_probe(FIRST_BATCH_SIZE, 300, 0.0001) == 300
-    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.05) == FIRST_BATCH_SIZE
+    assert size_after_probe(FIRST_BATCH_SIZE, 5000, 0.05) == 7
     assert size_after_probe(FIRST_BATCH_SIZE, 5000, 2.0) == 1  # at least one row
+
+
+@pytest.mark.parametrize(
+    ("given", "ceiling"),
+    [(None, ADAPTIVE_BATCH_CEILING), (5000, 5000), (300, 300)],
+)
+def test_a_fast_table_grows_past_the_default_batch_size_but_never_past_a_given_one(
+    db_url: str, conn: Conn, monkeypatch: pytest.MonkeyPatch, given: int | None, ceiling: int
+) -> None:
+    # Left at its default, MAINTCTL_BATCH_SIZE (5,000) is no ceiling: batches of a fast table
+    # grow up to ADAPTIVE_BATCH_CEILING while they fit the time budget. Set, it is the ceiling.
+    # The sizing functions are replaced by ones that see the ceiling and always grow (no clock).
+    add_uploads(conn, 30_000, "2 days")
+    url = SecretStr(db_url)
+    settings = (
+        Settings(database_url=url)
+        if given is None
+        else Settings(database_url=url, batch_size=given)
+    )
+    ceilings: set[int] = set()
+
+    def grow(size: int, at_most: int, seconds: float) -> int:
+        ceilings.add(at_most)
+        return min(at_most, size * 10)
+
+    monkeypatch.setattr(tasks, "size_after_probe", grow)
+    monkeypatch.setattr(tasks, "next_batch_size", grow)
+    seen: list[TaskProgress] = []
+
+    with db.connect(settings) as maintctl:
+        result = run_task(
+            maintctl, TASKS_BY_NAME["temp"], settings, dry_run=False, on_batch=seen.append
+        )
+
+    assert result.rows == 30_000
+    assert ceilings == {ceiling}
+    assert max(progress.batch_size for progress in seen) == ceiling
+    assert settings.batch_ceiling == ceiling
+
+
+def test_a_batch_size_set_in_the_environment_is_a_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAINTCTL_BATCH_SIZE", raising=False)
+    assert Settings().batch_ceiling == ADAPTIVE_BATCH_CEILING
+
+    monkeypatch.setenv("MAINTCTL_BATCH_SIZE", "5000")
+    assert Settings().batch_ceiling == 5000
 
 
 def test_heavy_rows_are_never_taken_a_thousand_at_a_time(db_url: str, conn: Conn) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from maintctl.errors import LeaseLost
 from tests.conftest import Cli, make_cli
 from tests.data import Conn, add_temp_upload, count, hold_run_lease, load_sample, slow_down_deletes
 from tests.pooler import StartPooler
@@ -341,3 +342,76 @@ def test_a_run_whose_lease_was_taken_over_stops_at_its_next_batch_with_exit_1(
     assert row is not None
     assert row[0] == "failed"
     assert row[1][0]["rows"] == 40 - after_take_over
+
+
+def _purge_with_heartbeat(db_url: str, run_id: int) -> BaseException:
+    """purge-temp's batch loop in process under `run_id`'s heartbeat: how it ended."""
+    from pydantic import SecretStr
+
+    from maintctl import db
+    from maintctl.guard import Heartbeat
+    from maintctl.settings import Settings
+    from maintctl.tasks import TASKS_BY_NAME, TaskAborted, run_task
+
+    settings = Settings(database_url=SecretStr(db_url))
+    heartbeat = Heartbeat(run_id, timedelta(minutes=1), guarded=True)
+    with db.connect(settings) as maintctl:
+        try:
+            run_task(
+                maintctl,
+                TASKS_BY_NAME["temp"],
+                settings,
+                dry_run=False,
+                run_id=run_id,
+                heartbeat=heartbeat,
+            )
+        except TaskAborted as aborted:
+            return aborted.cause
+    raise AssertionError("the task went on without the lease")
+
+
+def test_a_batch_that_starts_without_the_lease_does_nothing(db_url: str, conn: Conn) -> None:
+    # The lease is renewed by the batch's first statement (with its limits): a run that lost it
+    # stops there, before its step runs (a sequence counts the step's deletes even when their
+    # transaction rolls back).
+    add_temp_upload(conn, "2 days")
+    other = hold_run_lease(conn, "cron-host-b")
+    conn.execute("create sequence deletes_tried")
+    conn.execute(
+        "create function count_delete() returns trigger language plpgsql as $$ "
+        "begin perform nextval('deletes_tried'); return old; end $$"
+    )
+    conn.execute(
+        "create trigger count_delete before delete on temp_uploads "
+        "for each row execute function count_delete()"
+    )
+
+    cause = _purge_with_heartbeat(db_url, other + 1)
+
+    assert isinstance(cause, LeaseLost)
+    assert count(conn, "select count(*) from temp_uploads") == 1
+    tried = "select case when is_called then last_value else 0 end from deletes_tried"
+    assert count(conn, tried) == 0
+
+
+def test_a_batch_that_lost_the_lease_while_it_worked_rolls_back(db_url: str, conn: Conn) -> None:
+    # The lease is renewed again by the step's own statement, at its end: a batch during which
+    # the lease went to another run (here by the batch's own trigger, inside its transaction)
+    # does not commit.
+    add_temp_upload(conn, "2 days")
+    ours = hold_run_lease(conn, "cron-host-a")
+    conn.execute(
+        "create function lose_lease() returns trigger language plpgsql as $$ "
+        "begin update maintenance.run_lease set run_id = 0, host = 'cron-host-b'; return old; "
+        "end $$"
+    )
+    conn.execute(
+        "create trigger lose_lease before delete on temp_uploads "
+        "for each row execute function lose_lease()"
+    )
+
+    cause = _purge_with_heartbeat(db_url, ours)
+
+    assert isinstance(cause, LeaseLost)
+    assert count(conn, "select count(*) from temp_uploads") == 1
+    assert conn.execute("select run_id from maintenance.run_lease").fetchone() == (ours,)

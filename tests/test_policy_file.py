@@ -712,6 +712,34 @@ def test_uploads_without_files_are_purged_with_no_outbox(
         assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
 
 
+def test_without_files_a_row_the_application_holds_is_skipped_and_left_for_the_next_run(
+    bare_cli: Cli, bare_db_url: str, tmp_path: Path
+) -> None:
+    # With no outbox and no archive a batch is one plain DELETE counted by its row count; it too
+    # gives up on a row the application holds within its short lock wait and takes the range
+    # again skipping it (a plain DELETE would wait MAINTCTL_LOCK_TIMEOUT and fail the task).
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute(
+            "insert into temp_uploads (created_at, storage_path, size_bytes) "
+            "select now() - interval '25 hours', 'f/' || n, n from generate_series(1, 9) n"
+        )
+        held = count(conn, "select min(id) + 4 from temp_uploads")
+    (tmp_path / "maintctl.toml").write_text("[rules.temp]\nstorage_path = false\n")
+    assert bare_cli("migrate").exit_code == 0
+
+    with psycopg.connect(bare_db_url) as application:
+        application.execute("select 1 from temp_uploads where id = %s for update", [held])
+        first = json.loads(bare_cli("purge-temp", "--json", "--batch-size", "4").stdout)
+        application.rollback()
+    second = json.loads(bare_cli("purge-temp", "--json").stdout)
+
+    assert (first["tasks"][0]["status"], first["tempUploadsPurged"]) == ("ok", 8)
+    assert (second["tasks"][0]["status"], second["tempUploadsPurged"]) == ("ok", 1)
+    with psycopg.connect(bare_db_url) as conn:
+        assert count(conn, "select count(*) from temp_uploads") == 0
+        assert count(conn, "select count(*) from maintenance.storage_outbox") == 0
+
+
 def test_a_config_flag_lasts_one_command_in_a_process(cli: Cli, tmp_path: Path) -> None:
     # The Python API, maintctl serve and the tests run many commands in one process: a --config
     # given to one must not become the policy file of the next.

@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
+
 from tests.conftest import Cli
 from tests.data import Conn, count, load_sample, slow_down_deletes
 
@@ -292,3 +295,62 @@ def test_emit_paths_never_overwrites_last_nights_file(cli: Cli, conn: Conn, tmp_
     )
     assert target.read_text() == "last night's, not yet taken\n"
     assert count(conn, "select count(*) from temp_uploads") == 2, "refused before any work"
+
+
+def test_a_row_changed_after_the_batchs_snapshot_fails_the_batch_and_records_no_file(
+    cli: Cli, conn: Conn, db_url: str
+) -> None:
+    # The CLI's batches run in one snapshot (REPEATABLE READ), where purge-temp reads the files
+    # of its range before the DELETE. A row the application changes after that snapshot must
+    # fail the batch, not leave a file recorded for a row that stays.
+    old = add_uploads(conn, 5, "2 days")
+    changed = min(old)
+    with psycopg.connect(db_url) as batch:
+        batch.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        batch.execute("select 1")  # the batch's snapshot
+        conn.execute("update temp_uploads set created_at = now() where id = %s", [changed])
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            batch.execute(
+                "select * from maintenance.rule_step('temp', now() - interval '1 day', "
+                "interval '1 day', 100, null, null, null)"
+            )
+        batch.rollback()
+
+    assert outbox(conn) == {}
+    assert set(surviving(conn)) == set(old)
+    purged = cli("purge-temp", "--json")
+    assert json.loads(purged.stdout)["tempUploadsPurged"] == 4
+    assert outbox(conn) == {key: path for key, path in old.items() if key != changed}
+    assert set(surviving(conn)) == {changed}
+
+
+def test_a_batch_whose_snapshot_conflicts_is_done_again_in_read_committed(
+    cli: Cli, conn: Conn
+) -> None:
+    old = add_uploads(conn, 6, "2 days")
+    # Every delete in one snapshot fails as if the application had changed the row meanwhile
+    # (counted by a sequence, which a rollback does not undo); in READ COMMITTED it goes through.
+    conn.execute("create sequence one_snapshot_attempts")
+    conn.execute(
+        "create function conflict_in_one_snapshot() returns trigger language plpgsql as $$ "
+        "begin "
+        "  if current_setting('transaction_isolation') = 'repeatable read' then "
+        "    perform nextval('one_snapshot_attempts'); "
+        "    raise exception 'changed meanwhile' using errcode = 'serialization_failure'; "
+        "  end if; "
+        "  return old; "
+        "end $$"
+    )
+    conn.execute(
+        "create trigger conflict before delete on temp_uploads "
+        "for each row execute function conflict_in_one_snapshot()"
+    )
+
+    result = cli("purge-temp", "--batch-size", "4", "--json")
+
+    assert result.exit_code == 0, result.stderr
+    task = json.loads(result.stdout)["tasks"][0]
+    assert (task["status"], task["rows"], task["batches"]) == ("ok", 6, 2)
+    assert outbox(conn) == old
+    assert surviving(conn) == {}
+    assert count(conn, "select last_value from one_snapshot_attempts") == 2

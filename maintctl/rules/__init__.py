@@ -95,12 +95,6 @@ class Rule:
         return "rules/purge.sql" if self.purge else f"rules/{self.name}.sql"
 
     @property
-    def left_function(self) -> str:
-        """maintenance.<left_function>(cutoff, limit, cutoffs): what a finished walk left of the
-        rows it selects, but for those another session holds (the task's last check)."""
-        return f"{self.count_function}_left"
-
-    @property
     def slug(self) -> str:
         """Its name as part of an SQL name."""
         return self.name.replace("-", "_")

@@ -315,7 +315,6 @@ def placeholders(rule: Rule, policy: Policy) -> dict[str, sql.Composable]:
     if rule.purge:
         found["step_function"] = sql.Identifier("maintenance", rule.step_function)
         found["count_function"] = sql.Identifier("maintenance", rule.count_function)
-        found["left_function"] = sql.Identifier("maintenance", rule.left_function)
         # The one piece of SQL text of the policy, checked by maintctl.rules.purge.check_where.
         found["where"] = found["t.where"] = (
             sql.SQL("({})").format(sql.SQL(rule.where)) if rule.where else sql.SQL("true")
@@ -426,17 +425,6 @@ def runner_placeholders(
         )
         for position, rule in enumerate(policy.rules)
     )
-    left_dispatch = sql.SQL("\n  ").join(
-        sql.SQL(
-            "{keyword} p_rule = {name} then\n"
-            "    rows_left := {left}(p_cutoff, bound, p_cutoffs, p_snapshot);"
-        ).format(
-            keyword=sql.SQL("if" if position == 0 else "elsif"),
-            name=sql.Literal(rule.name),
-            left=sql.Identifier("maintenance", rule.left_function),
-        )
-        for position, rule in enumerate(policy.rules)
-    )
     count_wrappers = sql.SQL("\n\n").join(
         sql.SQL(
             "create or replace function {count}(p_cutoff timestamptz, p_limit bigint)\n"
@@ -509,7 +497,6 @@ def runner_placeholders(
     return {
         "count_wrappers": count_wrappers,
         "step_dispatch": dispatch,
-        "left_dispatch": left_dispatch,
         "threshold_parameters": parameters,
         "rule_thresholds": sql.SQL("jsonb_build_object({})").format(
             sql.SQL(", ").join(own_thresholds)

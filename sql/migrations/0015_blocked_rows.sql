@@ -1,10 +1,10 @@
 -- Rows a rule cannot change (docs/safety.md, "Rows that cannot change"): every generated step
 -- (sql/rules/*.sql) and maintenance.rule_step return, besides `rows`, `next_position` and
 -- `removed`, an OUT `blocked jsonb`, so that rule_step can split a batch around a row that a
--- foreign key, a trigger or a check keeps, and name it. Their arguments stay; a function's OUT
+-- foreign key, a trigger or a check keeps, and name it, and an OUT `unchanged integer`, the rows
+-- a step left without an error (a BEFORE trigger that cancels the change). Their arguments stay; a function's OUT
 -- columns cannot change in place, so the ones of 0012's time go, and migrate installs the new ones
--- right after the migrations. The helpers they share follow; with them each rule's _left function,
--- the last check of a task, which migrate generates too.
+-- right after the migrations. The helpers they share follow.
 do $$
 declare
   old regprocedure;
@@ -30,27 +30,23 @@ as $$
   select jsonb_build_object('key', p_key, 'error', p_error, 'constraint', nullif(p_constraint, ''))
 $$;
 
--- How a task words the rows it left as they are: how many, and the first of them with the error
--- (the CLI and the pg_cron procedure both ask it).
-create function maintenance.blocked_sentence(p_blocked jsonb)
+-- How a task words the rows it left (the CLI and the pg_cron procedure both ask it): how many
+-- could not be changed, with the first one's key, error and constraint, and how many were left
+-- without an error (a BEFORE trigger that cancelled the change); null when none were.
+create function maintenance.left_rows_sentence(p_blocked bigint, p_first jsonb, p_unchanged bigint)
 returns text
 language sql immutable set search_path = pg_catalog, pg_temp
 as $$
-  select format('%s row(s) could not be changed and were left as they are (first: key %s: %s%s)',
-                jsonb_array_length(p_blocked), p_blocked -> 0 ->> 'key', p_blocked -> 0 ->> 'error',
-                coalesce(' [constraint ' || (p_blocked -> 0 ->> 'constraint') || ']', ''))
-$$;
-
--- Whether a row with this xmin was there for a snapshot taken earlier (pg_current_snapshot()):
--- its inserting transaction had committed then. The 32-bit xmin is widened to the one of the last
--- 2^32 transaction ids before the next to be assigned (a row's xmin is older than that, or frozen).
-create function maintenance.existed_at(p_xmin xid, p_snapshot pg_snapshot)
-returns boolean
-language sql stable set search_path = pg_catalog, pg_temp
-as $$
-  select pg_visible_in_snapshot(
-           (n.next - ((n.next - p_xmin::text::bigint) & 4294967295))::text::xid8, p_snapshot)
-    from (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as next) as n
+  select nullif(concat_ws('; ',
+    case when p_blocked > 0 then
+      format('%s row(s) could not be changed and were left as they are (first: key %s: %s%s)',
+             p_blocked, coalesce(p_first ->> 'key', '?'), p_first ->> 'error',
+             coalesce(' [constraint ' || (p_first ->> 'constraint') || ']', ''))
+    end,
+    case when p_unchanged > 0 then
+      format('%s row(s) the rule selects were left unchanged without an error '
+             '(a trigger that cancels the change?)', p_unchanged)
+    end), '')
 $$;
 
 -- Two pieces' archive documents as one: the rows of both, in order.

@@ -31,26 +31,6 @@ as $$
     limit p_limit) as found
 $$;
 
--- What a finished walk left of the rows the rule selects that were there when the task began
--- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
--- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
--- not happen (a trigger that cancels them) never reports ok.
-create or replace function maintenance.count_old_import_jobs_left(
-  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
-returns bigint
-language sql volatile set search_path = pg_catalog, pg_temp set enable_seqscan = off
-as $$
-  select count(*) from (
-    select from {jobs} j
-    where {j.status_column} in ({finished})
-      and {j.compacted_at} is null
-      and {j.ended_at} < p_cutoff
-      and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
-      and maintenance.existed_at(j.xmin, p_snapshot)
-    limit p_limit
-    for update skip locked) as found
-$$;
-
 -- The same walk as temp's, over (ended_at, key) in the partial index. With a threshold per status,
 -- p_cutoffs holds each status's cutoff and p_cutoff the latest of them, which bounds the walk.
 --
@@ -61,11 +41,13 @@ $$;
 --
 -- A job the UPDATE cannot change (a trigger that raises, a check): the step rolls back to its start
 -- and `blocked` says why, with the key of the range's last job; maintenance.rule_step splits the
--- batch until that job is alone, and goes past it.
+-- batch until that job is alone, and goes past it. Jobs left without an error: `unchanged`, as
+-- temp's.
 create or replace function maintenance.compact_import_jobs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb,
+  out unchanged integer)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -78,6 +60,7 @@ declare
   failure text;
   failed_constraint text;
 begin
+  unchanged := 0;
   select {j.ended_at}, {j.key} into upto_at, upto_id
     from {jobs} j
    where {j.status_column} in ({finished}) and {j.compacted_at} is null
@@ -186,10 +169,21 @@ begin
     end if;
   exception when integrity_constraint_violation or raise_exception then
     get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
-    rows := 0;
-    removed := null;
     blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
   end;
+  if blocked is null and (upto_id is null or rows < p_batch_size) then
+    -- What the range still holds but the rows another session holds (skipped, the next run's):
+    -- rows whose change did not happen without an error, such as a BEFORE trigger that returned
+    -- null (this transaction holds their locks). A full batch that compacted it all needs no look.
+    select count(*) into unchanged from (
+      select from {jobs} j
+       where {j.status_column} in ({finished}) and {j.compacted_at} is null
+         and {j.ended_at} < p_cutoff
+        and {j.ended_at} < coalesce((p_cutoffs ->> {j.status_column}::text)::timestamptz, p_cutoff)
+         and ({j.ended_at}, {j.key}) > (after_at, after_id)
+         and ({j.ended_at}, {j.key}) <= (upto_at, upto_id)
+         for update skip locked) as still;
+  end if;
   next_position := case when more then jsonb_build_object('endedAt', upto_at, 'id', upto_id::text) end;
 end
 $$;

@@ -16,29 +16,14 @@ as $$
     select from {target} t where {t.time_column} < p_cutoff and {t.where} limit p_limit) as found
 $$;
 
--- What a finished walk left of the rows the rule selects that were there when the task began
--- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
--- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
--- not happen (a trigger that cancels them) never reports ok.
-create or replace function {left_function}(
-  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
-returns bigint
-language sql volatile set search_path = pg_catalog, pg_temp
-as $$
-  select count(*) from (
-    select from {target} t
-    where {t.time_column} < p_cutoff and {t.where} and maintenance.existed_at(t.xmin, p_snapshot)
-    limit p_limit
-    for update skip locked) as found
-$$;
-
 -- The walk of temp's step over (time column, key) in the rule's partial index, without an outbox;
 -- with p_archive, `removed` holds each deleted row whole, as temp's does.
--- A row the DELETE cannot remove: `blocked`, as temp's.
+-- A row the DELETE cannot remove: `blocked`; rows left without an error: `unchanged`, as temp's.
 create or replace function {step_function}(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb,
+  out unchanged integer)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -51,6 +36,7 @@ declare
   failure text;
   failed_constraint text;
 begin
+  unchanged := 0;
   select {t.time_column}, {t.key} into upto_at, upto_id
     from {target} t
    where {t.time_column} < p_cutoff and {t.where}
@@ -93,10 +79,19 @@ begin
     end;
   exception when integrity_constraint_violation or raise_exception then
     get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
-    rows := 0;
-    removed := null;
     blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
   end;
+  if blocked is null and (upto_id is null or rows < p_batch_size) then
+    -- What the range still holds but the rows another session holds (skipped, the next run's):
+    -- rows whose change did not happen without an error, such as a BEFORE trigger that returned
+    -- null (this transaction holds their locks). A full batch that changed it all needs no look.
+    select count(*) into unchanged from (
+      select from {target} t
+       where {t.time_column} < p_cutoff and {t.where}
+         and ({t.time_column}, {t.key}) > (after_at, after_id)
+         and ({t.time_column}, {t.key}) <= (upto_at, upto_id)
+         for update skip locked) as still;
+  end if;
   removed := maintenance.archive_document(p_archive, 'delete', removed);
   next_position := case when more then jsonb_build_object('at', upto_at, 'id', upto_id::text) end;
 end

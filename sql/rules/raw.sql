@@ -26,32 +26,6 @@ as $$
     limit p_limit) as found
 $$;
 
--- What a finished walk left of the items the rule selects that were there when the task began
--- (p_snapshot, taken then), but for the items of runs another session holds (the application's to
--- finish; the next run takes them): the task's last check (maintctl.tasks), so that a task whose
--- changes did not happen (a trigger that cancels them) never reports ok.
-create or replace function maintenance.count_old_raw_items_left(
-  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
-returns bigint
-language plpgsql volatile set search_path = pg_catalog, pg_temp
-as $$
-declare
-  free {type.run_key}[];
-begin
-  select array_agg(held.key) into free  -- at most p_limit runs: each has an item at least
-    from (select {r.run_key} as key
-            from {runs} r
-           where {r.run_status} = {failed} and {r.run_ended_at} < p_cutoff
-             and exists (select from {items} i where {i.run_column} = {r.run_key})
-           limit p_limit
-             for share of r skip locked) as held;
-  return (select count(*) from (
-            select from {items} i
-             where {i.run_column} = any (free) and maintenance.existed_at(i.xmin, p_snapshot)
-             limit p_limit) as found);
-end
-$$;
-
 -- Walks the eligible failed runs in key order, and the items of each through (run, key), run after
 -- run until the batch is full. Each run is share-locked (skipping one a worker holds) so that it
 -- cannot be re-queued while its items go. With p_archive, `removed` holds each deleted item whole
@@ -60,11 +34,13 @@ $$;
 --
 -- An item the DELETE cannot remove (a foreign key, a trigger that raises): the step rolls back to
 -- its start and `blocked` says why, with the key and position of the last item it tried;
--- maintenance.rule_step splits the batch until that item is alone, and goes past it.
+-- maintenance.rule_step splits the batch until that item is alone, and goes past it. Items left
+-- without an error: `unchanged` (see the end).
 create or replace function maintenance.purge_raw_items_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb,
+  out unchanged integer)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
@@ -78,10 +54,14 @@ declare
   deleted integer;
   deleted_rows jsonb;
   parts jsonb[] := array[]::jsonb[];
+  visited {type.run_key}[] := array[]::{type.run_key}[];  -- the runs whose items this step deleted
+  start_run {type.run_key} := from_run;
+  start_after {type.key} := after_id;
   failure text;
   failed_constraint text;
 begin
   rows := 0;
+  unchanged := 0;
   next_position := null;
   begin
     loop
@@ -153,6 +133,7 @@ begin
           from gone;
       end if;
       rows := rows + deleted;
+      visited := visited || run;
       if deleted_rows is not null then
         parts := parts || deleted_rows;
       end if;
@@ -166,11 +147,20 @@ begin
     end loop;
   exception when integrity_constraint_violation or raise_exception then
     get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
-    rows := 0;
     parts := array[]::jsonb[];
     blocked := maintenance.blocked_row(upto_id::text, failure, failed_constraint);
     next_position := jsonb_build_object('runId', run::text, 'id', upto_id::text);
   end;
+  if blocked is null and cardinality(visited) > 0 then
+    -- What the ranges it deleted still hold (each visited run's items, after the position the step
+    -- began at in its first run, up to the last item the batch took in its last): items whose
+    -- delete did not happen without an error, such as a BEFORE trigger that returned null.
+    select count(*) into unchanged
+      from {items} i
+     where {i.run_column} = any (visited)
+       and ({i.run_column} <> start_run or start_after is null or {i.key} > start_after)
+       and ({i.run_column} <> run or upto_id is null or {i.key} <= upto_id);
+  end if;
   if p_archive is not null then
     removed := maintenance.archive_document(p_archive, 'delete',
       (select jsonb_agg(e.value order by p.n, e.n)

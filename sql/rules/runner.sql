@@ -15,74 +15,51 @@
 -- batch is then split: the step is tried again over half as many rows, down to that row alone,
 -- which is left as it is and named in `blocked` (an array of maintenance.blocked_row objects);
 -- the walk goes on past it, and the rest of the batch is done in pieces that double again. A
--- batch without such a row is one step, as before.
+-- batch without such a row is one step, as before. Each piece is a subtransaction or two: after
+-- 24 of them, once the batch got somewhere, it ends, and the next batch carries on (past 64 in one
+-- transaction, every session's snapshots would look up pg_subtrans). Deferred constraints are
+-- checked at each statement here, so that a deferrable foreign key fails its piece too and not
+-- the batch's COMMIT. `unchanged` sums what the pieces left without an error.
 create or replace function maintenance.rule_step(
   p_rule text, p_cutoff timestamptz, p_threshold interval, p_batch_size integer,
   p_position jsonb, p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb,
+  out unchanged integer)
 language plpgsql volatile set search_path = pg_catalog, pg_temp
 as $$
 declare
   piece_size integer := p_batch_size;  -- of the next piece
   uncovered integer := p_batch_size;  -- of the batch's rows, those no piece has covered yet
+  pieces integer := 0;
   piece record;
 begin
+  set constraints all immediate;
   rows := 0;
+  unchanged := 0;
   next_position := p_position;
   loop
     {step_dispatch}
     else
       raise exception 'no maintenance rule named %', p_rule using errcode = 'invalid_parameter_value';
     end if;
-    removed := maintenance.archive_merge(removed, piece.removed);  -- a blocked piece's has no rows
+    pieces := pieces + 1;
     if piece.blocked is null then
       rows := rows + piece.rows;
+      unchanged := unchanged + piece.unchanged;
+      removed := maintenance.archive_merge(removed, piece.removed);
       uncovered := uncovered - piece_size;
     elsif piece_size > 1 then
       piece_size := (piece_size + 1) / 2;
-      continue;
+      continue when pieces < 24 or (rows = 0 and blocked is null);
+      exit;
     else
       blocked := coalesce(blocked, '[]') || jsonb_build_array(piece.blocked);
       uncovered := uncovered - 1;
     end if;
     next_position := piece.next_position;
-    exit when next_position is null or uncovered <= 0;
+    exit when next_position is null or uncovered <= 0 or pieces >= 24;
     piece_size := least(uncovered, piece_size * 2);
   end loop;
-end
-$$;
-
--- The last check of a task whose walk went to its end, the CLI's and the procedure's: what is left
--- of the rows the rule selects at its cutoff that were there when the task began (p_snapshot), but
--- for those another session holds (the rule's _left function), counted up to 1,000 beyond the rows
--- the walk named as blocked (the check locks what it counts); and why the task failed, or null:
--- the blocked rows, and rows left that no error explains (a BEFORE trigger that cancels the change).
-create or replace function maintenance.walk_outcome(
-  p_rule text, p_cutoff timestamptz, p_cutoffs jsonb, p_snapshot pg_snapshot, p_blocked jsonb,
-  out rows_left bigint, out failure text)
-language plpgsql volatile set search_path = pg_catalog, pg_temp
-as $$
-declare
-  blocked_count integer := coalesce(jsonb_array_length(p_blocked), 0);
-  bound bigint := blocked_count + 1000;
-  said text[] := array[]::text[];
-begin
-  {left_dispatch}
-  else
-    raise exception 'no maintenance rule named %', p_rule using errcode = 'invalid_parameter_value';
-  end if;
-  if blocked_count > 0 then
-    said := said || maintenance.blocked_sentence(p_blocked);
-  end if;
-  if rows_left > blocked_count then
-    said := said || format('%s%s row(s) the rule selects are still there unchanged after its walk '
-                           '(a trigger that cancels the change?)',
-                           case when rows_left >= bound then 'at least ' else '' end,
-                           rows_left - blocked_count);
-  end if;
-  if cardinality(said) > 0 then
-    failure := array_to_string(said, '; ') || '; the rest of the rule ran';
-  end if;
 end
 $$;
 
@@ -130,10 +107,10 @@ declare
   total pg_catalog.int8;
   batches pg_catalog.int4;
   failure pg_catalog.text;
-  blocked pg_catalog.jsonb;  -- the task's rows left as they are (maintenance.rule_step)
-  blocked_now pg_catalog.jsonb;
-  snapshot pg_catalog.pg_snapshot;  -- the rows there when the task began
-  checked pg_catalog.bool;  -- the task's last check is done
+  blocked pg_catalog.int8;  -- the task's rows left as they are (maintenance.rule_step)
+  first_blocked pg_catalog.jsonb;
+  unchanged pg_catalog.int8;  -- and those left without an error
+  step record;
   failed_tasks pg_catalog.text;
   cancelled pg_catalog.bool := false;
   lease constant pg_catalog.interval := interval '60 seconds';
@@ -200,35 +177,30 @@ begin
       from jsonb_each_text(status_thresholds -> task) s;
     cutoff := coalesce(cutoff, now() - maintenance.absolute(threshold));
     task_started := clock_timestamp();
-    snapshot := pg_catalog.pg_current_snapshot();
     total := 0;
     batches := 0;
     failure := null;
-    blocked := pg_catalog.jsonb_build_array();
+    blocked := 0;
+    first_blocked := null;
+    unchanged := 0;
     position := null;
-    checked := false;
-    -- Batch after batch, each its own transaction; once the walk is at its end (position null
-    -- after a batch), one more transaction for its last check, as the CLI's.
     loop
       begin
-        if batches > 0 and position is null then
-          select o.failure into failure
-            from maintenance.walk_outcome(task, cutoff, cutoffs, snapshot, blocked) as o;
-          checked := true;
-        else
-          -- Renewed at the start (the row stays locked for the batch) and at the end of each batch.
-          if not maintenance.renew_run_lease(ledger_id, lease) then
-            raise exception 'the run lease lapsed and another run took it over'
-              using errcode = 'lock_not_available';
-          end if;
-          select s.rows, s.next_position, s.blocked into n, position, blocked_now
-            from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
-                                       cutoffs) as s;
-          perform maintenance.renew_run_lease(ledger_id, lease);
-          batches := batches + 1;
-          total := total + n;
-          blocked := blocked || coalesce(blocked_now, '[]');
+        -- Renewed at the start (the row stays locked for the batch) and at the end of each batch.
+        if not maintenance.renew_run_lease(ledger_id, lease) then
+          raise exception 'the run lease lapsed and another run took it over'
+            using errcode = 'lock_not_available';
         end if;
+        select * into step
+          from maintenance.rule_step(task, cutoff, threshold, batch_size, position, ledger_id,
+                                     cutoffs) as s;
+        perform maintenance.renew_run_lease(ledger_id, lease);
+        position := step.next_position;
+        batches := batches + 1;
+        total := total + step.rows;
+        blocked := blocked + coalesce(jsonb_array_length(step.blocked), 0);
+        first_blocked := coalesce(first_blocked, step.blocked -> 0);
+        unchanged := unchanged + step.unchanged;
       exception
         when query_canceled then  -- a cancel or the CALL's own timeout ends the whole run
           cancelled := true;
@@ -240,8 +212,12 @@ begin
       perform pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
       perform maintenance.set_lock_timeout(lock_timeout);
       exit tasks when cancelled;
-      exit when failure is not null or checked;
+      exit when failure is not null or position is null;
     end loop;
+    -- The rows left, as the CLI words them, after what ended the task.
+    failure := nullif(concat_ws('; ', failure,
+                                maintenance.left_rows_sentence(blocked, first_blocked, unchanged)),
+                      '');
     task_results := task_results || jsonb_build_object(
       'task', task,
       'status', case when failure is null then 'ok' else 'failed' end,

@@ -20,23 +20,6 @@ as $$
     limit p_limit) as found
 $$;
 
--- What a finished walk left of the rows the rule selects that were there when the task began
--- (p_snapshot, taken then), but for those another session holds (the application's to finish; the
--- next run takes them): the task's last check (maintctl.tasks), so that a task whose changes did
--- not happen (a trigger that cancels them) never reports ok.
-create or replace function maintenance.count_stuck_runs_left(
-  p_cutoff timestamptz, p_limit bigint, p_cutoffs jsonb, p_snapshot pg_snapshot)
-returns bigint
-language sql volatile set search_path = pg_catalog, pg_temp
-as $$
-  select count(*) from (
-    select from {runs} r
-    where {r.status_column} in ({running}) and {r.last_seen} < p_cutoff
-      and maintenance.existed_at(r.xmin, p_snapshot)
-    limit p_limit
-    for update skip locked) as found
-$$;
-
 -- Few rows, so a plain walk in key order: a batch takes the next batch_size eligible runs after the
 -- position, skipping those their worker holds, and its UPDATE re-checks status and cutoff on the row
 -- it locks, so a run its worker finished or heartbeated meanwhile is left alone.
@@ -51,17 +34,19 @@ $$;
 create or replace function maintenance.mark_stuck_runs_step(
   p_cutoff timestamptz, p_threshold interval, p_batch_size integer, p_position jsonb,
   p_run_id bigint, p_cutoffs jsonb, p_archive text[] default null,
-  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb)
+  out rows integer, out next_position jsonb, out removed jsonb, out blocked jsonb,
+  out unchanged integer)
 language plpgsql volatile set search_path = {search_path}
 as $$
 declare
   after_id {type.key} := (p_position ->> 'id')::{type.key};  -- null at the start
   keys {type.key}[];
-  old jsonb;  -- with p_archive, the locked runs' values before the UPDATE, in key order
+  old jsonb;  -- with p_archive, each locked run's values before the UPDATE, by its key
   failure text;
   failed_constraint text;
 begin
-  select array_agg(k.key order by k.key), jsonb_agg(k.old order by k.key) into keys, old
+  unchanged := 0;
+  select array_agg(k.key order by k.key), jsonb_object_agg(k.key::text, k.old) into keys, old
     from (select {r.key} as key,
                  case when p_archive is not null
                       then maintenance.archived_columns(to_jsonb(r), p_archive) end as old
@@ -71,22 +56,26 @@ begin
            order by {r.key}
            limit p_batch_size
              for update skip locked) as k;
-  -- The runs are locked: none changed since it was read, and the UPDATE marks each of them.
+  -- The runs are locked: none changed since it was read. One the UPDATE did not mark without an
+  -- error (a BEFORE trigger that returned null) is `unchanged`, and is not archived.
   begin
-    update {runs} r
-       set {status_column} = {failed},
-           {finished_at} = {now.finished_at},
-           {error_column} = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
-                                   maintenance.duration_text(p_threshold))
-     where {r.key} = any (keys)
-       and {r.status_column} in ({running})
-       and {r.last_seen} < p_cutoff;
-    get diagnostics rows = row_count;
-    removed := case when p_archive is not null and rows > 0 then old end;
+    with marked as (
+      update {runs} r
+         set {status_column} = {failed},
+             {finished_at} = {now.finished_at},
+             {error_column} = format('Timed out: no sign of life for more than %s (maintctl stuck_after)',
+                                     maintenance.duration_text(p_threshold))
+       where {r.key} = any (keys)
+         and {r.status_column} in ({running})
+         and {r.last_seen} < p_cutoff
+      returning {r.key}::text as key
+    )
+    select count(*), jsonb_agg(old -> marked.key order by marked.key) filter (where p_archive is not null)
+      into rows, removed
+      from marked;
+    unchanged := coalesce(cardinality(keys), 0) - rows;
   exception when integrity_constraint_violation or raise_exception then
     get stacked diagnostics failure = message_text, failed_constraint = constraint_name;
-    rows := 0;
-    removed := null;
     blocked := maintenance.blocked_row(keys[cardinality(keys)]::text, failure, failed_constraint);
   end;
   removed := maintenance.archive_document(p_archive, 'mark', removed);
