@@ -151,8 +151,12 @@ def test_work_is_done_in_batches_of_the_batch_size(cli: Cli, conn: Conn) -> None
 
     document = json.loads(cli("purge-temp", "--batch-size", "3", "--json").stdout)
 
-    assert document["tasks"][0]["rows"] == 7
-    assert document["tasks"][0]["batches"] == 3
+    # At most 3 rows a batch; fewer when a batch is slow (a loaded machine makes the first one so:
+    # the next is sized to the time budget).
+    task = document["tasks"][0]
+    assert task["rows"] == 7
+    assert task["batches"] >= 3
+    assert task["batchSize"] <= 3
 
 
 def test_a_failing_task_is_recorded_and_the_others_still_run(cli: Cli, conn: Conn) -> None:
