@@ -229,6 +229,7 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
             )
         done = {migration.version for migration in applied}
         bootstrapped = bool(db.fetch_value(conn, "migrations_table_exists"))
+        had_schema = bool(db.fetch_value(conn, "maintenance_schema_exists"))
         app = sql.Identifier(settings.app_schema)
         newly_applied = []
         for migration in known_migrations():
@@ -259,8 +260,16 @@ def migrate(conn: db.Connection, settings: Settings) -> MigrateResult:
                 db.execute(conn, "record_migration", record)
             bootstrapped = True
             newly_applied.append(_label(migration))
-        # The rules' own SQL, generated from their definitions and the policy.
-        rules_installed = install_rules(conn, settings)
+        # The rules' own SQL, generated from their definitions and the policy. On a database that
+        # had no maintenance schema, one that fails takes the schema its migrations made with it:
+        # a failed migrate leaves the database as it was (the install undid its own part).
+        try:
+            rules_installed = install_rules(conn, settings)
+        except BaseException:
+            if not had_schema:
+                with db.best_effort(), db.transaction(conn, settings):
+                    db.execute(conn, "drop_maintenance_schema")
+            raise
         # Again on every migrate: API roles created since (Supabase's anon) lose access too.
         with db.transaction(conn, settings):
             conn.execute(hardening())

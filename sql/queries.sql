@@ -38,6 +38,15 @@ left join pg_namespace n on n.nspname = %(schema)s
 left join pg_class c on c.relnamespace = n.oid and c.relname = t.name and c.relkind in ('r', 'p')
 order by t.position;
 
+-- name: maintenance_schema_exists
+-- Whether the maintenance schema exists, made by maintctl or not.
+select to_regnamespace('maintenance') is not null as exists;
+
+-- name: drop_maintenance_schema
+-- What a first migrate made, when its rules could not be installed (maintctl.migrations.migrate):
+-- only ever a schema that did not exist before it.
+drop schema maintenance cascade;
+
 -- name: migrations_table_exists
 -- Whether maintctl's migrations ledger exists at all.
 select to_regclass('maintenance.schema_migrations') is not null as exists;

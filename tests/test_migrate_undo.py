@@ -170,3 +170,19 @@ def test_a_time_column_the_rules_cannot_compare_is_refused_before_any_index_is_b
         "application's tables were left as they were\n"
     )
     assert catalog(conn) == before
+
+
+def test_a_first_migrate_that_cannot_install_the_rules_leaves_no_maintenance_schema(
+    bare_cli: Cli, bare_db_url: str
+) -> None:
+    with psycopg.connect(bare_db_url, autocommit=True) as conn:
+        conn.execute("alter table temp_uploads alter column created_at type text")
+        before = catalog(conn)
+
+        refused = bare_cli("migrate")
+
+        assert refused.exit_code == 78, refused.stderr
+        assert catalog(conn) == before
+        assert conn.execute("select to_regnamespace('maintenance')").fetchone() == (None,)
+    again = bare_cli("doctor")
+    assert again.exit_code == 78
