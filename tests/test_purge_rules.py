@@ -218,3 +218,29 @@ def test_the_anomaly_guard_refuses_a_purge_rule_far_above_its_recent_runs(
     assert (in_run["tasks"][-1]["task"], in_run["tasks"][-1]["status"]) == ("audit-log", "failed")
     assert (forced["exitCode"], forced["tasks"][0]["rows"]) == (0, 2500)
     assert count(conn, OLD_ENTRIES) == 0
+
+
+def test_an_entry_another_table_refers_to_is_left_named_and_the_rest_of_the_rule_runs(
+    audited: Cli, conn: Conn
+) -> None:
+    # A [[purge]] rule's table is split around a blocked row as the four rules' are
+    # (tests/test_blocked_rows.py).
+    for age in ("100 days", "99 days", "98 days", "97 days", "96 days"):
+        conn.execute(
+            "insert into audit_log (level, created_at) values ('info', now() - %s::interval)",
+            [age],
+        )
+    kept = count(conn, "select id from audit_log order by created_at offset 2 limit 1")
+    conn.execute("create table incident (entry bigint references audit_log on delete restrict)")
+    conn.execute("insert into incident values (%s)", [kept])
+
+    result = audited("purge", "audit-log", "--json", "--batch-size", "2")
+
+    assert result.exit_code == 1
+    task = json.loads(result.stdout)["tasks"][0]
+    assert task["rows"] == 4
+    assert task["error"].startswith(
+        f"1 row(s) could not be changed and were left as they are (first: key {kept}: "
+    )
+    assert "[constraint incident_entry_fkey]" in task["error"]
+    assert [row[0] for row in levels(conn)] == [kept]
