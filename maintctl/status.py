@@ -18,7 +18,7 @@ from maintctl.rules.generate import all_needs, application_tables, policy_of
 from maintctl.rules.install import missing_columns
 from maintctl.settings import Settings
 from maintctl.sqlfiles import migrations as known_migrations
-from maintctl.tasks import all_cutoffs, count_rules, run_task
+from maintctl.tasks import ReferringKeys, all_cutoffs, count_rules, run_task
 from maintctl.vacuum import task_tables
 
 # Each count of `status` stops here unless --exact: an exact count of a backlog of millions reads
@@ -213,21 +213,28 @@ def check_safety(conn: db.Connection, settings: Settings) -> list[Check]:
 
 
 def check_foreign_keys(conn: db.Connection, settings: Settings) -> list[Check]:
-    """A foreign key of another table that keeps a row the rule deletes while it refers to it:
-    not a fault of the schema, but such a row is left as it is and named, and its task fails
-    (docs/safety.md, "Rows that cannot change"). A warning, so that the first run's exit 1 is
-    no surprise."""
+    """The foreign keys that refer to a table a rule deletes from. One that keeps a row while it
+    refers to it is no fault of the schema, but that row is left as it is and named, and its task
+    fails (docs/safety.md, "Rows that cannot change"); one that cascades or sets null makes a run
+    change rows of another table too, which no archive keeps. Warnings, so that neither is a
+    surprise: doctor's healthy is a promise of what a run changes."""
     policy = policy_of(settings)
     found = []
     for need in all_needs(policy):
         if "DELETE" not in need.privileges:
             continue
         params = {"schema": policy.schema, "table": need.table}
-        keys: list[str] = db.fetch_value(conn, "restricting_foreign_keys", params)
-        if keys:
+        keys = db.fetch_one(conn, "referring_foreign_keys", params, ReferringKeys)
+        if keys.restricting:
             found.append(
-                f"a row of {need.table} that {', '.join(keys)} refers to is not deleted: "
-                f"{need.rule} leaves it, names it and fails (exit 1)"
+                f"a row of {need.table} that {', '.join(keys.restricting)} refers to is not "
+                f"deleted: {need.rule} leaves it, names it and fails (exit 1)"
+            )
+        if keys.changing:
+            found.append(
+                f"deleting a row of {need.table} also changes the rows of "
+                f"{', '.join(keys.changing)} that refer to it: {need.rule} changes them too, "
+                "and an archive keeps none of them"
             )
     if not found:
         return []

@@ -600,7 +600,7 @@ def drop_expired_temp_partitions(
     table = table_name(rule, rule.tables[0], policy)
     columns = {key: column_names(rule, key, policy) for key in rule.columns}
     referred = {"schema": settings.app_schema, "table": table}
-    if db.fetch_value(conn, "restricting_foreign_keys", referred):
+    if db.fetch_one(conn, "referring_foreign_keys", referred, ReferringKeys).restricting:
         # A partition with a row another table refers to cannot go whole: the batch loop deletes
         # the rest and names that row.
         return 0
@@ -653,6 +653,14 @@ def drop_expired_temp_partitions(
             db.execute_composed(conn, "drop_partition", names)
         dropped += held.rows
     return dropped
+
+
+@dataclass(frozen=True)
+class ReferringKeys:
+    """The foreign keys that refer to a table (referring_foreign_keys), each described."""
+
+    restricting: list[str]  # keep a referred row from being deleted
+    changing: list[str]  # change the referring rows when it is (CASCADE, SET NULL, SET DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -312,16 +312,23 @@ select c.relrowsecurity as row_security,
 from pg_class c
 where c.oid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
 
--- name: restricting_foreign_keys
--- The foreign keys of other tables that keep a row of this one from being deleted while they
--- refer to it (ON DELETE RESTRICT or NO ACTION): each as "table (constraint, ON DELETE ...)".
-select coalesce(array_agg(format('%%s (%%s, ON DELETE %%s)', k.conrelid::regclass, k.conname,
-                                 case k.confdeltype when 'r' then 'RESTRICT' else 'NO ACTION' end)
-                          order by k.conrelid::regclass::text, k.conname), '{}') as keys
-from pg_constraint k
-where k.contype = 'f' and k.confdeltype in ('r', 'a')
-  and k.conparentid = 0  -- a partitioned table's key once, not once more for each partition
-  and k.confrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text));
+-- name: referring_foreign_keys
+-- The foreign keys that refer to this table, each as "table (constraint, ON DELETE ...)": those
+-- that keep a row from being deleted while they refer to it (RESTRICT, NO ACTION), and those that
+-- change the referring rows when it is (CASCADE, SET NULL, SET DEFAULT).
+select coalesce(array_agg(k.said order by k.said) filter (where k.confdeltype in ('r', 'a')), '{}')
+         as restricting,
+       coalesce(array_agg(k.said order by k.said) filter (where k.confdeltype in ('c', 'n', 'd')),
+                '{}') as changing
+from (select c.confdeltype,
+             format('%%s (%%s, ON DELETE %%s)', c.conrelid::regclass, c.conname,
+                    case c.confdeltype when 'r' then 'RESTRICT' when 'a' then 'NO ACTION'
+                                       when 'c' then 'CASCADE' when 'n' then 'SET NULL'
+                                       else 'SET DEFAULT' end) as said
+        from pg_constraint c
+       where c.contype = 'f'
+         and c.conparentid = 0  -- a partitioned table's key once, not once more per partition
+         and c.confrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))) as k;
 
 -- name: server_clock
 -- The database's clock now (not the transaction's start), for doctor's clock check.

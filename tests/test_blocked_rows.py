@@ -353,3 +353,27 @@ def test_a_task_stopped_by_max_rows_still_names_the_rows_it_left(cli: Cli, conn:
         "max rows reached (MAINTCTL_MAX_ROWS); the next run carries on; 1 row(s) could not be "
         f"changed and were left as they are (first: key {uploads[0]}: "
     )
+
+
+def test_doctor_warns_that_a_cascading_key_makes_a_run_change_another_table(
+    cli: Cli, conn: Conn
+) -> None:
+    uploads = add_old_uploads(conn, 3)
+    conn.execute(
+        "create table upload_views (upload_id bigint constraint upload_views_upload_fk "
+        "references temp_uploads on delete cascade)"
+    )
+    conn.execute("insert into upload_views values (%s)", [uploads[0]])
+
+    doctor = cli("doctor")
+    result = cli("purge-temp", "--json")
+
+    assert doctor.exit_code == 0, doctor.stdout
+    assert (
+        "deleting a row of temp_uploads also changes the rows of upload_views "
+        "(upload_views_upload_fk, ON DELETE CASCADE) that refer to it: temp changes them too, "
+        "and an archive keeps none of them"
+    ) in " ".join(doctor.stdout.split())
+    # What doctor warned of: the run deleted the referring row too.
+    assert result.exit_code == 0
+    assert count(conn, "select count(*) from upload_views") == 0
