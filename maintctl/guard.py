@@ -57,7 +57,7 @@ class Heartbeat:
 
     def lease_parameters(self) -> dict[str, object] | None:
         """What a batch needs to renew the lease in its own statements (db.transaction's
-        renew_lease, tasks' rule_step_renewing_lease); None for a dry run, which holds none."""
+        renew_lease, the rule_step query); None for a dry run, which holds none."""
         return {"lease_run_id": self.run_id, "lease": self.lease} if self.guarded else None
 
     def beat(self, conn: db.Connection) -> None:

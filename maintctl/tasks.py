@@ -215,16 +215,13 @@ class Step:
     archive_action: str | None = None
     archive_columns: list[str] | None = None
     archive_rows: str | None = None
-
-
-@dataclass(frozen=True)
-class _RenewingStep(Step):
-    """A Step whose statement also renewed the run lease (rule_step_renewing_lease)."""
-
-    renewed: bool = False
+    renewed: bool | None = None  # its statement renewed the run lease (None: it did not try)
 
 
 ProgressCallback = Callable[[TaskProgress], None]
+
+# The rule_step parameters of a batch whose statement does not renew the run lease.
+NO_RENEWAL: dict[str, object] = {"lease_run_id": None, "lease": None}
 
 
 def next_batch_size(size: int, ceiling: int, seconds: float) -> int:
@@ -296,19 +293,13 @@ def _step(
         ):
             if heartbeat is not None and lease is None:
                 heartbeat.beat(conn)
-            step: Step
-            if lease is not None and archive is None:
-                renewing = db.fetch_one(
-                    conn,
-                    "rule_step_renewing_lease",
-                    {**params, **lease, "rule": task.name},
-                    _RenewingStep,
-                )
-                if not renewing.renewed:
-                    raise LeaseLost
-                step = renewing
-            else:
-                step = db.fetch_one(conn, "rule_step", {**params, "rule": task.name}, Step)
+            # Without an archive the step's statement renews the lease at the batch's end; with
+            # one, that comes after the archive has the batch's rows.
+            renews = lease if lease is not None and archive is None else NO_RENEWAL
+            step = db.fetch_one(conn, "rule_step", {**params, **renews, "rule": task.name}, Step)
+            if step.renewed is False:
+                raise LeaseLost
+            if step.renewed is None:
                 if archive is not None:
                     archive.record(conn, task, step)
                 if heartbeat is not None:

@@ -765,20 +765,15 @@ comment on index {index} is {comment};
 -- name: rule_step
 -- One batch of a rule from where its walk stands (maintenance.rule_step, sql/rules/runner.sql);
 -- with %(archive)s (not null), what it removed, as maintenance.archive_lines gives it (0012).
-select s.rows, s.next_position, s.blocked, s.unchanged, a.*
+-- With %(lease_run_id)s (not null), the run lease is renewed at the end of the batch in the same
+-- round trip (evaluated once the step's row is there); `renewed` is null without it.
+select s.rows, s.next_position, s.blocked, s.unchanged, a.*,
+       case when %(lease_run_id)s::bigint is not null
+            then maintenance.renew_run_lease(%(lease_run_id)s::bigint, %(lease)s::interval)
+       end as renewed
 from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
                            %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
                            %(archive)s::text[]) as s
-cross join maintenance.archive_lines(s.removed) as a;
-
--- name: rule_step_renewing_lease
--- rule_step without an archive, and the run lease renewed at the end of the batch in the same
--- round trip (evaluated once the step's row is there).
-select s.rows, s.next_position, s.blocked, s.unchanged, a.*,
-       maintenance.renew_run_lease(%(lease_run_id)s, %(lease)s::interval) as renewed
-from maintenance.rule_step(%(rule)s, %(cutoff)s, %(threshold)s::interval, %(batch_size)s,
-                           %(position)s::jsonb, %(run_id)s::bigint, %(cutoffs)s::jsonb,
-                           null::text[]) as s
 cross join maintenance.archive_lines(s.removed) as a;
 
 -- name: rule_count
