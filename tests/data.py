@@ -87,6 +87,18 @@ def add_items(conn: Conn, run_id: int, count: int) -> None:
     )
 
 
+def one(conn: Conn, statement: str, params: list[Any]) -> Any:
+    """The one value a statement returns."""
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def keys(conn: Conn, statement: str) -> set[Any]:
+    """The first column of every row a statement returns."""
+    return {row[0] for row in conn.execute(statement).fetchall()}
+
+
 def count(conn: Conn, sql: str, params: Any = None) -> int:
     row = conn.execute(sql, params).fetchone()
     assert row is not None

@@ -15,7 +15,7 @@ import pytest
 
 from maintctl.sqlfiles import read_sql
 from tests.conftest import Cli
-from tests.data import Conn, snapshot
+from tests.data import Conn, keys, one, snapshot
 
 # What each key type replaces the reference schema's `bigint generated always as identity` with.
 KEYS = {
@@ -33,16 +33,6 @@ def rebuild_with_keys(conn: Conn, key_type: str) -> None:
     schema = schema.replace("run_id     bigint", f"run_id     {key_type}")
     schema = schema.replace("run_id      bigint", f"run_id      {key_type}")
     conn.execute(schema)
-
-
-def one(conn: Conn, statement: str, params: list[Any]) -> Any:
-    row = conn.execute(statement, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def keys(conn: Conn, statement: str) -> set[Any]:
-    return {row[0] for row in conn.execute(statement).fetchall()}
 
 
 def build_rows(conn: Conn) -> dict[str, Any]:

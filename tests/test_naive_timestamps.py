@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from psycopg import sql
 
 from maintctl.sqlfiles import read_sql
 from tests.conftest import Cli
-from tests.data import Conn
+from tests.data import Conn, keys, one
 
 # An application writing UTC: its own clock, as a naive value.
 UTC_NOW = "(now() at time zone 'UTC')"
@@ -30,16 +29,6 @@ def rebuild_naive(conn: Conn, dbname: str, time_zone: str) -> None:
             sql.Identifier(dbname), sql.Literal(time_zone)
         )
     )
-
-
-def one(conn: Conn, statement: str, params: list[Any]) -> Any:
-    row = conn.execute(statement, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def keys(conn: Conn, statement: str) -> set[Any]:
-    return {row[0] for row in conn.execute(statement).fetchall()}
 
 
 def pair(conn: Conn, statement: str, inside: str, past: str) -> tuple[int, int]:
